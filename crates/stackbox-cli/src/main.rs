@@ -1,0 +1,302 @@
+//! `stackbox`: the operator's command line.
+//!
+//! The binary is the only place that knows about files, flags and the environment: it builds
+//! the operator configuration, calls the core and the adapters, and prints results.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use stackbox_bundle::{BundleStore, OsRandom, RenderOptions, RenderOutcome};
+use stackbox_core::client::ClientSpec;
+use stackbox_core::operator::OperatorConfig;
+use stackbox_core::plan::{App, Plan, ServiceKind};
+use stackbox_core::secrets::SecretKey;
+use stackbox_core::stack::ADMIN_USERNAME;
+
+#[derive(Parser)]
+#[command(
+    name = "stackbox",
+    version,
+    about = "Provision and run isolated business stacks for hosting clients"
+)]
+struct Cli {
+    /// Operator settings (ACME, ingress, limits, images); built-in defaults when absent.
+    #[arg(
+        long,
+        global = true,
+        env = "STACKBOX_OPERATOR_CONFIG",
+        value_name = "FILE"
+    )]
+    operator: Option<PathBuf>,
+    /// An image catalog override (`key = "image:tag"` lines) for mirrors and air-gapped registries.
+    #[arg(long, global = true, env = "STACKBOX_IMAGES", value_name = "CATALOG")]
+    images: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render a client's deployment bundle into ROOT/clients/<client-id>/.
+    Render {
+        /// The client configuration (TOML).
+        config: PathBuf,
+        /// The bundle root; defaults to the operator's bundles_root.
+        #[arg(long, value_name = "ROOT")]
+        out: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Replace every secret with a new one (apps must be reconfigured by a redeploy).
+        #[arg(long)]
+        rotate_secrets: bool,
+    },
+    /// List plans, their services and resource limits.
+    Plans {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = matches!(
+        cli.command,
+        Command::Render { json: true, .. } | Command::Plans { json: true }
+    );
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The chain of context messages, never a backtrace: errors are for operators.
+            let message = format!("{error:#}");
+            if json {
+                println!("{}", json!({ "error": message }));
+            }
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn operator_config(cli: &Cli) -> Result<OperatorConfig> {
+    let mut operator = match &cli.operator {
+        Some(path) => {
+            let text = read(path, "operator configuration")?;
+            OperatorConfig::from_toml(&text, &path.display().to_string())?
+        }
+        None => OperatorConfig::default(),
+    };
+    if let Some(path) = &cli.images {
+        let text = read(path, "image catalog")?;
+        operator.images = operator
+            .images
+            .with_overrides_toml(&text, &path.display().to_string())?;
+    }
+    Ok(operator)
+}
+
+fn read(path: &Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let operator = operator_config(&cli)?;
+    match cli.command {
+        Command::Render {
+            config,
+            out,
+            json,
+            rotate_secrets,
+        } => {
+            let text = read(&config, "client configuration")?;
+            let spec = ClientSpec::from_toml(&text).with_context(|| {
+                format!("{} is not a valid client configuration", config.display())
+            })?;
+            let root = out.unwrap_or_else(|| PathBuf::from(&operator.bundles_root));
+            let store = BundleStore::new(&root);
+            let outcome = store.render_client(
+                &spec,
+                &operator,
+                RenderOptions { rotate_secrets },
+                &mut OsRandom,
+            )?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&render_json(&spec, &outcome))?
+                );
+            } else {
+                print_render(&spec, &outcome);
+            }
+            Ok(())
+        }
+        Command::Plans { json } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plans_json(&operator))?);
+            } else {
+                print_plans(&operator);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The admin password, only when this run generated it: secrets are shown once.
+fn new_admin_password(outcome: &RenderOutcome) -> Option<&str> {
+    outcome
+        .generated
+        .contains(&SecretKey::AdminPassword)
+        .then(|| outcome.secrets.get(SecretKey::AdminPassword))
+        .flatten()
+}
+
+fn notes(spec: &ClientSpec) -> Vec<String> {
+    let mut notes = Vec::new();
+    let apps = spec.apps();
+    for app in [App::Calcom, App::Plausible] {
+        if apps.contains(&app) {
+            notes.push(format!(
+                "{} has no preset admin: the first account registered at https://{} becomes its owner",
+                app.title(),
+                spec.domain.sub(app.subdomain())
+            ));
+        }
+    }
+    notes
+}
+
+fn render_json(spec: &ClientSpec, outcome: &RenderOutcome) -> serde_json::Value {
+    let services: serde_json::Map<String, serde_json::Value> = outcome
+        .rendered
+        .urls
+        .iter()
+        .map(|url| (url.name.to_string(), json!(url.url)))
+        .collect();
+    let path = absolute(&outcome.path);
+    json!({
+        "success": true,
+        "client_id": outcome.id.as_str(),
+        "path": path,
+        "plan": spec.plan.key(),
+        "created": outcome.created,
+        "services": services,
+        "credentials": {
+            "admin_username": ADMIN_USERNAME,
+            "admin_password": new_admin_password(outcome),
+            "stored_in": path.join(".env"),
+        },
+        "secrets_generated": outcome.generated.iter().map(|key| key.env_name()).collect::<Vec<_>>(),
+        "containers": outcome.rendered.stack.services.iter().map(|s| s.kind.name()).collect::<Vec<_>>(),
+        "files": outcome.rendered.bundle.files.keys().collect::<Vec<_>>(),
+        "notes": notes(spec),
+    })
+}
+
+fn print_render(spec: &ClientSpec, outcome: &RenderOutcome) {
+    let path = absolute(&outcome.path);
+    let verb = if outcome.created {
+        "Created"
+    } else {
+        "Updated"
+    };
+    println!("{verb} client {} ({} plan)", outcome.id, spec.plan);
+    println!("Bundle:  {}", path.display());
+    println!();
+    println!("Services:");
+    for url in &outcome.rendered.urls {
+        println!("  {:<10} {}", url.name, url.url);
+    }
+    println!();
+    println!("Credentials:");
+    println!("  admin username  {ADMIN_USERNAME}");
+    match new_admin_password(outcome) {
+        Some(password) => {
+            println!("  admin password  {password}");
+            println!(
+                "  (shown once; also stored in {} with mode 0600)",
+                path.join(".env").display()
+            );
+        }
+        None => println!(
+            "  admin password  unchanged; stored in {}",
+            path.join(".env").display()
+        ),
+    }
+    for note in notes(spec) {
+        println!("  note: {note}");
+    }
+}
+
+fn plans_json(operator: &OperatorConfig) -> serde_json::Value {
+    let plans: Vec<_> = Plan::ALL
+        .into_iter()
+        .map(|plan| {
+            let apps = plan.apps();
+            let services: Vec<_> = ServiceKind::for_apps(&apps)
+                .into_iter()
+                .map(|kind| {
+                    let limits = operator.limits(plan, kind);
+                    json!({
+                        "name": kind.name(),
+                        "image": operator.images.image(kind.image_key()),
+                        "cpus": limits.cpus(),
+                        "memory_mib": limits.memory_mib,
+                    })
+                })
+                .collect();
+            let (cpus, memory): (u32, u32) = ServiceKind::for_apps(&apps)
+                .into_iter()
+                .map(|kind| operator.limits(plan, kind))
+                .fold((0, 0), |(c, m), l| (c + l.millicpus, m + l.memory_mib));
+            json!({
+                "plan": plan.key(),
+                "apps": apps.iter().map(|app| json!({"name": app.key(), "title": app.title(), "subdomain": app.subdomain()})).collect::<Vec<_>>(),
+                "services": services,
+                "total": { "cpus": f64::from(cpus) / 1000.0, "memory_mib": memory },
+            })
+        })
+        .collect();
+    json!({ "plans": plans })
+}
+
+fn print_plans(operator: &OperatorConfig) {
+    for plan in Plan::ALL {
+        let apps = plan.apps();
+        let titles: Vec<_> = apps
+            .iter()
+            .map(|app| format!("{} ({}.)", app.title(), app.subdomain()))
+            .collect();
+        println!("{} — website + {}", plan.key(), titles.join(", "));
+        let mut totals: BTreeMap<&str, u32> = BTreeMap::new();
+        for kind in ServiceKind::for_apps(&apps) {
+            let limits = operator.limits(plan, kind);
+            *totals.entry("cpu").or_default() += limits.millicpus;
+            *totals.entry("mem").or_default() += limits.memory_mib;
+            println!(
+                "  {:<20} {:>5} CPU {:>6} MiB  {}",
+                kind.name(),
+                limits.cpus(),
+                limits.memory_mib,
+                operator.images.image(kind.image_key())
+            );
+        }
+        println!(
+            "  {:<20} {:>5} CPU {:>6} MiB  (limits; containers use less at rest)",
+            "total",
+            f64::from(totals["cpu"]) / 1000.0,
+            totals["mem"]
+        );
+        println!();
+    }
+}

@@ -1,0 +1,557 @@
+//! Operator-wide settings: ACME, ingress, resource limits per plan, images, log rotation.
+//!
+//! Built once at the edge (from `stackbox.toml`, flags and environment) and passed explicitly.
+//! Every setting has a default, so a fresh machine needs no file at all.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::ImageCatalog;
+use crate::client::Email;
+use crate::error::CoreError;
+use crate::plan::{Plan, ServiceKind};
+
+/// The operator's settings, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OperatorConfig {
+    /// Where client bundles live: `<bundles_root>/clients/<client-id>/`.
+    pub bundles_root: String,
+    pub acme: AcmeSettings,
+    pub ingress: Ingress,
+    pub logging: LogRotation,
+    pub images: ImageCatalog,
+    /// Overrides of the built-in limits, by plan and service.
+    pub limit_overrides: BTreeMap<(Plan, ServiceKind), Limits>,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            bundles_root: "deployments".to_string(),
+            acme: AcmeSettings::default(),
+            ingress: Ingress::default(),
+            logging: LogRotation::default(),
+            images: ImageCatalog::builtin(),
+            limit_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// How Traefik obtains certificates from Let's Encrypt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct AcmeSettings {
+    /// The ACME account e-mail; when unset, the client's admin e-mail is used.
+    pub email: Option<Email>,
+    pub challenge: AcmeChallenge,
+    /// Another ACME directory, such as Let's Encrypt's staging one.
+    pub ca_server: Option<String>,
+}
+
+/// The ACME challenge type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum AcmeChallenge {
+    /// HTTP-01 on port 80: one certificate per hostname, no DNS credentials needed.
+    #[default]
+    Http,
+    /// DNS-01 through a lego provider: one wildcard certificate (`*.domain` and the apex).
+    Dns {
+        /// The lego provider name (`route53`, `cloudflare`, …).
+        provider: String,
+        /// Environment variables holding the provider's credentials; their values are passed
+        /// from the operator's environment to Traefik, never written into the bundle.
+        env: Vec<String>,
+    },
+}
+
+/// How outside traffic reaches the client's Traefik.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+pub enum Ingress {
+    /// The host's ports 80 and 443 belong to one shared edge router that forwards each
+    /// client's hostnames to the client's Traefik over a shared Docker network: plain HTTP
+    /// by Host (so HTTP-01 challenges reach the client's Traefik), TLS passed through by SNI
+    /// (so certificates stay with the client's Traefik). Many clients per host.
+    Edge {
+        /// The shared Docker network between the edge router and the clients' Traefiks.
+        network: String,
+    },
+    /// The client's Traefik publishes these host ports itself: one client per host.
+    HostPorts { http: u16, https: u16 },
+}
+
+impl Default for Ingress {
+    fn default() -> Self {
+        Ingress::Edge {
+            network: "stackbox-edge".to_string(),
+        }
+    }
+}
+
+/// Log rotation of every container (json-file driver).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogRotation {
+    /// Size of one log file before rotation, in docker's notation (`10m`).
+    pub max_size: String,
+    /// Files kept per container.
+    pub max_files: u32,
+}
+
+impl Default for LogRotation {
+    fn default() -> Self {
+        LogRotation {
+            max_size: "10m".to_string(),
+            max_files: 3,
+        }
+    }
+}
+
+/// CPU and memory limits of one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Thousandths of a CPU.
+    pub millicpus: u32,
+    /// Memory limit in MiB.
+    pub memory_mib: u32,
+}
+
+impl Limits {
+    const fn new(millicpus: u32, memory_mib: u32) -> Limits {
+        Limits {
+            millicpus,
+            memory_mib,
+        }
+    }
+
+    /// CPUs as compose writes them (`0.25`, `1`, `1.5`).
+    pub fn cpus(&self) -> String {
+        let whole = self.millicpus / 1000;
+        let fraction = self.millicpus % 1000;
+        if fraction == 0 {
+            whole.to_string()
+        } else {
+            format!("{whole}.{}", format!("{fraction:03}").trim_end_matches('0'))
+        }
+    }
+
+    /// Memory as compose writes it (`512M`).
+    pub fn memory(&self) -> String {
+        format!("{}M", self.memory_mib)
+    }
+}
+
+/// The built-in limits. Sized so that a starter client fits in about 4.5 GiB of limits, with
+/// room to burst; Plausible's ClickHouse and Nextcloud get the most memory, as their docs ask.
+pub fn builtin_limits(plan: Plan, service: ServiceKind) -> Limits {
+    use ServiceKind::*;
+    let (starter, professional, enterprise) = match service {
+        Traefik => (
+            Limits::new(250, 128),
+            Limits::new(500, 256),
+            Limits::new(500, 256),
+        ),
+        Website => (
+            Limits::new(250, 64),
+            Limits::new(250, 128),
+            Limits::new(500, 128),
+        ),
+        Mysql => (
+            Limits::new(1000, 768),
+            Limits::new(1500, 1024),
+            Limits::new(2000, 2048),
+        ),
+        Redis => (
+            Limits::new(250, 128),
+            Limits::new(250, 256),
+            Limits::new(500, 512),
+        ),
+        Postgres => (
+            Limits::new(500, 256),
+            Limits::new(1000, 512),
+            Limits::new(1000, 1024),
+        ),
+        Espocrm => (
+            Limits::new(1000, 512),
+            Limits::new(1000, 768),
+            Limits::new(2000, 1024),
+        ),
+        EspocrmDaemon => (
+            Limits::new(250, 256),
+            Limits::new(500, 256),
+            Limits::new(500, 512),
+        ),
+        EspocrmWebsocket => (
+            Limits::new(250, 128),
+            Limits::new(250, 128),
+            Limits::new(250, 256),
+        ),
+        Nextcloud => (
+            Limits::new(1000, 1024),
+            Limits::new(1500, 1536),
+            Limits::new(2000, 2048),
+        ),
+        NextcloudCron => (
+            Limits::new(250, 256),
+            Limits::new(500, 512),
+            Limits::new(500, 512),
+        ),
+        Calcom => (
+            Limits::new(1000, 1024),
+            Limits::new(1000, 1024),
+            Limits::new(1500, 1536),
+        ),
+        Plausible => (
+            Limits::new(1000, 1024),
+            Limits::new(1000, 1024),
+            Limits::new(1000, 1536),
+        ),
+        PlausibleEventsDb => (
+            Limits::new(1000, 1536),
+            Limits::new(1000, 1536),
+            Limits::new(1500, 2048),
+        ),
+        Mailtrain => (
+            Limits::new(1000, 1024),
+            Limits::new(1000, 1024),
+            Limits::new(1000, 1024),
+        ),
+        MailtrainRedis => (
+            Limits::new(250, 128),
+            Limits::new(250, 128),
+            Limits::new(250, 256),
+        ),
+        MailtrainMongo => (
+            Limits::new(500, 512),
+            Limits::new(500, 512),
+            Limits::new(500, 512),
+        ),
+    };
+    match plan {
+        Plan::Starter => starter,
+        Plan::Professional => professional,
+        Plan::Enterprise => enterprise,
+    }
+}
+
+impl OperatorConfig {
+    /// The limits of one service on one plan, with the operator's overrides applied.
+    pub fn limits(&self, plan: Plan, service: ServiceKind) -> Limits {
+        self.limit_overrides
+            .get(&(plan, service))
+            .copied()
+            .unwrap_or_else(|| builtin_limits(plan, service))
+    }
+
+    /// Parses `stackbox.toml`.
+    pub fn from_toml(text: &str, origin: &str) -> Result<OperatorConfig, CoreError> {
+        let file: OperatorFile = toml::from_str(text).map_err(|error| CoreError::Syntax {
+            origin: origin.to_string(),
+            message: error.to_string().trim_end().to_string(),
+        })?;
+        file.validate()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorFile {
+    bundles_root: Option<String>,
+    #[serde(default)]
+    acme: AcmeFile,
+    #[serde(default)]
+    ingress: IngressFile,
+    #[serde(default)]
+    logging: LoggingFile,
+    #[serde(default)]
+    images: BTreeMap<String, String>,
+    #[serde(default)]
+    limits: BTreeMap<String, BTreeMap<String, LimitsFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcmeFile {
+    email: Option<String>,
+    challenge: Option<String>,
+    dns_provider: Option<String>,
+    #[serde(default)]
+    dns_env: Vec<String>,
+    ca_server: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngressFile {
+    mode: Option<String>,
+    edge_network: Option<String>,
+    http_port: Option<u16>,
+    https_port: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoggingFile {
+    max_size: Option<String>,
+    max_files: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    cpus: Option<f64>,
+    memory_mib: Option<u32>,
+}
+
+fn is_name(text: &str, extra: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+}
+
+impl OperatorFile {
+    fn validate(self) -> Result<OperatorConfig, CoreError> {
+        let mut config = OperatorConfig::default();
+        if let Some(root) = self.bundles_root {
+            if root.trim().is_empty() || root.contains('\0') {
+                return Err(CoreError::invalid(
+                    "bundles_root",
+                    "is empty; give a folder such as \"/srv/stackbox\"",
+                ));
+            }
+            config.bundles_root = root;
+        }
+        if let Some(email) = self.acme.email {
+            config.acme.email = Some(Email::parse("acme.email", &email)?);
+        }
+        if let Some(ca) = self.acme.ca_server {
+            if !ca.starts_with("https://") || !is_name(&ca["https://".len()..], ".-/:_") {
+                return Err(CoreError::invalid(
+                    "acme.ca_server",
+                    "must be an https:// URL of an ACME directory",
+                ));
+            }
+            config.acme.ca_server = Some(ca);
+        }
+        config.acme.challenge = match self.acme.challenge.as_deref().unwrap_or("http") {
+            "http" => AcmeChallenge::Http,
+            "dns" => {
+                let provider = self.acme.dns_provider.ok_or_else(|| {
+                    CoreError::invalid(
+                        "acme.dns_provider",
+                        "is missing; the dns challenge needs a lego provider such as \"route53\"",
+                    )
+                })?;
+                if !is_name(&provider, "-_.") {
+                    return Err(CoreError::invalid(
+                        "acme.dns_provider",
+                        "must be a lego provider name such as \"route53\"",
+                    ));
+                }
+                for name in &self.acme.dns_env {
+                    if !is_name(name, "_") || name.starts_with(|c: char| c.is_ascii_digit()) {
+                        return Err(CoreError::invalid(
+                            "acme.dns_env",
+                            format!("{name:?} is not an environment variable name"),
+                        ));
+                    }
+                }
+                AcmeChallenge::Dns {
+                    provider,
+                    env: self.acme.dns_env,
+                }
+            }
+            other => {
+                return Err(CoreError::invalid(
+                    "acme.challenge",
+                    format!("unknown challenge {other:?}; use \"http\" or \"dns\""),
+                ));
+            }
+        };
+        config.ingress = match self.ingress.mode.as_deref().unwrap_or("edge") {
+            "edge" => {
+                let network = self
+                    .ingress
+                    .edge_network
+                    .unwrap_or_else(|| "stackbox-edge".to_string());
+                if !is_name(&network, "-_.") {
+                    return Err(CoreError::invalid(
+                        "ingress.edge_network",
+                        "must be a Docker network name ([A-Za-z0-9_.-])",
+                    ));
+                }
+                Ingress::Edge { network }
+            }
+            "host-ports" => Ingress::HostPorts {
+                http: self.ingress.http_port.unwrap_or(80),
+                https: self.ingress.https_port.unwrap_or(443),
+            },
+            other => {
+                return Err(CoreError::invalid(
+                    "ingress.mode",
+                    format!("unknown mode {other:?}; use \"edge\" or \"host-ports\""),
+                ));
+            }
+        };
+        if let Some(size) = self.logging.max_size {
+            let valid = size.len() >= 2
+                && size[..size.len() - 1].chars().all(|c| c.is_ascii_digit())
+                && size.ends_with(['k', 'm', 'g']);
+            if !valid {
+                return Err(CoreError::invalid(
+                    "logging.max_size",
+                    "must be a size such as \"10m\" (k, m or g)",
+                ));
+            }
+            config.logging.max_size = size;
+        }
+        if let Some(files) = self.logging.max_files {
+            if files == 0 {
+                return Err(CoreError::invalid(
+                    "logging.max_files",
+                    "must be at least 1",
+                ));
+            }
+            config.logging.max_files = files;
+        }
+        config.images = config.images.with_overrides(&self.images)?;
+        for (plan_key, services) in self.limits {
+            let plan = Plan::from_key(&plan_key).ok_or_else(|| {
+                CoreError::invalid(
+                    format!("limits.{plan_key}"),
+                    "unknown plan; use starter, professional or enterprise",
+                )
+            })?;
+            for (service_key, limits) in services {
+                let field = format!("limits.{plan_key}.{service_key}");
+                let service = ServiceKind::from_name(&service_key).ok_or_else(|| {
+                    CoreError::invalid(&field, "unknown service; `stackbox plans` lists them")
+                })?;
+                let builtin = builtin_limits(plan, service);
+                let millicpus = match limits.cpus {
+                    Some(cpus) if cpus.is_finite() && (0.01..=64.0).contains(&cpus) => {
+                        (cpus * 1000.0).round() as u32
+                    }
+                    Some(_) => {
+                        return Err(CoreError::invalid(
+                            format!("{field}.cpus"),
+                            "must be between 0.01 and 64",
+                        ))
+                    }
+                    None => builtin.millicpus,
+                };
+                let memory_mib = match limits.memory_mib {
+                    Some(mib) if (16..=1_048_576).contains(&mib) => mib,
+                    Some(_) => {
+                        return Err(CoreError::invalid(
+                            format!("{field}.memory_mib"),
+                            "must be between 16 and 1048576",
+                        ))
+                    }
+                    None => builtin.memory_mib,
+                };
+                config.limit_overrides.insert(
+                    (plan, service),
+                    Limits {
+                        millicpus,
+                        memory_mib,
+                    },
+                );
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        assert_eq!(
+            OperatorConfig::from_toml("", "stackbox.toml").unwrap(),
+            OperatorConfig::default()
+        );
+    }
+
+    #[test]
+    fn a_full_file_is_read() {
+        let config = OperatorConfig::from_toml(
+            r#"
+bundles_root = "/srv/stackbox"
+[acme]
+email = "ops@host.example"
+challenge = "dns"
+dns_provider = "route53"
+dns_env = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+[ingress]
+mode = "host-ports"
+[logging]
+max_size = "50m"
+max_files = 5
+[images]
+mysql = "mirror.local/mariadb:11.4.5"
+[limits.professional.nextcloud]
+cpus = 2.5
+memory_mib = 4096
+"#,
+            "stackbox.toml",
+        )
+        .unwrap();
+        assert_eq!(config.bundles_root, "/srv/stackbox");
+        assert!(
+            matches!(config.acme.challenge, AcmeChallenge::Dns { ref provider, .. } if provider == "route53")
+        );
+        assert_eq!(
+            config.ingress,
+            Ingress::HostPorts {
+                http: 80,
+                https: 443
+            }
+        );
+        assert_eq!(
+            config.limits(Plan::Professional, ServiceKind::Nextcloud),
+            Limits {
+                millicpus: 2500,
+                memory_mib: 4096
+            }
+        );
+        assert_eq!(
+            config.limits(Plan::Starter, ServiceKind::Nextcloud),
+            builtin_limits(Plan::Starter, ServiceKind::Nextcloud)
+        );
+    }
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        for (text, field) in [
+            ("[acme]\nchallenge = \"tls\"", "acme.challenge"),
+            ("[acme]\nchallenge = \"dns\"", "acme.dns_provider"),
+            ("[acme]\nemail = \"x\"", "acme.email"),
+            ("[ingress]\nmode = \"nodeport\"", "ingress.mode"),
+            ("[logging]\nmax_size = \"big\"", "logging.max_size"),
+            ("[limits.gold.mysql]\ncpus = 1.0", "limits.gold"),
+            (
+                "[limits.starter.mysql]\ncpus = 0.0",
+                "limits.starter.mysql.cpus",
+            ),
+            ("[limits.starter.db]\ncpus = 1.0", "limits.starter.db"),
+            ("[images]\nmysql = \"mysql\"", "images.mysql"),
+        ] {
+            let message = OperatorConfig::from_toml(text, "stackbox.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(message.starts_with(field), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn cpus_are_written_without_trailing_zeros() {
+        assert_eq!(Limits::new(250, 1).cpus(), "0.25");
+        assert_eq!(Limits::new(1000, 1).cpus(), "1");
+        assert_eq!(Limits::new(1500, 1).cpus(), "1.5");
+        assert_eq!(Limits::new(2005, 1).cpus(), "2.005");
+    }
+}
