@@ -38,7 +38,7 @@ pub fn postgres_apps(apps: &BTreeSet<App>) -> Vec<(App, &'static str, SecretKey)
     .collect()
 }
 
-fn password<'a>(secrets: &'a Secrets, key: SecretKey) -> &'a str {
+fn password(secrets: &Secrets, key: SecretKey) -> &str {
     // `render` checked that every needed secret is present.
     secrets.get(key).unwrap_or_default()
 }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the test suite uses, from Debian and PyPI, on a fresh machine (idempotent).
+# The tests judge rendered files with real tools: docker-compose, nginx, php, MariaDB,
+# PostgreSQL, and the published JSON schemas through Python's jsonschema.
+set -euo pipefail
+
+packages=(docker-compose nginx php-cli mariadb-server mariadb-client postgresql)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import jsonschema, yaml' 2>/dev/null; then
+  python3 -m pip install --quiet jsonschema pyyaml
+fi

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need, then checks
+# formatting, lints and runs every test tier (unit, snapshot, real tools, CLI end to end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-deps.sh
+
+# A target directory outside the clone survives between CI runs on the same machine.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stackbox/target}"
+export CARGO_TERM_COLOR=never
+# Snapshots are checked, never rewritten, here: review changes with `cargo insta review`.
+export INSTA_UPDATE=no
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
