@@ -80,7 +80,7 @@ pub fn render(client: &ClientSpec) -> String {
     .card {{ display: block; height: 100%; padding: 1.25rem 1.4rem; border-radius: .75rem; background: var(--surface); border-top: 4px solid var(--brand); color: inherit; text-decoration: none; }}
     .card:focus, .card:hover {{ box-shadow: 0 4px 14px rgba(0, 0, 0, .12); }}
     .card-title {{ display: block; font-weight: 600; font-size: 1.05rem; }}
-    .card-link {{ display: block; color: var(--muted); font-size: .9rem; overflow-wrap: anywhere; }}
+    .card-link {{ display: block; color: var(--muted); font-size: .85rem; overflow-wrap: break-word; }}
     footer {{ padding: 2rem 1.5rem; color: var(--muted); font-size: .9rem; border-top: 1px solid #e3e7eb; }}
     @media (max-width: 30rem) {{ header {{ padding: 2.75rem 1.25rem 2.5rem; }} main {{ padding: 2rem 1.25rem; }} }}
   </style>
