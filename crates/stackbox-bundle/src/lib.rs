@@ -274,7 +274,9 @@ impl BundleStore {
         })
     }
 
-    /// Puts back a bundle whose exchange was interrupted, and removes stale staging folders.
+    /// Removes what an interrupted write left beside the bundles. After the exchange the client
+    /// folder already holds the new bundle, so a leftover `.staging-`/`.previous-` folder is
+    /// either an unfinished new bundle or the replaced old one: neither is needed.
     fn recover_interrupted_writes(&self) -> Result<(), BundleError> {
         let clients = self.clients_dir();
         let entries = fs::read_dir(&clients).map_err(io_error("listing", &clients))?;

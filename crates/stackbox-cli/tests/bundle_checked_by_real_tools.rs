@@ -211,8 +211,7 @@ fn espocrm_config_is_valid_php_returning_the_branded_settings() {
         )));
         assert_success(&output, "php require");
         let config: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        let stored = std::fs::read_to_string(rendered.dir.join("client.toml")).unwrap();
-        let company = stackbox_core_company(&stored);
+        let company = stored_company(&rendered.dir);
         assert_eq!(
             config["applicationName"], company,
             "the company name must come back unchanged"
@@ -225,13 +224,14 @@ fn espocrm_config_is_valid_php_returning_the_branded_settings() {
     }
 }
 
-/// The company name as stored in client.toml (a TOML basic string, i.e. JSON escapes).
-fn stackbox_core_company(client_toml: &str) -> serde_json::Value {
-    let line = client_toml
-        .lines()
-        .find(|l| l.starts_with("company_name = "))
-        .unwrap();
-    serde_json::from_str(&line["company_name = ".len()..]).unwrap()
+/// The company name as stored in the bundle's client.toml, read with the core's own parser.
+fn stored_company(bundle: &Path) -> String {
+    let text = std::fs::read_to_string(bundle.join("client.toml")).unwrap();
+    stackbox_core::client::ClientSpec::from_toml(&text)
+        .unwrap()
+        .company_name
+        .as_str()
+        .to_string()
 }
 
 fn free_port() -> u16 {
@@ -337,16 +337,12 @@ fn website_conf_passes_nginx_t_and_serves_the_branded_page() {
                 && page.contains("Content-Security-Policy:"),
             "{page}"
         );
-        let escaped_company = stackbox_core_company(
-            &std::fs::read_to_string(rendered.dir.join("client.toml")).unwrap(),
-        )
-        .as_str()
-        .unwrap()
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;");
+        let escaped_company = stored_company(&rendered.dir)
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;");
         assert!(
             page.contains(&format!("<h1>{escaped_company}</h1>")),
             "company name missing from the page"
