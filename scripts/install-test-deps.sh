@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the test suite uses, from Debian and PyPI, on a fresh machine (idempotent).
 # The tests judge rendered files with real tools: docker-compose, nginx, php, MariaDB,
-# PostgreSQL, and the published JSON schemas through Python's jsonschema.
+# PostgreSQL, and the published JSON schemas through Python's jsonschema; the lifecycle
+# tests run a real Docker engine (docker.io) on images built with debootstrap.
 set -euo pipefail
 
-packages=(docker-compose nginx php-cli mariadb-server mariadb-client postgresql)
+packages=(docker.io docker-compose debootstrap nginx php-cli mariadb-server mariadb-client postgresql)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -5,6 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
+scripts/start-engine.sh
+
+# Local images for the engine tests (no registry is reachable): a Debian root file system
+# with the real nginx, MariaDB, Redis and PostgreSQL, plus health-check stand-ins. Cached by
+# content, so a second run only checks that they are there.
+export STACKBOX_CACHE_DIR="${STACKBOX_CACHE_DIR:-$HOME/.cache/stackbox}"
+export STACKBOX_TEST_IMAGES="$STACKBOX_CACHE_DIR/test-images.toml"
+tests/images/build.sh "$STACKBOX_TEST_IMAGES"
 
 # A target directory outside the clone survives between CI runs on the same machine.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stackbox/target}"

@@ -291,6 +291,54 @@ impl BundleStore {
     }
 
     /// Writes a bundle atomically (see the crate documentation).
+    /// Takes the client's deploy lock (one lifecycle operation per client at a time),
+    /// waiting for another holder. Released when the returned file is dropped.
+    pub fn lock_client(&self, id: &ClientId) -> Result<File, BundleError> {
+        // Outside the client folder: a bundle rewrite swaps that folder.
+        let locks = self.root.join("locks");
+        fs::create_dir_all(&locks).map_err(io_error("creating", &locks))?;
+        let path = locks.join(format!("{id}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_error("opening", &path))?;
+        lock.lock().map_err(io_error("locking", &path))?;
+        Ok(lock)
+    }
+
+    /// Writes the shared edge router's static configuration (`ROOT/edge/traefik.yml`)
+    /// atomically, unless it is already current; returns its absolute path.
+    pub fn write_edge_config(&self, contents: &str) -> Result<PathBuf, BundleError> {
+        let dir = std::path::absolute(self.root.join("edge"))
+            .map_err(io_error("resolving", &self.root))?;
+        fs::create_dir_all(&dir).map_err(io_error("creating", &dir))?;
+        let path = dir.join("traefik.yml");
+        if fs::read_to_string(&path).ok().as_deref() == Some(contents) {
+            return Ok(path);
+        }
+        let staging = dir.join(".traefik.yml.new");
+        fs::write(&staging, contents).map_err(io_error("writing", &staging))?;
+        set_mode(&staging, 0o644)?;
+        fs::rename(&staging, &path).map_err(io_error("replacing", &path))?;
+        Ok(path)
+    }
+
+    /// Deletes a client's bundle (secrets included) and its lock file: the last step of a
+    /// confirmed destroy.
+    pub fn remove_client(&self, id: &ClientId) -> Result<bool, BundleError> {
+        let dir = self.client_dir(id);
+        let existed = dir.exists();
+        if existed {
+            fs::remove_dir_all(&dir).map_err(io_error("removing", &dir))?;
+            sync_dir(&self.clients_dir())?;
+        }
+        let _ = fs::remove_file(self.root.join("locks").join(format!("{id}.lock")));
+        Ok(existed)
+    }
+
     pub fn write_bundle(&self, id: &ClientId, bundle: &Bundle) -> Result<(), BundleError> {
         let clients = self.clients_dir();
         let final_dir = self.client_dir(id);

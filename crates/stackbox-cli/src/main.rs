@@ -18,6 +18,9 @@ use stackbox_core::plan::{App, Plan, ServiceKind};
 use stackbox_core::secrets::SecretKey;
 use stackbox_core::stack::ADMIN_USERNAME;
 
+mod lifecycle;
+mod progress;
+
 #[derive(Parser)]
 #[command(
     name = "stackbox",
@@ -62,14 +65,83 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Render (or reuse) a client's bundle and bring its stack up on the Docker engine
+    /// (DOCKER_HOST, default the local socket), waiting until every service is healthy.
+    Deploy {
+        /// The client configuration (TOML).
+        config: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// Seconds each service may take to become healthy (default: from its health check).
+        #[arg(long, value_name = "SECONDS")]
+        health_timeout: Option<u64>,
+    },
+    /// Show a client's services (state, health, uptime, restarts, image, URL), or every
+    /// client on the engine with --all.
+    Status {
+        client_id: Option<String>,
+        /// Every client on the engine.
+        #[arg(long, conflicts_with = "client_id")]
+        all: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Stop a client's containers; its data is kept.
+    Stop {
+        client_id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Start a stopped client again (a deploy of its stored bundle).
+    Start {
+        client_id: String,
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_name = "SECONDS")]
+        health_timeout: Option<u64>,
+    },
+    /// Remove the containers and networks of a failed or partial deployment.
+    Cleanup {
+        client_id: String,
+        /// Remove the client's volumes (its data) too.
+        #[arg(long)]
+        delete_volumes: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Delete everything of a client: containers, networks, volumes and its bundle (secrets).
+    Destroy {
+        client_id: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Options every lifecycle command takes.
+#[derive(clap::Args)]
+struct Common {
+    /// The bundle root; defaults to the operator's bundles_root.
+    #[arg(long, visible_alias = "root", value_name = "ROOT")]
+    out: Option<PathBuf>,
+    /// Stream progress as JSON lines and end with one result object.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let json = matches!(
-        cli.command,
-        Command::Render { json: true, .. } | Command::Plans { json: true }
-    );
+    let json = match &cli.command {
+        Command::Render { json, .. } | Command::Plans { json } => *json,
+        Command::Deploy { common, .. }
+        | Command::Status { common, .. }
+        | Command::Stop { common, .. }
+        | Command::Start { common, .. }
+        | Command::Cleanup { common, .. }
+        | Command::Destroy { common, .. } => common.json,
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -145,7 +217,85 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Deploy {
+            config,
+            common,
+            health_timeout,
+        } => {
+            let text = read(&config, "client configuration")?;
+            let spec = ClientSpec::from_toml(&text).with_context(|| {
+                format!("{} is not a valid client configuration", config.display())
+            })?;
+            let root = root_of(&common, &operator);
+            lifecycle::deploy(
+                &operator,
+                &spec,
+                lifecycle::DeployArgs {
+                    root: &root,
+                    json: common.json,
+                    health_timeout,
+                },
+            )
+        }
+        Command::Start {
+            client_id,
+            common,
+            health_timeout,
+        } => {
+            let root = root_of(&common, &operator);
+            lifecycle::start(
+                &operator,
+                &client_id,
+                lifecycle::DeployArgs {
+                    root: &root,
+                    json: common.json,
+                    health_timeout,
+                },
+            )
+        }
+        Command::Status {
+            client_id,
+            all,
+            common,
+        } => lifecycle::status(
+            &root_of(&common, &operator),
+            client_id.as_deref(),
+            all,
+            common.json,
+        ),
+        Command::Stop { client_id, common } => {
+            lifecycle::stop(&root_of(&common, &operator), &client_id, common.json)
+        }
+        Command::Cleanup {
+            client_id,
+            delete_volumes,
+            common,
+        } => lifecycle::cleanup(
+            &operator,
+            &root_of(&common, &operator),
+            &client_id,
+            delete_volumes,
+            common.json,
+        ),
+        Command::Destroy {
+            client_id,
+            yes,
+            common,
+        } => lifecycle::destroy(
+            &operator,
+            &root_of(&common, &operator),
+            &client_id,
+            yes,
+            common.json,
+        ),
     }
+}
+
+fn root_of(common: &Common, operator: &OperatorConfig) -> PathBuf {
+    common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&operator.bundles_root))
 }
 
 fn absolute(path: &Path) -> PathBuf {

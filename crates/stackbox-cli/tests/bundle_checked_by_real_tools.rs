@@ -182,10 +182,14 @@ fn compose_files_pass_docker_compose_config_with_their_env() {
 #[test]
 fn traefik_configs_conform_to_the_traefik_v3_schema() {
     let root = tempfile::tempdir().unwrap();
-    let files: Vec<_> = render_all(root.path())
+    let mut files: Vec<_> = render_all(root.path())
         .iter()
         .map(|r| r.dir.join("config/traefik/traefik.yml"))
         .collect();
+    // The shared edge router's configuration too.
+    let edge = root.path().join("edge-traefik.yml");
+    std::fs::write(&edge, stackbox_core::render::traefik::render_edge()).unwrap();
+    files.push(edge);
     assert_success(
         &check_schema("traefik-v3.json", &files),
         "traefik v3 schema validation",

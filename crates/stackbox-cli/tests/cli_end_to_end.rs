@@ -274,3 +274,46 @@ fn plans_lists_plans_services_and_limits() {
     let table = stackbox(&["plans"]);
     assert!(text(&table.stdout).contains("professional — website + EspoCRM (crm.)"));
 }
+
+#[test]
+fn deploy_without_an_engine_says_so_and_writes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("deployments");
+    let output = Command::new(env!("CARGO_BIN_EXE_stackbox"))
+        .args([
+            "deploy",
+            &example("starter"),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env_remove("STACKBOX_OPERATOR_CONFIG")
+        .env_remove("STACKBOX_IMAGES")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let err = text(&output.stderr);
+    assert!(
+        err.contains("no Docker engine answers at unix:///nonexistent/docker.sock"),
+        "{err}"
+    );
+    assert!(err.contains("DOCKER_HOST"), "{err}");
+    assert!(
+        !out.exists(),
+        "nothing may be written when no engine answers"
+    );
+}
+
+#[test]
+fn status_and_destroy_reject_a_malformed_client_id() {
+    for args in [
+        vec!["status", "Not An Id"],
+        vec!["destroy", "../etc", "--yes"],
+        vec!["stop", "x;rm -rf /"],
+    ] {
+        let output = stackbox(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let err = text(&output.stderr);
+        assert!(err.contains("is not a client id"), "{args:?}: {err}");
+    }
+}

@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod client;
+pub mod deploy;
 pub mod error;
 pub mod operator;
 pub mod plan;

@@ -70,12 +70,16 @@ pub enum AcmeChallenge {
 #[serde(tag = "mode", rename_all = "kebab-case")]
 pub enum Ingress {
     /// The host's ports 80 and 443 belong to one shared edge router that forwards each
-    /// client's hostnames to the client's Traefik over a shared Docker network: plain HTTP
-    /// by Host (so HTTP-01 challenges reach the client's Traefik), TLS passed through by SNI
-    /// (so certificates stay with the client's Traefik). Many clients per host.
+    /// client's hostnames to the client's Traefik over that client's own edge network: plain
+    /// HTTP by Host (so HTTP-01 challenges reach the client's Traefik), TLS passed through by
+    /// SNI (so certificates stay with the client's Traefik). Many clients per host; no
+    /// network is shared between two clients.
     Edge {
-        /// The shared Docker network between the edge router and the clients' Traefiks.
-        network: String,
+        /// The edge router's container name (also the name of its own network).
+        router: String,
+        /// Host ports it publishes.
+        http: u16,
+        https: u16,
     },
     /// The client's Traefik publishes these host ports itself: one client per host.
     HostPorts { http: u16, https: u16 },
@@ -84,7 +88,9 @@ pub enum Ingress {
 impl Default for Ingress {
     fn default() -> Self {
         Ingress::Edge {
-            network: "stackbox-edge".to_string(),
+            router: "stackbox-edge".to_string(),
+            http: 80,
+            https: 443,
         }
     }
 }
@@ -284,7 +290,7 @@ struct AcmeFile {
 #[serde(deny_unknown_fields)]
 struct IngressFile {
     mode: Option<String>,
-    edge_network: Option<String>,
+    edge_router: Option<String>,
     http_port: Option<u16>,
     https_port: Option<u16>,
 }
@@ -371,17 +377,21 @@ impl OperatorFile {
         };
         config.ingress = match self.ingress.mode.as_deref().unwrap_or("edge") {
             "edge" => {
-                let network = self
+                let router = self
                     .ingress
-                    .edge_network
+                    .edge_router
                     .unwrap_or_else(|| "stackbox-edge".to_string());
-                if !is_name(&network, "-_.") {
+                if !is_name(&router, "-_.") {
                     return Err(CoreError::invalid(
-                        "ingress.edge_network",
-                        "must be a Docker network name ([A-Za-z0-9_.-])",
+                        "ingress.edge_router",
+                        "must be a Docker container name ([A-Za-z0-9_.-])",
                     ));
                 }
-                Ingress::Edge { network }
+                Ingress::Edge {
+                    router,
+                    http: self.ingress.http_port.unwrap_or(80),
+                    https: self.ingress.https_port.unwrap_or(443),
+                }
             }
             "host-ports" => Ingress::HostPorts {
                 http: self.ingress.http_port.unwrap_or(80),

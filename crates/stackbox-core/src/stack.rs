@@ -73,8 +73,6 @@ pub struct NetworkSpec {
     pub name: String,
     /// No route to the outside world (databases and caches only).
     pub internal: bool,
-    /// Owned by the operator, shared by clients (the edge network); never created or removed here.
-    pub external: bool,
 }
 
 /// A named volume of the client; holds client data and survives every redeploy.
@@ -249,13 +247,11 @@ pub fn build(client: &ClientSpec, id: &ClientId, operator: &OperatorConfig) -> S
             key: "web",
             name: network_name(id, "web"),
             internal: false,
-            external: false,
         },
         NetworkSpec {
             key: "data",
             name: network_name(id, "data"),
             internal: true,
-            external: false,
         },
     ];
     if apps.contains(&App::Mailtrain) {
@@ -263,15 +259,15 @@ pub fn build(client: &ClientSpec, id: &ClientId, operator: &OperatorConfig) -> S
             key: "mailtrain",
             name: network_name(id, "mailtrain"),
             internal: true,
-            external: false,
         });
     }
-    if let Ingress::Edge { network } = &operator.ingress {
+    if let Ingress::Edge { .. } = &operator.ingress {
+        // The client's own link to the edge router: only its Traefik and the edge router join
+        // it, so no container of one client can reach a container of another.
         networks.push(NetworkSpec {
             key: "edge",
-            name: network.clone(),
-            internal: false,
-            external: true,
+            name: network_name(id, "edge"),
+            internal: true,
         });
     }
 
@@ -461,7 +457,7 @@ impl Builder<'_> {
                             },
                         ];
                     }
-                    Ingress::Edge { network } => {
+                    Ingress::Edge { .. } => {
                         // Labels read by the operator's edge router only (the client's Traefik
                         // ignores containers with the router role): HTTP by Host, so HTTP-01
                         // challenges and redirects come here, and TLS passed through by SNI.
@@ -481,7 +477,10 @@ impl Builder<'_> {
                         let tls = format!("{}-edge-tls", self.id);
                         let l = &mut s.labels;
                         l.insert("traefik.enable".into(), "true".into());
-                        l.insert("traefik.docker.network".into(), network.clone());
+                        l.insert(
+                            "traefik.docker.network".into(),
+                            network_name(self.id, "edge"),
+                        );
                         l.insert(format!("traefik.http.routers.{http}.rule"), http_rule);
                         l.insert(
                             format!("traefik.http.routers.{http}.entrypoints"),
@@ -516,9 +515,12 @@ impl Builder<'_> {
                         target: "/etc/nginx/conf.d/default.conf",
                         read_only: true,
                     },
+                    // Files, never folders: a bundle rewrite swaps the whole client folder, and
+                    // a bind-mounted file keeps its inode while a folder would be emptied
+                    // under a container that did not need replacing.
                     Mount::BundleFile {
-                        source: "website",
-                        target: "/usr/share/nginx/html",
+                        source: "website/index.html",
+                        target: "/usr/share/nginx/html/index.html",
                         read_only: true,
                     },
                 ];

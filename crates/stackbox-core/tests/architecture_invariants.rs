@@ -13,7 +13,14 @@ fn core_has_no_io_dependencies() {
         .split("\n[")
         .next()
         .unwrap();
-    let allowed = ["serde", "serde_json", "toml", "thiserror", "deunicode"];
+    let allowed = [
+        "serde",
+        "serde_json",
+        "toml",
+        "thiserror",
+        "deunicode",
+        "sha2",
+    ];
     for line in dependencies
         .lines()
         .map(str::trim)

@@ -238,3 +238,11 @@ fn hostile_company_name_is_escaped_for_every_format() {
         "free text must stay out of .env"
     );
 }
+
+#[test]
+fn edge_router_configuration_snapshot() {
+    insta::assert_snapshot!(
+        "edge__traefik.yml",
+        stackbox_core::render::traefik::render_edge()
+    );
+}

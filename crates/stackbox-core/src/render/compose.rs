@@ -169,19 +169,15 @@ pub fn render(stack: &Stack) -> String {
     let mut networks = Yaml::map();
     for network in &stack.networks {
         let mut n = Yaml::map().with("name", Yaml::str(network.name.clone()));
-        if network.external {
-            n = n.with("external", Yaml::Bool(true));
-        } else {
-            n = n.with(
-                "labels",
-                Yaml::map().with(
-                    crate::stack::CLIENT_LABEL,
-                    Yaml::str(stack.client_id.to_string()),
-                ),
-            );
-            if network.internal {
-                n = n.with("internal", Yaml::Bool(true));
-            }
+        n = n.with(
+            "labels",
+            Yaml::map().with(
+                crate::stack::CLIENT_LABEL,
+                Yaml::str(stack.client_id.to_string()),
+            ),
+        );
+        if network.internal {
+            n = n.with("internal", Yaml::Bool(true));
         }
         networks = networks.with(network.key, n);
     }

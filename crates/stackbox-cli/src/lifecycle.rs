@@ -1,0 +1,474 @@
+//! deploy, status, stop, start, cleanup and destroy: the bundle store, the core's plan and the
+//! Docker engine put together.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use stackbox_bundle::{BundleStore, OsRandom, RenderOptions, RenderOutcome};
+use stackbox_core::client::{ClientId, ClientSpec};
+use stackbox_core::deploy::{desired_state, edge_router, EdgeRouter, OverallState};
+use stackbox_core::operator::{Ingress, OperatorConfig};
+use stackbox_core::render::traefik::render_edge;
+use stackbox_core::stack::{service_urls, ADMIN_USERNAME};
+use stackbox_engine::lifecycle::{self, ClientStatus, DeployOptions, Deployment};
+use stackbox_engine::{DockerRuntime, EngineError};
+
+use crate::new_admin_password;
+use crate::progress::Progress;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn parse_id(text: &str) -> Result<ClientId> {
+    Ok(ClientId::parse(text)?)
+}
+
+fn edge_config(store: &BundleStore, operator: &OperatorConfig) -> Result<Option<EdgeRouter>> {
+    if !matches!(operator.ingress, Ingress::Edge { .. }) {
+        return Ok(None);
+    }
+    let contents = render_edge();
+    let path = store.write_edge_config(&contents)?;
+    Ok(edge_router(
+        operator,
+        &path.display().to_string(),
+        contents.as_bytes(),
+    ))
+}
+
+fn edge_name(operator: &OperatorConfig) -> Option<&str> {
+    match &operator.ingress {
+        Ingress::Edge { router, .. } => Some(router),
+        Ingress::HostPorts { .. } => None,
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub struct DeployArgs<'a> {
+    pub root: &'a Path,
+    pub json: bool,
+    pub health_timeout: Option<u64>,
+}
+
+/// Renders (or reuses) the bundle and converges the engine to it.
+pub fn deploy(operator: &OperatorConfig, spec: &ClientSpec, args: DeployArgs) -> Result<()> {
+    // The engine first: when none answers, nothing is written.
+    let rt = runtime()?;
+    let docker = rt.block_on(DockerRuntime::connect())?;
+    let store = BundleStore::new(args.root);
+    let outcome = store.render_client(spec, operator, RenderOptions::default(), &mut OsRandom)?;
+    let lock = store.lock_client(&outcome.id)?;
+    let result = converge(operator, &store, &outcome, &args, &rt, &docker);
+    drop(lock);
+    result
+}
+
+fn converge(
+    operator: &OperatorConfig,
+    store: &BundleStore,
+    outcome: &RenderOutcome,
+    args: &DeployArgs,
+    rt: &tokio::runtime::Runtime,
+    docker: &DockerRuntime,
+) -> Result<()> {
+    let bundle_dir = std::path::absolute(&outcome.path)
+        .with_context(|| format!("cannot resolve {}", outcome.path.display()))?;
+    let desired = desired_state(
+        &outcome.rendered.stack,
+        &outcome.secrets,
+        &outcome.rendered.bundle,
+        &bundle_dir.display().to_string(),
+        &|name| std::env::var(name).ok(),
+    )?;
+    let edge = edge_config(store, operator)?;
+    let progress = Progress::new(args.json);
+    let events = |event| progress.event(event);
+    let options = DeployOptions {
+        health_timeout: args.health_timeout.map(Duration::from_secs),
+    };
+    let result = rt.block_on(async {
+        let deployment = Deployment::prepare(docker, &desired, edge.as_ref(), options).await?;
+        let run = tokio::select! {
+            result = deployment.run(&events) => result,
+            _ = interrupted() => Err(EngineError::Interrupted),
+        };
+        match run {
+            Ok(done) => Ok(done),
+            Err(error) => {
+                // Put back what was there; the deploy's own error is the one to report.
+                if let Err(rollback) = deployment.rollback(&events).await {
+                    progress.finish();
+                    return Err(anyhow::anyhow!(
+                        "{error}\nrollback failed too ({rollback}); run `stackbox cleanup {}` or deploy again",
+                        desired.client_id
+                    ));
+                }
+                Err(anyhow::Error::new(error).context(format!(
+                    "deploy of {} failed; rolled back to the previous state (volumes kept)",
+                    desired.client_id
+                )))
+            }
+        }
+    });
+    progress.finish();
+    let done = result?;
+    let urls = &outcome.rendered.urls;
+    let password = new_admin_password(outcome);
+    if args.json {
+        let services: serde_json::Map<String, serde_json::Value> = urls
+            .iter()
+            .map(|u| (u.name.to_string(), json!(u.url)))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "event": "result",
+                "success": true,
+                "client_id": outcome.id.as_str(),
+                "path": bundle_dir,
+                "plan": outcome.rendered.stack.services.len(),
+                "unchanged": done.unchanged,
+                "services": services,
+                "containers": done.services,
+                "removed": done.removed,
+                "credentials": {
+                    "admin_username": ADMIN_USERNAME,
+                    "admin_password": password,
+                    "stored_in": bundle_dir.join(".env"),
+                },
+            })
+        );
+    } else {
+        let verb = if done.unchanged {
+            "is up to date"
+        } else {
+            "is deployed and healthy"
+        };
+        println!("Client {} {verb}.", outcome.id);
+        for service in &done.services {
+            println!(
+                "  {:<20} {:<10} {:>6.1} s",
+                service.service, service.action, service.seconds
+            );
+        }
+        println!();
+        println!("Services:");
+        for url in urls {
+            println!("  {:<10} {}", url.name, url.url);
+        }
+        println!();
+        println!("Login: {ADMIN_USERNAME}");
+        match password {
+            Some(p) => println!(
+                "Password: {p}\n  (shown once; stored in {} with mode 0600)",
+                bundle_dir.join(".env").display()
+            ),
+            None => println!(
+                "Password: unchanged; stored in {}",
+                bundle_dir.join(".env").display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Starts a stopped client: a deploy of its stored bundle (the same converge path).
+pub fn start(operator: &OperatorConfig, id: &str, args: DeployArgs) -> Result<()> {
+    let id = parse_id(id)?;
+    let store = BundleStore::new(args.root);
+    let stored = store.load(&id)?.with_context(|| {
+        format!(
+            "client {id} has no bundle under {}; pass --out with the bundle root it was deployed from",
+            args.root.display()
+        )
+    })?;
+    let mut spec = stored.spec;
+    spec.client_id = Some(id);
+    deploy(operator, &spec, args)
+}
+
+pub fn status(root: &Path, id: Option<&str>, all: bool, json: bool) -> Result<()> {
+    let rt = runtime()?;
+    match (id, all) {
+        (Some(id), false) => {
+            let id = parse_id(id)?;
+            let store = BundleStore::new(root);
+            let stored = store.load(&id)?;
+            let expected: Vec<String> = stored
+                .as_ref()
+                .map(|s| {
+                    stackbox_core::plan::ServiceKind::for_apps(&s.spec.apps())
+                        .into_iter()
+                        .map(|k| k.name().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let status = rt.block_on(async {
+                let docker = DockerRuntime::connect().await?;
+                lifecycle::status(&docker, &id, &expected).await
+            })?;
+            let urls = stored
+                .as_ref()
+                .map(|s| service_urls(&s.spec))
+                .unwrap_or_default();
+            if json {
+                let mut value = serde_json::to_value(&status)?;
+                value["urls"] = urls
+                    .iter()
+                    .map(|u| (u.name.to_string(), json!(u.url)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+                for service in value["services"].as_array_mut().into_iter().flatten() {
+                    let name = service["service"].as_str().unwrap_or_default().to_string();
+                    let url = urls
+                        .iter()
+                        .find(|u| app_of_service(&name) == Some(u.name))
+                        .map(|u| u.url.clone());
+                    service["url"] = json!(url);
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print_status(&status, &urls);
+            }
+            if status.state == OverallState::Absent {
+                bail!("client {id} has no containers on the engine");
+            }
+            Ok(())
+        }
+        (None, true) => {
+            let all = rt.block_on(async {
+                let docker = DockerRuntime::connect().await?;
+                lifecycle::status_all(&docker).await
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "clients": all }))?
+                );
+            } else {
+                println!("{:<32} {:<10} {:>8}", "CLIENT", "STATE", "SERVICES");
+                for client in &all {
+                    let healthy = client
+                        .services
+                        .iter()
+                        .filter(|s| s.health == Some(stackbox_core::deploy::Health::Healthy))
+                        .count();
+                    println!(
+                        "{:<32} {:<10} {:>3}/{:<3} healthy",
+                        client.client_id,
+                        state_name(client.state),
+                        healthy,
+                        client.services.len()
+                    );
+                }
+            }
+            Ok(())
+        }
+        _ => bail!("status: give a CLIENT_ID, or --all for every client on the engine"),
+    }
+}
+
+/// The URL key (`website` or an app) a service answers for.
+fn app_of_service(service: &str) -> Option<&'static str> {
+    Some(match service {
+        "website" => "website",
+        "espocrm" => "espocrm",
+        "nextcloud" => "nextcloud",
+        "calcom" => "calcom",
+        "plausible" => "plausible",
+        "mailtrain" => "mailtrain",
+        _ => return None,
+    })
+}
+
+fn state_name(state: OverallState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+fn print_status(status: &ClientStatus, urls: &[stackbox_core::stack::ServiceUrl]) {
+    println!("Client {}: {}", status.client_id, state_name(status.state));
+    println!(
+        "  {:<20} {:<10} {:<10} {:>8}  {:<28} IMAGE",
+        "SERVICE", "STATE", "HEALTH", "RESTARTS", "STATUS"
+    );
+    for s in &status.services {
+        let health = s
+            .health
+            .and_then(|h| serde_json::to_value(h).ok())
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_else(|| "-".into());
+        let state = serde_json::to_value(s.state)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        println!(
+            "  {:<20} {:<10} {:<10} {:>8}  {:<28} {}",
+            s.service,
+            state,
+            health,
+            s.restart_count.map(|c| c.to_string()).unwrap_or("-".into()),
+            s.status,
+            s.image
+        );
+        if let Some(url) = urls
+            .iter()
+            .find(|u| app_of_service(&s.service) == Some(u.name))
+        {
+            println!("  {:<20} {}", "", url.url);
+        }
+    }
+}
+
+pub fn stop(root: &Path, id: &str, json: bool) -> Result<()> {
+    let id = parse_id(id)?;
+    let store = BundleStore::new(root);
+    let _lock = store.lock_client(&id)?;
+    let grace = |kind: stackbox_core::plan::ServiceKind| match kind {
+        stackbox_core::plan::ServiceKind::Mysql | stackbox_core::plan::ServiceKind::Postgres => 60,
+        _ => 10,
+    };
+    let progress = Progress::new(json);
+    let events = |event| progress.event(event);
+    let stopped = runtime()?.block_on(async {
+        let docker = DockerRuntime::connect().await?;
+        lifecycle::stop(&docker, &id, &grace, &events).await
+    });
+    progress.finish();
+    let stopped = stopped?;
+    if json {
+        println!(
+            "{}",
+            json!({"event": "result", "success": true, "client_id": id.as_str(), "stopped": stopped})
+        );
+    } else {
+        println!("Client {id} stopped ({stopped} containers); its data is kept. `stackbox start {id}` brings it back.");
+    }
+    Ok(())
+}
+
+pub fn cleanup(
+    operator: &OperatorConfig,
+    root: &Path,
+    id: &str,
+    delete_volumes: bool,
+    json: bool,
+) -> Result<()> {
+    let id = parse_id(id)?;
+    let store = BundleStore::new(root);
+    let _lock = store.lock_client(&id)?;
+    let removed = remove_from_engine(operator, &id, delete_volumes, json)?;
+    if json {
+        println!(
+            "{}",
+            json!({"event": "result", "success": true, "client_id": id.as_str(), "removed": removed})
+        );
+    } else {
+        println!(
+            "Client {id}: removed {} containers and {} networks{}.",
+            removed.containers.len(),
+            removed.networks.len(),
+            if delete_volumes {
+                format!(" and {} volumes", removed.volumes.len())
+            } else {
+                "; volumes kept (add --delete-volumes to remove them)".to_string()
+            }
+        );
+    }
+    Ok(())
+}
+
+fn remove_from_engine(
+    operator: &OperatorConfig,
+    id: &ClientId,
+    delete_volumes: bool,
+    json: bool,
+) -> Result<lifecycle::Removed> {
+    let progress = Progress::new(json);
+    let events = |event| progress.event(event);
+    let removed = runtime()?.block_on(async {
+        let docker = DockerRuntime::connect().await?;
+        lifecycle::cleanup(&docker, id, edge_name(operator), delete_volumes, &events).await
+    });
+    progress.finish();
+    Ok(removed?)
+}
+
+pub fn destroy(
+    operator: &OperatorConfig,
+    root: &Path,
+    id: &str,
+    yes: bool,
+    json: bool,
+) -> Result<()> {
+    let id = parse_id(id)?;
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("destroy deletes client {id}'s data for good; confirm with --yes");
+        }
+        eprint!("This deletes every container, volume (all data) and secret of client {id}.\nType the client id to confirm: ");
+        std::io::stderr().flush().ok();
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != id.as_str() {
+            bail!("not confirmed; nothing was deleted");
+        }
+    }
+    let store = BundleStore::new(root);
+    let lock = store.lock_client(&id)?;
+    let removed = remove_from_engine(operator, &id, true, json)?;
+    drop(lock);
+    let bundle: PathBuf = store.client_dir(&id);
+    let had_bundle = store.remove_client(&id)?;
+    if json {
+        println!(
+            "{}",
+            json!({"event": "result", "success": true, "client_id": id.as_str(), "removed": removed, "bundle_removed": had_bundle})
+        );
+    } else {
+        println!(
+            "Client {id} destroyed: {} containers, {} networks, {} volumes{}.",
+            removed.containers.len(),
+            removed.networks.len(),
+            removed.volumes.len(),
+            if had_bundle {
+                format!(" and the bundle {}", bundle.display())
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,512 @@
+//! End-to-end against a real Docker engine: the `stackbox` binary deploys, inspects, stops,
+//! starts, redeploys, breaks, isolates and removes client stacks.
+//!
+//! Needs a running engine and the local test images: `scripts/test.sh` starts `dockerd`, runs
+//! `tests/images/build.sh` and passes the catalog it writes in `STACKBOX_TEST_IMAGES`. The
+//! `docker` CLI is used only to observe, never to act.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const EDGE: &str = "stackbox-test-edge";
+
+fn images() -> String {
+    std::env::var("STACKBOX_TEST_IMAGES").expect(
+        "STACKBOX_TEST_IMAGES is not set: run scripts/test.sh, which starts the Docker engine and \
+         builds the local test images (tests/images/build.sh CATALOG_OUT)",
+    )
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+struct Env {
+    root: tempfile::TempDir,
+    operator: PathBuf,
+    images: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let root = tempfile::tempdir().unwrap();
+        let operator = root.path().join("stackbox.toml");
+        // Unusual host ports, so the test never fights a web server of the machine.
+        std::fs::write(
+            &operator,
+            format!(
+                "[ingress]\nmode = \"edge\"\nedge_router = \"{EDGE}\"\nhttp_port = 18080\nhttps_port = 18443\n"
+            ),
+        )
+        .unwrap();
+        Env {
+            root,
+            operator,
+            images: images(),
+        }
+    }
+
+    fn root(&self) -> &str {
+        self.root.path().to_str().unwrap()
+    }
+
+    fn stackbox(&self, args: &[&str], images: Option<&str>) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_stackbox"))
+            .args(args)
+            .args(["--out", self.root()])
+            .env("STACKBOX_OPERATOR_CONFIG", &self.operator)
+            .env("STACKBOX_IMAGES", images.unwrap_or(&self.images))
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.stackbox(args, None);
+        assert!(
+            output.status.success(),
+            "stackbox {args:?} failed:\n{}\n{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+        text(&output.stdout)
+    }
+
+    /// The last JSON line (`--json` streams events, then the result).
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(args);
+        let last = out
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("{}");
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    fn status(&self, id: &str) -> serde_json::Value {
+        let out = self.ok(&["status", id, "--json"]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn env_value(&self, id: &str, name: &str) -> String {
+        let env = std::fs::read_to_string(self.root.path().join("clients").join(id).join(".env"))
+            .unwrap();
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} not in .env"))
+            .to_string()
+    }
+}
+
+fn example(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../examples/{name}.toml"))
+        .display()
+        .to_string()
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().unwrap()
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let output = docker(args);
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        text(&output.stderr)
+    );
+    text(&output.stdout).trim().to_string()
+}
+
+/// Container ids of a client, by service.
+fn container_ids(id: &str) -> Vec<(String, String)> {
+    let out = docker_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=io.stackbox.client={id}"),
+        "--format",
+        "{{.Label \"com.docker.compose.service\"}} {{.ID}}",
+    ]);
+    let mut ids: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(s, i)| (s.to_string(), i.to_string()))
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn ip_on(container: &str, network: &str) -> String {
+    docker_ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+        container,
+    ])
+}
+
+fn http_get(ip: &str, port: u16, host: &str) -> String {
+    let mut stream = TcpStream::connect_timeout(
+        &format!("{ip}:{port}").parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// Nothing of the client is left on the engine.
+fn assert_gone(id: &str) {
+    let filter = format!("label=io.stackbox.client={id}");
+    for kind in [
+        ["ps", "-a", "-q"].as_slice(),
+        &["network", "ls", "-q"],
+        &["volume", "ls", "-q"],
+    ] {
+        let mut args = kind.to_vec();
+        args.extend(["--filter", &filter]);
+        assert_eq!(
+            docker_ok(&args),
+            "",
+            "docker {args:?} still lists something"
+        );
+    }
+}
+
+fn can_reach(from_container: &str, ip: &str, port: u16) -> bool {
+    // The stand-in and Debian images all ship bash; /dev/tcp needs no client tool.
+    docker(&[
+        "exec",
+        from_container,
+        "timeout",
+        "3",
+        "bash",
+        "-c",
+        &format!("exec 3<>/dev/tcp/{ip}/{port}"),
+    ])
+    .status
+    .success()
+}
+
+#[test]
+fn professional_client_lifecycle_on_a_real_engine() {
+    let env = Env::new();
+
+    // Deploy: every service healthy, URLs and a one-time password in the result.
+    let result = env.json(&["deploy", &example("professional"), "--json"]);
+    assert_eq!(result["success"], true, "{result}");
+    let id = result["client_id"].as_str().unwrap().to_string();
+    let password = result["credentials"]["admin_password"].as_str().unwrap();
+    assert_eq!(password, env.env_value(&id, "ADMIN_PASSWORD"));
+    assert_eq!(
+        result["services"]["website"],
+        "https://smithrealestate.stackbox.io"
+    );
+    let status = env.status(&id);
+    let state = status["state"].as_str().unwrap();
+    assert!(state == "running" || state == "starting", "{status}");
+    let services: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["service"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "traefik",
+        "website",
+        "mysql",
+        "redis",
+        "postgres",
+        "espocrm",
+        "nextcloud",
+        "calcom",
+        "plausible",
+    ] {
+        assert!(
+            services.contains(&expected),
+            "{expected} missing: {services:?}"
+        );
+    }
+    assert!(
+        !status.to_string().contains(password),
+        "status must never show a secret"
+    );
+
+    // The website, served by real nginx from the bundle, shows the company name.
+    let website = format!("{id}-website-1");
+    let page = http_get(
+        &ip_on(&website, &format!("{id}_web")),
+        80,
+        "smithrealestate.stackbox.io",
+    );
+    assert!(
+        page.contains("200 OK") && page.contains("Smith Real Estate"),
+        "{page}"
+    );
+
+    // Real MariaDB: each app user logs in with its generated password, and only there.
+    let mysql = format!("{id}-mysql-1");
+    for (user, secret) in [
+        ("espocrm", "ESPOCRM_DB_PASSWORD"),
+        ("nextcloud", "NEXTCLOUD_DB_PASSWORD"),
+    ] {
+        let password = env.env_value(&id, secret);
+        let login = docker(&[
+            "exec",
+            &mysql,
+            "mariadb",
+            "-h",
+            "127.0.0.1",
+            "-u",
+            user,
+            &format!("-p{password}"),
+            user,
+            "-e",
+            "SELECT 1",
+        ]);
+        assert!(login.status.success(), "{user}: {}", text(&login.stderr));
+        let wrong = docker(&[
+            "exec",
+            &mysql,
+            "mariadb",
+            "-h",
+            "127.0.0.1",
+            "-u",
+            user,
+            "-pwrong",
+            user,
+            "-e",
+            "SELECT 1",
+        ]);
+        assert!(
+            !wrong.status.success(),
+            "{user} logged in with a wrong password"
+        );
+    }
+
+    // The operator's usual tools see the stack (compose labels).
+    let compose_ps = docker_ok(&[
+        "ps",
+        "--filter",
+        &format!("label=com.docker.compose.project={id}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(compose_ps.contains(&website), "{compose_ps}");
+
+    // Hardening: nothing privileged, no-new-privileges everywhere, databases not published,
+    // only Traefik has the Docker socket.
+    for (service, container) in container_ids(&id) {
+        let inspect = docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Privileged}} {{.HostConfig.SecurityOpt}} {{json .HostConfig.PortBindings}} {{range .Mounts}}{{.Source}} {{end}}",
+            &container,
+        ]);
+        assert!(
+            inspect.starts_with("false [no-new-privileges:true]"),
+            "{service}: {inspect}"
+        );
+        assert!(
+            inspect.contains(" {} ") || inspect.contains(" null "),
+            "{service} publishes ports: {inspect}"
+        );
+        assert_eq!(
+            inspect.contains("docker.sock"),
+            service == "traefik",
+            "{service}: {inspect}"
+        );
+    }
+
+    // Stop keeps everything; start brings it back healthy.
+    env.ok(&["stop", &id]);
+    assert_eq!(env.status(&id)["state"], "stopped");
+    let before_start = container_ids(&id);
+    env.ok(&["start", &id]);
+    let state = env.status(&id)["state"].as_str().unwrap().to_string();
+    assert!(state == "running" || state == "starting", "{state}");
+    assert_eq!(container_ids(&id), before_start, "start must not recreate");
+
+    // Redeploy with no change recreates nothing.
+    let again = env.json(&["deploy", &example("professional"), "--json"]);
+    assert_eq!(again["unchanged"], true, "{again}");
+    assert!(
+        again["credentials"]["admin_password"].is_null(),
+        "password shown twice"
+    );
+    assert_eq!(container_ids(&id), before_start);
+
+    // Break one service (an image whose website health check can never pass): the deploy
+    // fails naming it, shows its health output and logs, and puts the old container back.
+    let broken = env.root.path().join("broken-images.toml");
+    let catalog = std::fs::read_to_string(&env.images).unwrap();
+    let redis_image = catalog
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("redis = "))
+        .expect("catalog has a redis image")
+        .to_string();
+    std::fs::write(
+        &broken,
+        format!("{catalog}\n").replace(
+            &catalog
+                .lines()
+                .find(|l| l.trim().starts_with("nginx = "))
+                .unwrap()
+                .to_string(),
+            &format!("nginx = {redis_image}"),
+        ),
+    )
+    .unwrap();
+    let failed = env.stackbox(
+        &["deploy", &example("professional"), "--health-timeout", "6"],
+        Some(broken.to_str().unwrap()),
+    );
+    assert!(!failed.status.success());
+    let report = text(&failed.stderr);
+    assert!(
+        report.contains("service website did not become healthy"),
+        "{report}"
+    );
+    assert!(report.contains("health check output"), "{report}");
+    assert!(report.contains("last log lines"), "{report}");
+    assert!(report.contains("rolled back"), "{report}");
+    assert_eq!(
+        container_ids(&id),
+        before_start,
+        "rollback must restore the old website"
+    );
+    let page = http_get(
+        &ip_on(&website, &format!("{id}_web")),
+        80,
+        "smithrealestate.stackbox.io",
+    );
+    assert!(
+        page.contains("Smith Real Estate"),
+        "old website back: {page}"
+    );
+
+    // SIGTERM in the middle of a first deploy: rolled back, nothing of the client running;
+    // the next deploy then completes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stackbox"))
+        .args(["deploy", &example("starter"), "--json", "--out", env.root()])
+        .env("STACKBOX_OPERATOR_CONFIG", &env.operator)
+        .env("STACKBOX_IMAGES", &env.images)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    // Wait until the deploy is under way (a container is being created).
+    let mut interrupted_id = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("\"plan\"") {
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            interrupted_id = event["client"].as_str().map(String::from);
+        }
+        if line.contains("\"starting\"") {
+            break;
+        }
+    }
+    let interrupted_id = interrupted_id.expect("a plan event before any container starts");
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    for _ in lines.by_ref() {}
+    let exit = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        !exit.success(),
+        "an interrupted deploy must not report success"
+    );
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        container_ids(&interrupted_id).is_empty(),
+        "an interrupted first deploy leaves no container"
+    );
+
+    // A second client beside it: no shared names, and no route between the two.
+    let second = env.json(&["deploy", &example("starter"), "--json"]);
+    assert_eq!(second["client_id"].as_str(), Some(interrupted_id.as_str()));
+    let id2 = second["client_id"].as_str().unwrap().to_string();
+    assert_ne!(id, id2);
+    let website2 = format!("{id2}-website-1");
+    let ip2 = ip_on(&website2, &format!("{id2}_web"));
+    let own_traefik = ip_on(&format!("{id}-traefik-1"), &format!("{id}_web"));
+    assert!(
+        can_reach(&website, &own_traefik, 8082),
+        "positive control: a client reaches its own Traefik"
+    );
+    assert!(
+        !can_reach(&website, &ip2, 80),
+        "client 1 reached client 2's website"
+    );
+    let traefik2 = ip_on(&format!("{id2}-traefik-1"), &format!("{id2}_edge"));
+    assert!(
+        !can_reach(&format!("{id}-traefik-1"), &traefik2, 80),
+        "client 1's Traefik reached client 2's Traefik over the edge"
+    );
+    assert!(
+        can_reach(EDGE, &traefik2, 8082),
+        "the edge router reaches each client's Traefik"
+    );
+
+    // status --all lists both.
+    let all: serde_json::Value =
+        serde_json::from_str(&env.ok(&["status", "--all", "--json"])).unwrap();
+    let listed: Vec<&str> = all["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&id.as_str()) && listed.contains(&id2.as_str()),
+        "{listed:?}"
+    );
+
+    // Cleanup keeps volumes unless asked; destroy removes everything, bundle included.
+    env.ok(&["cleanup", &id2]);
+    assert!(container_ids(&id2).is_empty());
+    assert!(!docker_ok(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=io.stackbox.client={id2}")
+    ])
+    .is_empty());
+    env.ok(&["cleanup", &id2, "--delete-volumes"]);
+    assert_gone(&id2);
+    let refused = env.stackbox(&["destroy", &id], None);
+    assert!(!refused.status.success(), "destroy without confirmation");
+    assert!(!container_ids(&id).is_empty());
+    env.ok(&["destroy", &id, "--yes"]);
+    assert_gone(&id);
+    assert!(!Path::new(env.root()).join("clients").join(&id).exists());
+
+    let _ = docker(&["rm", "-f", EDGE]);
+    let _ = docker(&["network", "rm", EDGE]);
+}

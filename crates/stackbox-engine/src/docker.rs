@@ -1,0 +1,636 @@
+//! [`ContainerRuntime`] on a Docker engine, through the Engine API (bollard).
+//!
+//! The API version is negotiated with the engine (Debian's docker.io 20.10 speaks 1.41), so
+//! only calls that 1.41 has are used: a container is created on its first network and
+//! connected to the others before it starts (multi-network create came with 1.44), and health
+//! is read from the list's status text (the list's `Health` field came later too).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig,
+    HostConfigLogConfig, Mount, MountType, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkDisconnectRequest, NetworkingConfig, PortBinding, ResourcesUlimits, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListNetworksOptions,
+    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    RenameContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use stackbox_core::client::ClientId;
+use stackbox_core::deploy::{
+    labels, ContainerConfig, ContainerMount, ContainerState, DesiredNetwork, DesiredVolume, Health,
+    Observed, ObservedContainer,
+};
+use stackbox_core::stack::{Healthcheck, CLIENT_LABEL};
+
+use crate::runtime::{ContainerDetails, ContainerRuntime, Probe};
+use crate::EngineError;
+
+/// A Docker engine: `DOCKER_HOST` when set (unix:// or tcp://), else the local socket.
+pub struct DockerRuntime {
+    docker: Docker,
+    endpoint: String,
+}
+
+const NANOS: i64 = 1_000_000_000;
+
+impl DockerRuntime {
+    /// Connects and negotiates the API version; fails with a clear message when no engine
+    /// answers.
+    pub async fn connect() -> Result<DockerRuntime, EngineError> {
+        let endpoint = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        let unreachable = |problem: String| EngineError::Unreachable {
+            endpoint: endpoint.clone(),
+            problem,
+        };
+        let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable("no answer within 10 s".into()))?
+            .map_err(|e| unreachable(short(&e)))?;
+        Ok(DockerRuntime { docker, endpoint })
+    }
+
+    /// The underlying client, for tests and benchmarks.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+}
+
+/// The engine's own message, without bollard's wrapping.
+fn short(error: &BollardError) -> String {
+    match error {
+        BollardError::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn status_of(error: &BollardError) -> Option<u16> {
+    match error {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn map_err<'a>(
+    action: &'static str,
+    object: &'a str,
+) -> impl FnOnce(BollardError) -> EngineError + 'a {
+    move |error| match &error {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
+            if *status_code == 404 {
+                EngineError::NotFound {
+                    object: object.to_string(),
+                }
+            } else {
+                EngineError::Refused {
+                    action,
+                    object: object.to_string(),
+                    status: *status_code,
+                    message: message.clone(),
+                }
+            }
+        }
+        _ => EngineError::Transport {
+            action,
+            object: object.to_string(),
+            problem: error.to_string(),
+        },
+    }
+}
+
+fn label_filter(client: Option<&ClientId>) -> HashMap<String, Vec<String>> {
+    let label = match client {
+        Some(id) => format!("{CLIENT_LABEL}={id}"),
+        None => CLIENT_LABEL.to_string(),
+    };
+    HashMap::from([("label".to_string(), vec![label])])
+}
+
+fn observed(summary: bollard::models::ContainerSummary) -> (String, ObservedContainer) {
+    let labels = summary.labels.unwrap_or_default();
+    let status = summary.status.unwrap_or_default();
+    let state = summary
+        .state
+        .map(|s| ContainerState::parse(s.as_ref()))
+        .unwrap_or(ContainerState::Dead);
+    let name = summary
+        .names
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_string();
+    let client = labels.get(CLIENT_LABEL).cloned().unwrap_or_default();
+    let container = ObservedContainer {
+        id: summary.id.unwrap_or_default(),
+        name,
+        service: labels.get(labels::SERVICE).cloned(),
+        config_hash: labels.get(labels::CONFIG_HASH).cloned(),
+        health: Health::from_status_text(&status),
+        state,
+        image: summary.image.unwrap_or_default(),
+        created: summary.created.unwrap_or_default(),
+        status,
+    };
+    (client, container)
+}
+
+fn health_command(check: &Healthcheck) -> Vec<String> {
+    match check.test.first().map(String::as_str) {
+        Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), check.test[1..].join(" ")],
+        Some("CMD") => check.test[1..].to_vec(),
+        _ => check.test.clone(),
+    }
+}
+
+impl ContainerRuntime for DockerRuntime {
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn observe(&self, client: &ClientId) -> Result<Observed, EngineError> {
+        let object = format!("client {client}");
+        let filters = label_filter(Some(client));
+        let (containers, networks, volumes) = tokio::join!(
+            self.list_client_containers(Some(client)),
+            self.docker.list_networks(Some(ListNetworksOptions {
+                filters: Some(filters.clone()),
+            })),
+            self.docker.list_volumes(Some(ListVolumesOptions {
+                filters: Some(filters.clone()),
+            })),
+        );
+        Ok(Observed {
+            containers: containers?.into_iter().map(|(_, c)| c).collect(),
+            networks: networks
+                .map_err(map_err("list the networks of", &object))?
+                .into_iter()
+                .filter_map(|n| n.name)
+                .collect(),
+            volumes: volumes
+                .map_err(map_err("list the volumes of", &object))?
+                .volumes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v.name)
+                .collect(),
+        })
+    }
+
+    async fn list_client_containers(
+        &self,
+        client: Option<&ClientId>,
+    ) -> Result<Vec<(String, ObservedContainer)>, EngineError> {
+        let summaries = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(label_filter(client)),
+                ..Default::default()
+            }))
+            .await
+            .map_err(map_err("list", "containers"))?;
+        Ok(summaries.into_iter().map(observed).collect())
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(map_err("inspect image", image)(e)),
+        }
+        let (from_image, tag) = match image.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => (name.to_string(), tag.to_string()),
+            _ => (image.to_string(), "latest".to_string()),
+        };
+        let mut pull = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(from_image),
+                tag: Some(tag),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        let pulled = tokio::time::timeout(Duration::from_secs(300), async {
+            while let Some(progress) = pull.next().await {
+                progress.map_err(|e| short(&e))?;
+            }
+            Ok::<(), String>(())
+        })
+        .await;
+        match pulled {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(problem)) => Err(EngineError::ImageUnavailable {
+                image: image.to_string(),
+                for_service: String::new(),
+                problem,
+            }),
+            Err(_) => Err(EngineError::ImageUnavailable {
+                image: image.to_string(),
+                for_service: String::new(),
+                problem: "the pull did not finish within 5 minutes".into(),
+            }),
+        }
+    }
+
+    async fn create_network(&self, network: &DesiredNetwork) -> Result<(), EngineError> {
+        let result = self
+            .docker
+            .create_network(NetworkCreateRequest {
+                name: network.name.clone(),
+                driver: Some("bridge".into()),
+                internal: Some(network.internal),
+                labels: Some(network.labels.clone().into_iter().collect()),
+                ..Default::default()
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Already there (a concurrent or earlier run made it): fine.
+            Err(e) if status_of(&e) == Some(409) => Ok(()),
+            Err(e) => Err(map_err("create network", &network.name)(e)),
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(map_err("remove network", name)(e)),
+        }
+    }
+
+    async fn connect_network(&self, network: &str, container: &str) -> Result<(), EngineError> {
+        let result = self
+            .docker
+            .connect_network(
+                network,
+                NetworkConnectRequest {
+                    container: container.to_string(),
+                    endpoint_config: Some(EndpointSettings::default()),
+                },
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            // "endpoint ... already exists in network" comes back as 403 on 20.10.
+            Err(e) if short(&e).contains("already exists") => Ok(()),
+            Err(e) => Err(map_err("connect to network", network)(e)),
+        }
+    }
+
+    async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), EngineError> {
+        let result = self
+            .docker
+            .disconnect_network(
+                network,
+                NetworkDisconnectRequest {
+                    container: container.to_string(),
+                    force: Some(true),
+                },
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(status_of(&e), Some(404)) => Ok(()),
+            Err(e) if short(&e).contains("is not connected") => Ok(()),
+            Err(e) => Err(map_err("disconnect from network", network)(e)),
+        }
+    }
+
+    async fn create_volume(&self, volume: &DesiredVolume) -> Result<(), EngineError> {
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume.name.clone()),
+                labels: Some(volume.labels.clone().into_iter().collect()),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(map_err("create volume", &volume.name))
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
+        match self
+            .docker
+            .remove_volume(name, Some(RemoveVolumeOptions { force: false }))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(map_err("remove volume", name)(e)),
+        }
+    }
+
+    async fn create_container(&self, config: &ContainerConfig) -> Result<String, EngineError> {
+        let mounts = config
+            .mounts
+            .iter()
+            .map(|m| match m {
+                ContainerMount::Volume { name, target } => Mount {
+                    typ: Some(MountType::VOLUME),
+                    source: Some(name.clone()),
+                    target: Some(target.clone()),
+                    ..Default::default()
+                },
+                ContainerMount::Bind {
+                    source,
+                    target,
+                    read_only,
+                } => Mount {
+                    typ: Some(MountType::BIND),
+                    source: Some(source.clone()),
+                    target: Some(target.clone()),
+                    read_only: Some(*read_only),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let mut port_bindings = HashMap::new();
+        let mut exposed = Vec::new();
+        for port in &config.ports {
+            let key = format!("{}/tcp", port.container);
+            exposed.push(key.clone());
+            port_bindings.insert(
+                key,
+                Some(vec![PortBinding {
+                    host_ip: None,
+                    host_port: Some(port.host.to_string()),
+                }]),
+            );
+        }
+        let check = &config.healthcheck;
+        let first = config.networks.first();
+        let host_config = HostConfig {
+            mounts: Some(mounts),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            privileged: Some(false),
+            nano_cpus: Some(i64::from(config.limits.millicpus) * 1_000_000),
+            memory: Some(i64::from(config.limits.memory_mib) * 1024 * 1024),
+            ulimits: config.nofile.map(|n| {
+                vec![ResourcesUlimits {
+                    name: Some("nofile".into()),
+                    soft: Some(n as i64),
+                    hard: Some(n as i64),
+                }]
+            }),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), config.logging.max_size.clone()),
+                    ("max-file".to_string(), config.logging.max_files.to_string()),
+                ])),
+            }),
+            network_mode: first.map(|n| n.network.clone()),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(config.image.clone()),
+            entrypoint: config.entrypoint.clone(),
+            cmd: config.command.clone(),
+            env: Some(config.env.clone()),
+            labels: Some(config.labels.clone().into_iter().collect()),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            healthcheck: Some(HealthConfig {
+                test: Some(check.test.clone()),
+                interval: Some(i64::from(check.interval_seconds) * NANOS),
+                timeout: Some(i64::from(check.timeout_seconds) * NANOS),
+                retries: Some(i64::from(check.retries)),
+                start_period: Some(i64::from(check.start_period_seconds) * NANOS),
+                start_interval: None,
+            }),
+            stop_timeout: Some(i64::from(config.stop_grace_seconds)),
+            host_config: Some(host_config),
+            networking_config: first.map(|n| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    n.network.clone(),
+                    EndpointSettings {
+                        aliases: Some(n.aliases.clone()),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(config.name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(map_err("create container", &config.name))?;
+        for extra in config.networks.iter().skip(1) {
+            self.docker
+                .connect_network(
+                    &extra.network,
+                    NetworkConnectRequest {
+                        container: created.id.clone(),
+                        endpoint_config: Some(EndpointSettings {
+                            aliases: Some(extra.aliases.clone()),
+                            ..Default::default()
+                        }),
+                    },
+                )
+                .await
+                .map_err(map_err("connect to network", &extra.network))?;
+        }
+        Ok(created.id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), EngineError> {
+        match self.docker.start_container(id, None).await {
+            Ok(()) => Ok(()),
+            // 304: already running.
+            Err(e) if status_of(&e) == Some(304) => Ok(()),
+            Err(e) => Err(map_err("start container", id)(e)),
+        }
+    }
+
+    async fn stop_container(&self, id: &str, grace_seconds: u32) -> Result<(), EngineError> {
+        let options = StopContainerOptions {
+            t: Some(grace_seconds as i32),
+            signal: None,
+        };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(status_of(&e), Some(304) | Some(404)) => Ok(()),
+            Err(e) => Err(map_err("stop container", id)(e)),
+        }
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            // Removal already in progress.
+            Err(e) if status_of(&e) == Some(409) && short(&e).contains("in progress") => Ok(()),
+            Err(e) => Err(map_err("remove container", id)(e)),
+        }
+    }
+
+    async fn rename_container(&self, id: &str, name: &str) -> Result<(), EngineError> {
+        self.docker
+            .rename_container(
+                id,
+                RenameContainerOptions {
+                    name: name.to_string(),
+                },
+            )
+            .await
+            .map_err(map_err("rename container", id))
+    }
+
+    async fn inspect_container(&self, id: &str) -> Result<ContainerDetails, EngineError> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(map_err("inspect container", id))?;
+        let state = inspect.state.unwrap_or_default();
+        let health = state.health.clone().unwrap_or_default();
+        Ok(ContainerDetails {
+            state: state
+                .status
+                .map(|s| ContainerState::parse(s.as_ref()))
+                .unwrap_or(ContainerState::Dead),
+            exit_code: state.exit_code,
+            health: match health.status {
+                Some(HealthStatusEnum::HEALTHY) => Some(Health::Healthy),
+                Some(HealthStatusEnum::UNHEALTHY) => Some(Health::Unhealthy),
+                Some(HealthStatusEnum::STARTING) => Some(Health::Starting),
+                _ => None,
+            },
+            restart_count: inspect.restart_count.unwrap_or(0).max(0) as u64,
+            config_hash: inspect
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|l| l.get(labels::CONFIG_HASH).cloned()),
+            health_log: health
+                .log
+                .unwrap_or_default()
+                .into_iter()
+                .map(|entry| {
+                    format!(
+                        "exit {}: {}",
+                        entry.exit_code.unwrap_or(-1),
+                        entry.output.unwrap_or_default().trim()
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    async fn probe(&self, id: &str, check: &Healthcheck) -> Result<Probe, EngineError> {
+        let exec = match self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(health_command(check)),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(exec) => exec,
+            // The container stopped or is restarting between the inspect and the exec: a
+            // failed check, not a failed deploy; the caller looks at the state again.
+            Err(e) if status_of(&e) == Some(409) => {
+                return Ok(Probe {
+                    passed: false,
+                    output: short(&e),
+                })
+            }
+            Err(e) => return Err(map_err("run the health check in", id)(e)),
+        };
+        let timeout = Duration::from_secs(u64::from(check.timeout_seconds.max(1)));
+        let run = async {
+            let mut output = String::new();
+            if let StartExecResults::Attached {
+                output: mut stream, ..
+            } = self
+                .docker
+                .start_exec(&exec.id, Some(StartExecOptions::default()))
+                .await
+                .map_err(map_err("run the health check in", id))?
+            {
+                while let Some(Ok(chunk)) = stream.next().await {
+                    if output.len() < 4096 {
+                        output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                    }
+                }
+            }
+            Ok::<String, EngineError>(output)
+        };
+        let output = match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Ok(Probe {
+                    passed: false,
+                    output: format!("timed out after {} s", timeout.as_secs()),
+                })
+            }
+        };
+        let inspect = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(map_err("run the health check in", id))?;
+        Ok(Probe {
+            passed: inspect.exit_code == Some(0),
+            output: output.trim().to_string(),
+        })
+    }
+
+    async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, EngineError> {
+        let mut stream = self.docker.logs(
+            id,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: lines.to_string(),
+                ..Default::default()
+            }),
+        );
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => text.push_str(&String::from_utf8_lossy(&chunk.into_bytes())),
+                Err(e) => return Err(map_err("read the logs of", id)(e)),
+            }
+        }
+        Ok(text)
+    }
+}

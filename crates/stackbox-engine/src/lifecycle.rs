@@ -1,0 +1,827 @@
+//! The lifecycle operations: deploy (converge), stop, cleanup, destroy and status.
+//!
+//! Deploy is the one path for change: observe → [`plan`] → idempotent actions. Services start
+//! as soon as everything they depend on is healthy (in parallel otherwise). Readiness is the
+//! service's own health-check command, run by StackBox as soon as the container is up and
+//! then every few hundred milliseconds, rather than waiting for the engine's next periodic
+//! check (every 10 s). A deploy that fails or is interrupted puts back what was there before.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::Serialize;
+use stackbox_core::client::ClientId;
+use stackbox_core::deploy::{
+    overall_state, plan, ContainerConfig, ContainerState, DeployPlan, DesiredState, EdgeRouter,
+    Health, Observed, ObservedContainer, OverallState, ServiceAction, ServiceStep, REPLACED_SUFFIX,
+};
+use stackbox_core::plan::ServiceKind;
+
+use crate::runtime::ContainerRuntime;
+use crate::EngineError;
+
+/// A step of an operation, for progress displays (`--json` prints each as one line).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// What a deploy is going to do.
+    Plan {
+        client: String,
+        create: Vec<String>,
+        replace: Vec<String>,
+        start: Vec<String>,
+        unchanged: Vec<String>,
+    },
+    /// A service moved to a new phase.
+    Service {
+        service: String,
+        phase: Phase,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+}
+
+/// Where a service is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Pulling,
+    Waiting,
+    Creating,
+    Starting,
+    CheckingHealth,
+    Healthy,
+    Unchanged,
+    Failed,
+    RollingBack,
+    Restored,
+    Stopping,
+    Stopped,
+    Removing,
+    Removed,
+}
+
+impl Phase {
+    /// True when the service has reached an end.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Phase::Healthy
+                | Phase::Unchanged
+                | Phase::Failed
+                | Phase::Restored
+                | Phase::Stopped
+                | Phase::Removed
+        )
+    }
+}
+
+fn service_event(service: &str, phase: Phase, detail: Option<String>) -> Event {
+    Event::Service {
+        service: service.to_string(),
+        phase,
+        detail,
+    }
+}
+
+/// Tunables of a deploy.
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    /// Overrides every service's health timeout (default: its start period plus its
+    /// retries × interval, at least 30 s).
+    pub health_timeout: Option<Duration>,
+}
+
+/// What happened to one service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceOutcome {
+    pub service: String,
+    /// `created`, `replaced`, `started` or `unchanged`.
+    pub action: &'static str,
+    pub seconds: f64,
+}
+
+/// The result of a successful deploy.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployOutcome {
+    pub services: Vec<ServiceOutcome>,
+    /// Containers of the client that were removed (services no longer in its plan, leftovers).
+    pub removed: Vec<String>,
+    /// Nothing needed doing.
+    pub unchanged: bool,
+}
+
+/// What a deploy changed, so a failure or interruption can put it back.
+#[derive(Default)]
+struct Journal {
+    /// Networks this deploy created.
+    networks: Vec<String>,
+    /// Containers set aside for their replacement: (container, was running).
+    set_aside: Vec<(ObservedContainer, bool)>,
+    /// Stopped containers this deploy started.
+    started: Vec<String>,
+}
+
+/// One deploy of one client: prepared (observed and planned), then run, then rolled back if
+/// it fails or is interrupted.
+pub struct Deployment<'a, R: ContainerRuntime> {
+    runtime: &'a R,
+    desired: &'a DesiredState,
+    edge: Option<&'a EdgeRouter>,
+    options: DeployOptions,
+    before: Observed,
+    plan: DeployPlan,
+    journal: RefCell<Journal>,
+}
+
+impl<'a, R: ContainerRuntime> Deployment<'a, R> {
+    /// Reads the engine and computes the plan; changes nothing.
+    pub async fn prepare(
+        runtime: &'a R,
+        desired: &'a DesiredState,
+        edge: Option<&'a EdgeRouter>,
+        options: DeployOptions,
+    ) -> Result<Deployment<'a, R>, EngineError> {
+        let before = runtime.observe(&desired.client_id).await?;
+        let plan = plan(desired, &before);
+        Ok(Deployment {
+            runtime,
+            desired,
+            edge,
+            options,
+            before,
+            plan,
+            journal: RefCell::new(Journal::default()),
+        })
+    }
+
+    pub fn plan(&self) -> &DeployPlan {
+        &self.plan
+    }
+
+    /// Brings the engine to the desired state. On error the caller calls [`Self::rollback`].
+    pub async fn run(&self, events: &dyn Fn(Event)) -> Result<DeployOutcome, EngineError> {
+        let names = |pick: fn(&ServiceAction) -> bool| -> Vec<String> {
+            self.plan
+                .services
+                .iter()
+                .filter(|s| pick(&s.action))
+                .map(|s| s.config.service.name().to_string())
+                .collect()
+        };
+        events(Event::Plan {
+            client: self.desired.client_id.to_string(),
+            create: names(|a| matches!(a, ServiceAction::Create)),
+            replace: names(|a| matches!(a, ServiceAction::Replace { .. })),
+            start: names(|a| matches!(a, ServiceAction::Start { .. })),
+            unchanged: names(|a| matches!(a, ServiceAction::Keep { .. })),
+        });
+
+        // Every image first, so a missing one stops the deploy before anything changes.
+        let mut images: Vec<(&str, &str)> = Vec::new();
+        for step in &self.plan.services {
+            if matches!(
+                step.action,
+                ServiceAction::Create | ServiceAction::Replace { .. }
+            ) {
+                images.push((step.config.service.name(), &step.config.image));
+            }
+        }
+        if let Some(edge) = self.edge {
+            images.push(("edge", &edge.container.image));
+        }
+        let checks: FuturesUnordered<_> = images
+            .iter()
+            .map(|(service, image)| async move {
+                events(service_event(
+                    service,
+                    Phase::Pulling,
+                    Some(image.to_string()),
+                ));
+                self.runtime.ensure_image(image).await.map_err(|e| match e {
+                    EngineError::ImageUnavailable { image, problem, .. } => {
+                        EngineError::ImageUnavailable {
+                            image,
+                            for_service: format!(" (service {service})"),
+                            problem,
+                        }
+                    }
+                    other => other,
+                })
+            })
+            .collect();
+        for result in checks.collect::<Vec<_>>().await {
+            result?;
+        }
+
+        for network in &self.plan.create_networks {
+            self.runtime.create_network(network).await?;
+            self.journal
+                .borrow_mut()
+                .networks
+                .push(network.name.clone());
+        }
+        for volume in &self.plan.create_volumes {
+            self.runtime.create_volume(volume).await?;
+        }
+        if let Some(edge) = self.edge {
+            self.ensure_edge(edge, events).await?;
+        }
+
+        // Each service as soon as the services it depends on are healthy.
+        let present: BTreeSet<ServiceKind> = self
+            .plan
+            .services
+            .iter()
+            .map(|s| s.config.service)
+            .collect();
+        let mut done: BTreeSet<ServiceKind> = BTreeSet::new();
+        let mut pending: Vec<&ServiceStep> = self.plan.services.iter().collect();
+        let mut running = FuturesUnordered::new();
+        let mut outcomes = Vec::new();
+        for step in &pending {
+            if !matches!(step.action, ServiceAction::Keep { .. }) {
+                events(service_event(
+                    step.config.service.name(),
+                    Phase::Waiting,
+                    None,
+                ));
+            }
+        }
+        loop {
+            pending.retain(|step| {
+                let ready = step
+                    .config
+                    .depends_on
+                    .iter()
+                    .all(|d| done.contains(d) || !present.contains(d));
+                if ready {
+                    running.push(self.converge_service(step, events));
+                }
+                !ready
+            });
+            match running.next().await {
+                None => break,
+                Some(Ok(outcome)) => {
+                    done.insert(outcome.0);
+                    outcomes.push(outcome.1);
+                }
+                Some(Err(error)) => return Err(error),
+            }
+        }
+
+        // Healthy: what was set aside and what no service owns any more can go.
+        let mut removed = Vec::new();
+        let set_aside: Vec<ObservedContainer> = self
+            .journal
+            .borrow()
+            .set_aside
+            .iter()
+            .map(|(c, _)| c.clone())
+            .collect();
+        for container in set_aside.iter().chain(&self.plan.remove_after) {
+            events(service_event(
+                container.service.as_deref().unwrap_or(&container.name),
+                Phase::Removing,
+                Some(container.name.clone()),
+            ));
+            self.runtime.remove_container(&container.id).await?;
+            if self.plan.remove_after.contains(container) {
+                removed.push(container.name.clone());
+            }
+        }
+        self.journal.borrow_mut().set_aside.clear();
+        outcomes.sort_by_key(|o: &ServiceOutcome| {
+            self.plan
+                .services
+                .iter()
+                .position(|s| s.config.service.name() == o.service)
+        });
+        Ok(DeployOutcome {
+            unchanged: self.plan.is_noop(),
+            services: outcomes,
+            removed,
+        })
+    }
+
+    async fn converge_service(
+        &self,
+        step: &ServiceStep,
+        events: &dyn Fn(Event),
+    ) -> Result<(ServiceKind, ServiceOutcome), EngineError> {
+        let config = &step.config;
+        let name = config.service.name();
+        let started = Instant::now();
+        let action = match &step.action {
+            ServiceAction::Keep { id } => {
+                // Running with this configuration; if the engine has not seen it healthy yet
+                // (a deploy moments ago), check it like a new one.
+                let observed = self.before.containers.iter().find(|c| &c.id == id);
+                if observed.and_then(|c| c.health) != Some(Health::Healthy) {
+                    self.wait_healthy(config, id, events).await?;
+                }
+                events(service_event(name, Phase::Unchanged, None));
+                "unchanged"
+            }
+            ServiceAction::Start { id } => {
+                events(service_event(name, Phase::Starting, None));
+                self.journal.borrow_mut().started.push(id.clone());
+                self.runtime.start_container(id).await?;
+                self.wait_healthy(config, id, events).await?;
+                "started"
+            }
+            ServiceAction::Create => {
+                self.create_and_start(config, events).await?;
+                "created"
+            }
+            ServiceAction::Replace { old, reason } => {
+                let detail = serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from));
+                events(service_event(name, Phase::Stopping, detail));
+                let was_running = old.state == ContainerState::Running;
+                self.journal
+                    .borrow_mut()
+                    .set_aside
+                    .push((old.clone(), was_running));
+                self.runtime
+                    .stop_container(&old.id, config.stop_grace_seconds)
+                    .await?;
+                self.runtime
+                    .rename_container(&old.id, &format!("{}{REPLACED_SUFFIX}", config.name))
+                    .await?;
+                self.create_and_start(config, events).await?;
+                "replaced"
+            }
+        };
+        Ok((
+            config.service,
+            ServiceOutcome {
+                service: name.to_string(),
+                action,
+                seconds: started.elapsed().as_secs_f64(),
+            },
+        ))
+    }
+
+    async fn create_and_start(
+        &self,
+        config: &ContainerConfig,
+        events: &dyn Fn(Event),
+    ) -> Result<String, EngineError> {
+        let name = config.service.name();
+        events(service_event(name, Phase::Creating, None));
+        let id = self.runtime.create_container(config).await?;
+        events(service_event(name, Phase::Starting, None));
+        self.runtime.start_container(&id).await?;
+        self.wait_healthy(config, &id, events).await?;
+        Ok(id)
+    }
+
+    fn health_timeout(&self, config: &ContainerConfig) -> Duration {
+        self.options.health_timeout.unwrap_or_else(|| {
+            let check = &config.healthcheck;
+            let seconds =
+                check.start_period_seconds + check.interval_seconds * check.retries.max(1);
+            Duration::from_secs(u64::from(seconds.max(30)))
+        })
+    }
+
+    /// Runs the service's health check until it passes, the container exits, or the
+    /// timeout; the error carries the check's output and the container's last log lines.
+    async fn wait_healthy(
+        &self,
+        config: &ContainerConfig,
+        id: &str,
+        events: &dyn Fn(Event),
+    ) -> Result<(), EngineError> {
+        let name = config.service.name();
+        events(service_event(name, Phase::CheckingHealth, None));
+        let timeout = self.health_timeout(config);
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(150);
+        let mut last_output = String::new();
+        let reason = loop {
+            let details = self.runtime.inspect_container(id).await?;
+            match details.state {
+                ContainerState::Exited | ContainerState::Dead => {
+                    break format!(
+                        "the container exited (code {})",
+                        details.exit_code.unwrap_or(-1)
+                    );
+                }
+                ContainerState::Running => {
+                    let probe = self.runtime.probe(id, &config.healthcheck).await?;
+                    if probe.passed {
+                        events(service_event(name, Phase::Healthy, None));
+                        return Ok(());
+                    }
+                    last_output = probe.output;
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                break format!("its health check still fails after {} s", timeout.as_secs());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 3 / 2).min(Duration::from_secs(2));
+        };
+        let logs = self
+            .runtime
+            .logs_tail(id, 20)
+            .await
+            .unwrap_or_else(|e| format!("(logs unavailable: {e})"));
+        let mut health_output = last_output;
+        if let Ok(details) = self.runtime.inspect_container(id).await {
+            if let Some(last) = details.health_log.last() {
+                health_output = format!("{health_output}\n(engine) {last}");
+            }
+        }
+        if health_output.trim().is_empty() {
+            health_output = "(no output)".into();
+        }
+        events(service_event(name, Phase::Failed, Some(reason.clone())));
+        Err(EngineError::Unhealthy {
+            service: name.to_string(),
+            within: String::new(),
+            reason,
+            health_output: indent(&health_output),
+            logs: indent(logs.trim_end()),
+        })
+    }
+
+    /// The host's shared edge router: created or updated when needed, then linked to this
+    /// client's edge network.
+    async fn ensure_edge(
+        &self,
+        edge: &EdgeRouter,
+        events: &dyn Fn(Event),
+    ) -> Result<(), EngineError> {
+        let config = &edge.container;
+        self.runtime.create_network(&edge.network).await?;
+        let current = match self.runtime.inspect_container(&config.name).await {
+            Ok(details) => Some(details),
+            Err(EngineError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let client_edge = self
+            .desired
+            .networks
+            .iter()
+            .find(|n| n.key == "edge")
+            .map(|n| n.name.clone());
+        match current {
+            Some(details) if details.config_hash.as_deref() == Some(&config.config_hash) => {
+                if details.state != ContainerState::Running {
+                    self.runtime.start_container(&config.name).await?;
+                }
+            }
+            other => {
+                if other.is_some() {
+                    events(service_event(
+                        "edge",
+                        Phase::Stopping,
+                        Some("configuration-changed".into()),
+                    ));
+                    self.runtime.remove_container(&config.name).await?;
+                }
+                events(service_event("edge", Phase::Creating, None));
+                let id = self.runtime.create_container(config).await?;
+                // Reconnect every client's edge network a replaced router had.
+                let clients = self.runtime.list_client_containers(None).await?;
+                let mut linked = BTreeSet::new();
+                for (client, _) in clients {
+                    if !client.is_empty() && linked.insert(client.clone()) {
+                        let network = format!("{client}_edge");
+                        let _ = self.runtime.connect_network(&network, &id).await;
+                    }
+                }
+                self.runtime.start_container(&id).await?;
+            }
+        }
+        if let Some(network) = client_edge {
+            self.runtime.connect_network(&network, &config.name).await?;
+        }
+        let mut pause = Duration::from_millis(150);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let probe = self
+                .runtime
+                .probe(&config.name, &config.healthcheck)
+                .await?;
+            if probe.passed {
+                events(service_event("edge", Phase::Healthy, None));
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let logs = self
+                    .runtime
+                    .logs_tail(&config.name, 20)
+                    .await
+                    .unwrap_or_default();
+                return Err(EngineError::Unhealthy {
+                    service: "edge".into(),
+                    within: " within 60 s".into(),
+                    reason: "the shared edge router's health check fails".into(),
+                    health_output: indent(&probe.output),
+                    logs: indent(logs.trim_end()),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 3 / 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Puts the engine back as it was before this deploy: containers it created are removed,
+    /// containers it set aside are renamed back and restarted, containers it started are
+    /// stopped, networks it created are removed. Volumes always stay.
+    pub async fn rollback(&self, events: &dyn Fn(Event)) -> Result<(), EngineError> {
+        let client = &self.desired.client_id;
+        let before: BTreeSet<&str> = self
+            .before
+            .containers
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect();
+        let now = self.runtime.observe(client).await?;
+        // Whatever this deploy created, whether or not it got to record it.
+        for container in now
+            .containers
+            .iter()
+            .filter(|c| !before.contains(c.id.as_str()))
+        {
+            let service = container.service.as_deref().unwrap_or(&container.name);
+            events(service_event(
+                service,
+                Phase::RollingBack,
+                Some(container.name.clone()),
+            ));
+            self.runtime.remove_container(&container.id).await?;
+        }
+        let journal = std::mem::take(&mut *self.journal.borrow_mut());
+        for (old, was_running) in &journal.set_aside {
+            let service = old.service.as_deref().unwrap_or(&old.name);
+            self.runtime.rename_container(&old.id, &old.name).await?;
+            if *was_running {
+                self.runtime.start_container(&old.id).await?;
+            }
+            events(service_event(
+                service,
+                Phase::Restored,
+                Some(old.name.clone()),
+            ));
+        }
+        for id in &journal.started {
+            let grace = self
+                .before
+                .containers
+                .iter()
+                .find(|c| &c.id == id)
+                .and_then(|c| c.service_kind())
+                .and_then(|k| self.desired.container(k))
+                .map(|c| c.stop_grace_seconds)
+                .unwrap_or(10);
+            self.runtime.stop_container(id, grace).await?;
+        }
+        for network in journal
+            .networks
+            .iter()
+            .filter(|n| !self.before.networks.contains(n))
+        {
+            if let Some(edge) = self.edge {
+                self.runtime
+                    .disconnect_network(network, &edge.container.name)
+                    .await?;
+            }
+            self.runtime.remove_network(network).await?;
+        }
+        Ok(())
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|line| format!("  {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Services that hold data: stopped last, after everything that writes to them.
+fn is_data_store(service: Option<ServiceKind>) -> bool {
+    matches!(
+        service,
+        Some(
+            ServiceKind::Mysql
+                | ServiceKind::Redis
+                | ServiceKind::Postgres
+                | ServiceKind::PlausibleEventsDb
+                | ServiceKind::MailtrainRedis
+                | ServiceKind::MailtrainMongo
+        )
+    )
+}
+
+/// Stops every container of the client (apps first, then data stores); data stays.
+pub async fn stop<R: ContainerRuntime>(
+    runtime: &R,
+    client: &ClientId,
+    grace_of: &dyn Fn(ServiceKind) -> u32,
+    events: &dyn Fn(Event),
+) -> Result<usize, EngineError> {
+    let observed = runtime.observe(client).await?;
+    if observed.containers.is_empty() {
+        return Err(EngineError::ClientAbsent {
+            client: client.to_string(),
+        });
+    }
+    let mut stopped = 0;
+    for data_wave in [false, true] {
+        let wave: FuturesUnordered<_> = observed
+            .containers
+            .iter()
+            .filter(|c| is_data_store(c.service_kind()) == data_wave)
+            .filter(|c| c.state != ContainerState::Exited && c.state != ContainerState::Created)
+            .map(|c| async move {
+                let service = c.service.as_deref().unwrap_or(&c.name);
+                events(service_event(service, Phase::Stopping, None));
+                let grace = c.service_kind().map(grace_of).unwrap_or(10);
+                runtime.stop_container(&c.id, grace).await?;
+                events(service_event(service, Phase::Stopped, None));
+                Ok::<(), EngineError>(())
+            })
+            .collect();
+        for result in wave.collect::<Vec<_>>().await {
+            result?;
+            stopped += 1;
+        }
+    }
+    Ok(stopped)
+}
+
+/// What a cleanup removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Removed {
+    pub containers: Vec<String>,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+/// Removes the client's containers and networks (and its volumes when asked): what a failed
+/// or partial deployment left, or everything for a destroy.
+pub async fn cleanup<R: ContainerRuntime>(
+    runtime: &R,
+    client: &ClientId,
+    edge_router: Option<&str>,
+    delete_volumes: bool,
+    events: &dyn Fn(Event),
+) -> Result<Removed, EngineError> {
+    let observed = runtime.observe(client).await?;
+    let mut removed = Removed::default();
+    let removals: FuturesUnordered<_> = observed
+        .containers
+        .iter()
+        .map(|c| async move {
+            let service = c.service.as_deref().unwrap_or(&c.name);
+            events(service_event(service, Phase::Removing, None));
+            runtime.remove_container(&c.id).await?;
+            events(service_event(service, Phase::Removed, None));
+            Ok::<String, EngineError>(c.name.clone())
+        })
+        .collect();
+    for result in removals.collect::<Vec<_>>().await {
+        removed.containers.push(result?);
+    }
+    for network in &observed.networks {
+        if let Some(edge) = edge_router {
+            runtime.disconnect_network(network, edge).await?;
+        }
+        runtime.remove_network(network).await?;
+        removed.networks.push(network.clone());
+    }
+    if delete_volumes {
+        for volume in &observed.volumes {
+            runtime.remove_volume(volume).await?;
+            removed.volumes.push(volume.clone());
+        }
+    }
+    removed.containers.sort();
+    Ok(removed)
+}
+
+/// One service's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub container: String,
+    pub state: ContainerState,
+    pub health: Option<Health>,
+    /// The engine's one-line status, which carries the uptime (`Up 3 minutes (healthy)`).
+    pub status: String,
+    pub image: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Only for single-client status (the engine's list does not carry it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_count: Option<u64>,
+}
+
+/// A client's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientStatus {
+    pub client_id: String,
+    pub state: OverallState,
+    pub services: Vec<ServiceStatus>,
+}
+
+fn service_status(container: ObservedContainer) -> ServiceStatus {
+    ServiceStatus {
+        service: container.service.clone().unwrap_or_default(),
+        container: container.name,
+        state: container.state,
+        health: container.health,
+        status: container.status,
+        image: container.image,
+        created: container.created,
+        restart_count: None,
+    }
+}
+
+/// One client's state: one list query, then the restart counts (which only the engine's
+/// per-container inspect carries) fetched concurrently.
+pub async fn status<R: ContainerRuntime>(
+    runtime: &R,
+    client: &ClientId,
+    expected: &[String],
+) -> Result<ClientStatus, EngineError> {
+    let containers: Vec<ObservedContainer> = runtime
+        .list_client_containers(Some(client))
+        .await?
+        .into_iter()
+        .map(|(_, c)| c)
+        .filter(|c| !c.is_set_aside())
+        .collect();
+    let state = overall_state(expected, &containers);
+    let counts: Vec<Option<u64>> =
+        futures_util::future::join_all(containers.iter().map(|c| async move {
+            runtime
+                .inspect_container(&c.id)
+                .await
+                .ok()
+                .map(|d| d.restart_count)
+        }))
+        .await;
+    let mut services: Vec<ServiceStatus> = containers
+        .into_iter()
+        .zip(counts)
+        .map(|(c, count)| ServiceStatus {
+            restart_count: count,
+            ..service_status(c)
+        })
+        .collect();
+    sort_services(&mut services);
+    Ok(ClientStatus {
+        client_id: client.to_string(),
+        state,
+        services,
+    })
+}
+
+fn sort_services(services: &mut [ServiceStatus]) {
+    services.sort_by_key(|s| {
+        (
+            ServiceKind::from_name(&s.service)
+                .and_then(|k| ServiceKind::ALL.iter().position(|x| *x == k))
+                .unwrap_or(usize::MAX),
+            s.container.clone(),
+        )
+    });
+}
+
+/// Every client on the engine, from one list query.
+pub async fn status_all<R: ContainerRuntime>(
+    runtime: &R,
+) -> Result<Vec<ClientStatus>, EngineError> {
+    let mut by_client: std::collections::BTreeMap<String, Vec<ObservedContainer>> =
+        std::collections::BTreeMap::new();
+    for (client, container) in runtime.list_client_containers(None).await? {
+        if !container.is_set_aside() {
+            by_client.entry(client).or_default().push(container);
+        }
+    }
+    Ok(by_client
+        .into_iter()
+        .map(|(client, containers)| {
+            let state = overall_state(&[], &containers);
+            let mut services: Vec<ServiceStatus> =
+                containers.into_iter().map(service_status).collect();
+            sort_services(&mut services);
+            ClientStatus {
+                client_id: client,
+                state,
+                services,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,75 @@
+//! The small trait the lifecycle operations need from a container engine.
+//!
+//! [`crate::DockerRuntime`] implements it against a Docker engine (one host); a Swarm
+//! runtime for multi-host operators implements the same calls with services instead of
+//! containers. Every call is idempotent where the engine allows it: removing what is gone,
+//! creating a network that exists or connecting what is connected is not an error.
+
+use stackbox_core::client::ClientId;
+use stackbox_core::deploy::{
+    ContainerConfig, ContainerState, DesiredNetwork, DesiredVolume, Health, Observed,
+    ObservedContainer,
+};
+use stackbox_core::stack::Healthcheck;
+
+use crate::EngineError;
+
+/// The result of running a service's health-check command once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub passed: bool,
+    /// What the command printed (trimmed), for failure reports.
+    pub output: String,
+}
+
+/// A container's live state, as inspected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerDetails {
+    pub state: ContainerState,
+    pub exit_code: Option<i64>,
+    pub health: Option<Health>,
+    pub restart_count: u64,
+    /// The `com.docker.compose.config-hash` label.
+    pub config_hash: Option<String>,
+    /// The engine's own last health-check outputs, newest last.
+    pub health_log: Vec<String>,
+}
+
+/// What the lifecycle needs from an engine.
+#[allow(async_fn_in_trait)] // used with static dispatch only, on one task
+pub trait ContainerRuntime {
+    /// Where the engine is, for messages (`unix:///var/run/docker.sock`).
+    fn endpoint(&self) -> &str;
+
+    /// Everything of one client: containers (all states), networks and volumes, by label.
+    async fn observe(&self, client: &ClientId) -> Result<Observed, EngineError>;
+    /// Every StackBox client container on the engine, in one query: (client id, container).
+    async fn list_client_containers(
+        &self,
+        client: Option<&ClientId>,
+    ) -> Result<Vec<(String, ObservedContainer)>, EngineError>;
+
+    /// Makes sure the image is present, pulling it if the engine can; the error says how to
+    /// provide it otherwise.
+    async fn ensure_image(&self, image: &str) -> Result<(), EngineError>;
+
+    async fn create_network(&self, network: &DesiredNetwork) -> Result<(), EngineError>;
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
+    async fn connect_network(&self, network: &str, container: &str) -> Result<(), EngineError>;
+    async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), EngineError>;
+    async fn create_volume(&self, volume: &DesiredVolume) -> Result<(), EngineError>;
+    async fn remove_volume(&self, name: &str) -> Result<(), EngineError>;
+
+    /// Creates the container (attached to all its networks), not started; returns its id.
+    async fn create_container(&self, config: &ContainerConfig) -> Result<String, EngineError>;
+    async fn start_container(&self, id: &str) -> Result<(), EngineError>;
+    async fn stop_container(&self, id: &str, grace_seconds: u32) -> Result<(), EngineError>;
+    /// Removes the container, running or not (anonymous volumes with it; named volumes stay).
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError>;
+    async fn rename_container(&self, id: &str, name: &str) -> Result<(), EngineError>;
+    async fn inspect_container(&self, id: &str) -> Result<ContainerDetails, EngineError>;
+    /// Runs the health-check command inside the container once.
+    async fn probe(&self, id: &str, check: &Healthcheck) -> Result<Probe, EngineError>;
+    /// The last lines of the container's log.
+    async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, EngineError>;
+}
