@@ -20,6 +20,9 @@ pub struct OperatorConfig {
     pub acme: AcmeSettings,
     pub ingress: Ingress,
     pub logging: LogRotation,
+    /// Caps every container's open-file limit (`ulimits.nofile`) for hosts whose engine may not
+    /// raise it as high as ClickHouse (262,144) and Plausible (65,535) ask; unset on real hosts.
+    pub max_open_files: Option<u64>,
     pub images: ImageCatalog,
     /// Overrides of the built-in limits, by plan and service.
     pub limit_overrides: BTreeMap<(Plan, ServiceKind), Limits>,
@@ -32,6 +35,7 @@ impl Default for OperatorConfig {
             acme: AcmeSettings::default(),
             ingress: Ingress::default(),
             logging: LogRotation::default(),
+            max_open_files: None,
             images: ImageCatalog::builtin(),
             limit_overrides: BTreeMap::new(),
         }
@@ -270,9 +274,17 @@ struct OperatorFile {
     #[serde(default)]
     logging: LoggingFile,
     #[serde(default)]
+    host: HostFile,
+    #[serde(default)]
     images: BTreeMap<String, String>,
     #[serde(default)]
     limits: BTreeMap<String, BTreeMap<String, LimitsFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostFile {
+    max_open_files: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -425,6 +437,15 @@ impl OperatorFile {
             }
             config.logging.max_files = files;
         }
+        if let Some(limit) = self.host.max_open_files {
+            if limit < 1024 {
+                return Err(CoreError::invalid(
+                    "host.max_open_files",
+                    "must be at least 1024 (the apps open many files)",
+                ));
+            }
+            config.max_open_files = Some(limit);
+        }
         config.images = config.images.with_overrides(&self.images)?;
         for (plan_key, services) in self.limits {
             let plan = Plan::from_key(&plan_key).ok_or_else(|| {
@@ -549,12 +570,29 @@ memory_mib = 4096
             ),
             ("[limits.starter.db]\ncpus = 1.0", "limits.starter.db"),
             ("[images]\nmysql = \"mysql\"", "images.mysql"),
+            ("[host]\nmax_open_files = 10", "host.max_open_files"),
+            ("[ingress]\nedge_router = \"a b\"", "ingress.edge_router"),
         ] {
             let message = OperatorConfig::from_toml(text, "stackbox.toml")
                 .unwrap_err()
                 .to_string();
             assert!(message.starts_with(field), "{text}: {message}");
         }
+    }
+
+    #[test]
+    fn max_open_files_caps_every_service_that_asks_for_more() {
+        let operator =
+            OperatorConfig::from_toml("[host]\nmax_open_files = 20000", "stackbox.toml").unwrap();
+        let spec = crate::client::ClientSpec::from_toml(
+            "company_name = \"A\"\ndomain = \"a.example\"\nplan = \"enterprise\"\nadmin_email = \"o@a.example\"\n",
+        )
+        .unwrap();
+        let id = crate::client::ClientId::new(&spec.company_name, 1);
+        let stack = crate::stack::build(&spec, &id, &operator);
+        let capped: Vec<u64> = stack.services.iter().filter_map(|s| s.nofile).collect();
+        assert!(!capped.is_empty());
+        assert!(capped.iter().all(|n| *n == 20000), "{capped:?}");
     }
 
     #[test]

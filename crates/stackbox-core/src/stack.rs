@@ -271,7 +271,12 @@ pub fn build(client: &ClientSpec, id: &ClientId, operator: &OperatorConfig) -> S
         });
     }
 
-    let services: Vec<ServiceSpec> = kinds.iter().map(|kind| builder.service(*kind)).collect();
+    let mut services: Vec<ServiceSpec> = kinds.iter().map(|kind| builder.service(*kind)).collect();
+    if let Some(cap) = operator.max_open_files {
+        for service in &mut services {
+            service.nofile = service.nofile.map(|n| n.min(cap));
+        }
+    }
     let mut volume_keys: Vec<&'static str> = Vec::new();
     for service in &services {
         for mount in &service.mounts {

@@ -158,6 +158,32 @@ fn health_command(check: &Healthcheck) -> Vec<String> {
     }
 }
 
+impl DockerRuntime {
+    /// (created, id) of every network with exactly this name.
+    async fn networks_named(&self, name: &str) -> Result<Vec<(String, String)>, EngineError> {
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(HashMap::from([(
+                    "name".to_string(),
+                    vec![name.to_string()],
+                )])),
+            }))
+            .await
+            .map_err(map_err("list networks named", name))?;
+        Ok(networks
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .map(|n| {
+                (
+                    n.created.map(|c| c.to_string()).unwrap_or_default(),
+                    n.id.unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+}
+
 impl ContainerRuntime for DockerRuntime {
     fn endpoint(&self) -> &str {
         &self.endpoint
@@ -250,8 +276,13 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn create_network(&self, network: &DesiredNetwork) -> Result<(), EngineError> {
-        let result = self
-            .docker
+        // The engine accepts two networks with one name (API 1.41 only refuses that when asked,
+        // and bollard's request no longer asks), and a second one makes the name ambiguous:
+        // create only what is missing, and if a concurrent run made one too, keep the oldest.
+        if !self.networks_named(&network.name).await?.is_empty() {
+            return Ok(());
+        }
+        self.docker
             .create_network(NetworkCreateRequest {
                 name: network.name.clone(),
                 driver: Some("bridge".into()),
@@ -259,13 +290,16 @@ impl ContainerRuntime for DockerRuntime {
                 labels: Some(network.labels.clone().into_iter().collect()),
                 ..Default::default()
             })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Already there (a concurrent or earlier run made it): fine.
-            Err(e) if status_of(&e) == Some(409) => Ok(()),
-            Err(e) => Err(map_err("create network", &network.name)(e)),
+            .await
+            .map_err(map_err("create network", &network.name))?;
+        let mut twins = self.networks_named(&network.name).await?;
+        if twins.len() > 1 {
+            twins.sort();
+            for (_, id) in twins.into_iter().skip(1) {
+                let _ = self.docker.remove_network(&id).await;
+            }
         }
+        Ok(())
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
@@ -467,6 +501,17 @@ impl ContainerRuntime for DockerRuntime {
             Ok(()) => Ok(()),
             // 304: already running.
             Err(e) if status_of(&e) == Some(304) => Ok(()),
+            Err(e) if short(&e).contains("setting rlimit") => Err(EngineError::Refused {
+                action: "start container",
+                object: id.to_string(),
+                status: status_of(&e).unwrap_or(500),
+                message: format!(
+                    "{}; the engine's host does not allow the open-file limit this service \
+                     asks for: raise dockerd's LimitNOFILE, or cap it with `[host] \
+                     max_open_files` in the operator settings",
+                    short(&e)
+                ),
+            }),
             Err(e) => Err(map_err("start container", id)(e)),
         }
     }
