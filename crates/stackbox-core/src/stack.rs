@@ -590,7 +590,8 @@ impl Builder<'_> {
             }
             ServiceKind::Redis => {
                 // The image has no password variable: pass it on the command line from the
-                // environment (the compose file never holds it).
+                // environment (the compose file never holds it), through the image's entrypoint
+                // so the server drops root for the redis user.
                 s.environment.insert(
                     "REDISCLI_AUTH".into(),
                     EnvValue::secret(SecretKey::RedisPassword),
@@ -598,7 +599,7 @@ impl Builder<'_> {
                 s.command = Some(strings(&[
                     "sh",
                     "-c",
-                    "exec redis-server --requirepass \"$REDISCLI_AUTH\" --appendonly yes",
+                    "exec docker-entrypoint.sh redis-server --requirepass \"$REDISCLI_AUTH\" --appendonly yes",
                 ]));
                 s.mounts = vec![Mount::Volume {
                     volume: "redis-data",
@@ -861,7 +862,7 @@ impl Builder<'_> {
                 s.command = Some(strings(&[
                     "sh",
                     "-c",
-                    "/entrypoint.sh db createdb && /entrypoint.sh db migrate && /entrypoint.sh run",
+                    "/entrypoint.sh db createdb && /entrypoint.sh db migrate && exec /entrypoint.sh run",
                 ]));
                 let env = &mut s.environment;
                 env.insert("BASE_URL".into(), EnvValue::text(self.url("analytics")));
