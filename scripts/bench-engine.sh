@@ -21,7 +21,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export STACKBOX_IMAGES="$cache/test-images.toml"
 export STACKBOX_OPERATOR_CONFIG="$work/stackbox.toml"
-printf '[ingress]\nmode = "edge"\nedge_router = "stackbox-bench-edge"\nhttp_port = 19080\nhttps_port = 19443\n' >"$STACKBOX_OPERATOR_CONFIG"
+limit=$(ulimit -Hn); [ "$limit" = unlimited ] && limit=1048576
+printf '[ingress]\nmode = "edge"\nedge_router = "stackbox-bench-edge"\nhttp_port = 19080\nhttps_port = 19443\n[host]\nmax_open_files = %s\n' "$limit" >"$STACKBOX_OPERATOR_CONFIG"
 
 now() { date +%s.%N; }
 elapsed() { echo "$(now) - $1" | bc; }
@@ -65,7 +66,7 @@ echo "== status --all with $clients starter clients on the engine"
 for i in $(seq 1 "$clients"); do
   printf 'company_name = "Bench Client %s"\ndomain = "bench%s.example.com"\nplan = "starter"\nadmin_email = "owner@bench%s.example.com"\n' "$i" "$i" "$i" >"$work/bench$i.toml"
 done
-seq 1 "$clients" | xargs -P 4 -I{} sh -c "'$bin' deploy '$work/bench{}.toml' --out '$work/many' >/dev/null 2>&1 || echo 'deploy {} failed' >&2"
+seq 1 "$clients" | xargs -P 4 -I{} sh -c "'$bin' deploy '$work/bench{}.toml' --out '$work/many' >'$work/deploy{}.log' 2>&1 || { echo 'deploy {} failed:' >&2; tail -n 3 '$work/deploy{}.log' >&2; }"
 containers=$(docker ps -q --filter label=io.stackbox.client | wc -l)
 status_all=$(for _ in $(seq 10); do s=$(now); "$bin" status --all --out "$work/many" >/dev/null; elapsed "$s"; done | median)
 printf '%-44s %8.3f s   (%s containers)\n' "stackbox status --all (median of 10)" "$status_all" "$containers"

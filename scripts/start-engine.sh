@@ -13,7 +13,9 @@ fi
 log="${STACKBOX_CACHE_DIR:-$HOME/.cache/stackbox}/dockerd.log"
 mkdir -p "$(dirname "$log")"
 echo "starting dockerd (log: $log)" >&2
-nohup dockerd >"$log" 2>&1 &
+# Each client uses 3-4 bridge networks; Docker's default address pools hold about 30 networks.
+# A /10 cut into /24s holds 16,384 (the README says the same for operators' daemon.json).
+nohup dockerd --default-address-pool base=10.64.0.0/10,size=24 >"$log" 2>&1 &
 for _ in $(seq 1 60); do
   if docker info >/dev/null 2>&1; then
     exit 0

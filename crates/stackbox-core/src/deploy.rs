@@ -199,6 +199,19 @@ impl ContainerConfig {
     }
 }
 
+impl ContainerConfig {
+    fn with_bind_source(mut self, placeholder: &str, path: &str) -> ContainerConfig {
+        for mount in &mut self.mounts {
+            if let ContainerMount::Bind { source, .. } = mount {
+                if source == placeholder {
+                    *source = path.to_string();
+                }
+            }
+        }
+        self
+    }
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -400,6 +413,8 @@ pub fn desired_state(
     })
 }
 
+const EDGE_CONFIG_PLACEHOLDER: &str = "edge/traefik.yml";
+
 /// Label value of `io.stackbox.role` on the shared edge router.
 pub const EDGE_ROLE: &str = "edge";
 
@@ -441,7 +456,9 @@ pub fn edge_router(
     };
     let mounts = vec![
         ContainerMount::Bind {
-            source: config_path.to_string(),
+            // Hashed under a fixed name: the router is shared by every bundle root on the
+            // host, and only what the file says (its digest is hashed) may replace it.
+            source: EDGE_CONFIG_PLACEHOLDER.into(),
             target: "/etc/traefik/traefik.yml".into(),
             read_only: true,
         },
@@ -506,7 +523,8 @@ pub fn edge_router(
             depends_on: Vec::new(),
             config_hash: String::new(),
         }
-        .sealed(files),
+        .sealed(files)
+        .with_bind_source(EDGE_CONFIG_PLACEHOLDER, config_path),
     })
 }
 
@@ -993,6 +1011,23 @@ admin_email = "owner@acme-bakery.example"
         let plan = plan(&desired, &observed);
         let removed: Vec<&str> = plan.remove_after.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(removed, vec!["aside", "gone"]);
+    }
+
+    #[test]
+    fn the_edge_router_hash_follows_its_configuration_not_its_path() {
+        let operator = OperatorConfig::default();
+        let a = edge_router(&operator, "/srv/a/edge/traefik.yml", b"x: 1").unwrap();
+        let b = edge_router(&operator, "/srv/b/edge/traefik.yml", b"x: 1").unwrap();
+        let c = edge_router(&operator, "/srv/a/edge/traefik.yml", b"x: 2").unwrap();
+        assert_eq!(a.container.config_hash, b.container.config_hash);
+        assert_ne!(a.container.config_hash, c.container.config_hash);
+        assert!(a.container.mounts.iter().any(|m| matches!(
+            m,
+            ContainerMount::Bind { source, .. } if source == "/srv/a/edge/traefik.yml"
+        )));
+        assert_eq!(a.container.ports.len(), 2);
+        let host_ports = OperatorConfig::from_toml("[ingress]\nmode = \"host-ports\"", "x").unwrap();
+        assert!(edge_router(&host_ports, "/x", b"").is_none());
     }
 
     #[test]

@@ -282,7 +282,8 @@ impl ContainerRuntime for DockerRuntime {
         if !self.networks_named(&network.name).await?.is_empty() {
             return Ok(());
         }
-        self.docker
+        let created = self
+            .docker
             .create_network(NetworkCreateRequest {
                 name: network.name.clone(),
                 driver: Some("bridge".into()),
@@ -290,8 +291,18 @@ impl ContainerRuntime for DockerRuntime {
                 labels: Some(network.labels.clone().into_iter().collect()),
                 ..Default::default()
             })
-            .await
-            .map_err(map_err("create network", &network.name))?;
+            .await;
+        match created {
+            Ok(_) => {}
+            // libnetwork reports an exhausted address pool as "not found".
+            Err(e) if short(&e).contains("address pool") => {
+                return Err(EngineError::AddressPoolExhausted {
+                    network: network.name.clone(),
+                    message: short(&e),
+                })
+            }
+            Err(e) => return Err(map_err("create network", &network.name)(e)),
+        }
         let mut twins = self.networks_named(&network.name).await?;
         if twins.len() > 1 {
             twins.sort();

@@ -36,6 +36,14 @@ pub enum EngineError {
         problem: String,
     },
 
+    #[error(
+        "the engine has no free address range for network {network} ({message}). Each client \
+         uses 3–4 networks and Docker's default pools hold about 30: set `default-address-pools` \
+         in /etc/docker/daemon.json, e.g. [{{\"base\": \"10.64.0.0/10\", \"size\": 24}}] \
+         (16,384 networks), and restart dockerd"
+    )]
+    AddressPoolExhausted { network: String, message: String },
+
     #[error("{object} is not on the engine")]
     NotFound { object: String },
 

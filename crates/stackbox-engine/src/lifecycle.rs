@@ -461,48 +461,26 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
     ) -> Result<(), EngineError> {
         let config = &edge.container;
         self.runtime.create_network(&edge.network).await?;
-        let current = match self.runtime.inspect_container(&config.name).await {
-            Ok(details) => Some(details),
-            Err(EngineError::NotFound { .. }) => None,
-            Err(e) => return Err(e),
-        };
         let client_edge = self
             .desired
             .networks
             .iter()
             .find(|n| n.key == "edge")
             .map(|n| n.name.clone());
-        match current {
-            Some(details) if details.config_hash.as_deref() == Some(&config.config_hash) => {
-                if details.state != ContainerState::Running {
-                    self.runtime.start_container(&config.name).await?;
+        // Deploys of other clients may be doing the same at this moment (the router is shared):
+        // a router that vanishes or appears under our feet is looked at again, a few times.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.converge_edge_once(edge, client_edge.as_deref(), events).await {
+                Ok(()) => break,
+                Err(EngineError::NotFound { .. } | EngineError::Refused { status: 409, .. })
+                    if attempt < 5 =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
+                Err(e) => return Err(e),
             }
-            other => {
-                if other.is_some() {
-                    events(service_event(
-                        "edge",
-                        Phase::Stopping,
-                        Some("configuration-changed".into()),
-                    ));
-                    self.runtime.remove_container(&config.name).await?;
-                }
-                events(service_event("edge", Phase::Creating, None));
-                let id = self.runtime.create_container(config).await?;
-                // Reconnect every client's edge network a replaced router had.
-                let clients = self.runtime.list_client_containers(None).await?;
-                let mut linked = BTreeSet::new();
-                for (client, _) in clients {
-                    if !client.is_empty() && linked.insert(client.clone()) {
-                        let network = format!("{client}_edge");
-                        let _ = self.runtime.connect_network(&network, &id).await;
-                    }
-                }
-                self.runtime.start_container(&id).await?;
-            }
-        }
-        if let Some(network) = client_edge {
-            self.runtime.connect_network(&network, &config.name).await?;
         }
         let mut pause = Duration::from_millis(150);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -532,6 +510,55 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
             tokio::time::sleep(pause).await;
             pause = (pause * 3 / 2).min(Duration::from_secs(2));
         }
+    }
+
+    async fn converge_edge_once(
+        &self,
+        edge: &EdgeRouter,
+        client_edge: Option<&str>,
+        events: &dyn Fn(Event),
+    ) -> Result<(), EngineError> {
+        let config = &edge.container;
+        let current = match self.runtime.inspect_container(&config.name).await {
+            Ok(details) => Some(details),
+            Err(EngineError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let usable = current
+            .as_ref()
+            .is_some_and(|d| d.config_hash.as_deref() == Some(&config.config_hash));
+        let started = if usable && current.as_ref().map(|d| d.state) == Some(ContainerState::Running)
+        {
+            true
+        } else if usable {
+            // Stopped: start it; if it cannot start (its configuration file was in a bundle
+            // root that is gone), make it anew below.
+            self.runtime.start_container(&config.name).await.is_ok()
+        } else {
+            false
+        };
+        if !started {
+            if current.is_some() {
+                events(service_event("edge", Phase::Stopping, Some("replacing".into())));
+                self.runtime.remove_container(&config.name).await?;
+            }
+            events(service_event("edge", Phase::Creating, None));
+            let id = self.runtime.create_container(config).await?;
+            // Reconnect every client's edge network the old router had.
+            let clients = self.runtime.list_client_containers(None).await?;
+            let mut linked = BTreeSet::new();
+            for (client, _) in clients {
+                if !client.is_empty() && linked.insert(client.clone()) {
+                    let network = format!("{client}_edge");
+                    let _ = self.runtime.connect_network(&network, &id).await;
+                }
+            }
+            self.runtime.start_container(&id).await?;
+        }
+        if let Some(network) = client_edge {
+            self.runtime.connect_network(network, &config.name).await?;
+        }
+        Ok(())
     }
 
     /// Puts the engine back as it was before this deploy: containers it created are removed,
