@@ -1026,7 +1026,8 @@ admin_email = "owner@acme-bakery.example"
             ContainerMount::Bind { source, .. } if source == "/srv/a/edge/traefik.yml"
         )));
         assert_eq!(a.container.ports.len(), 2);
-        let host_ports = OperatorConfig::from_toml("[ingress]\nmode = \"host-ports\"", "x").unwrap();
+        let host_ports =
+            OperatorConfig::from_toml("[ingress]\nmode = \"host-ports\"", "x").unwrap();
         assert!(edge_router(&host_ports, "/x", b"").is_none());
     }
 

@@ -472,7 +472,10 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.converge_edge_once(edge, client_edge.as_deref(), events).await {
+            match self
+                .converge_edge_once(edge, client_edge.as_deref(), events)
+                .await
+            {
                 Ok(()) => break,
                 Err(EngineError::NotFound { .. } | EngineError::Refused { status: 409, .. })
                     if attempt < 5 =>
@@ -527,19 +530,23 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
         let usable = current
             .as_ref()
             .is_some_and(|d| d.config_hash.as_deref() == Some(&config.config_hash));
-        let started = if usable && current.as_ref().map(|d| d.state) == Some(ContainerState::Running)
-        {
-            true
-        } else if usable {
-            // Stopped: start it; if it cannot start (its configuration file was in a bundle
-            // root that is gone), make it anew below.
-            self.runtime.start_container(&config.name).await.is_ok()
-        } else {
-            false
-        };
+        let started =
+            if usable && current.as_ref().map(|d| d.state) == Some(ContainerState::Running) {
+                true
+            } else if usable {
+                // Stopped: start it; if it cannot start (its configuration file was in a bundle
+                // root that is gone), make it anew below.
+                self.runtime.start_container(&config.name).await.is_ok()
+            } else {
+                false
+            };
         if !started {
             if current.is_some() {
-                events(service_event("edge", Phase::Stopping, Some("replacing".into())));
+                events(service_event(
+                    "edge",
+                    Phase::Stopping,
+                    Some("replacing".into()),
+                ));
                 self.runtime.remove_container(&config.name).await?;
             }
             events(service_event("edge", Phase::Creating, None));
