@@ -124,6 +124,11 @@ fn converge(
         };
         match run {
             Ok(done) => Ok(done),
+            Err(error) if !deployment.changed_anything() => Err(anyhow::Error::new(error)
+                .context(format!(
+                    "deploy of {} stopped before changing anything",
+                    desired.client_id
+                ))),
             Err(error) => {
                 // Put back what was there; the deploy's own error is the one to report.
                 if let Err(rollback) = deployment.rollback(&events).await {
@@ -143,7 +148,19 @@ fn converge(
     progress.finish();
     let done = result?;
     let urls = &outcome.rendered.urls;
-    let password = new_admin_password(outcome);
+    // Shown once: when this run generated it, or when this deploy brought the stack up from
+    // nothing (a first deploy that failed on a missing image has generated it unseen).
+    let first_stack =
+        !done.services.is_empty() && done.services.iter().all(|s| s.action == "created");
+    let password = new_admin_password(outcome).or_else(|| {
+        first_stack
+            .then(|| {
+                outcome
+                    .secrets
+                    .get(stackbox_core::secrets::SecretKey::AdminPassword)
+            })
+            .flatten()
+    });
     if args.json {
         let services: serde_json::Map<String, serde_json::Value> = urls
             .iter()

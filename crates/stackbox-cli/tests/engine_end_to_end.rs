@@ -230,6 +230,42 @@ fn can_reach(from_container: &str, ip: &str, port: u16) -> bool {
 fn professional_client_lifecycle_on_a_real_engine() {
     let env = Env::new();
 
+    // An image the engine does not have (and no registry to pull from): the deploy names the
+    // image and the service and how to provide it, and changes nothing.
+    let catalog = std::fs::read_to_string(&env.images).unwrap();
+    let missing = env.root.path().join("missing-images.toml");
+    std::fs::write(
+        &missing,
+        catalog
+            .lines()
+            .map(|l| {
+                if l.trim().starts_with("nginx = ") {
+                    "nginx = \"stackbox-test/nginx:not-built\"".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let refused = env.stackbox(
+        &["deploy", &example("professional")],
+        Some(missing.to_str().unwrap()),
+    );
+    assert!(!refused.status.success());
+    let message = text(&refused.stderr);
+    for needle in [
+        "stackbox-test/nginx:not-built (service website)",
+        "--images",
+        "docker load",
+        "stopped before changing anything",
+    ] {
+        assert!(message.contains(needle), "{needle:?} missing: {message}");
+    }
+    let unchanged = docker_ok(&["ps", "-aq", "--filter", "label=io.stackbox.client"]);
+    assert_eq!(unchanged, "", "a refused deploy must create nothing");
+
     // Deploy: every service healthy, URLs and a one-time password in the result.
     let result = env.json(&["deploy", &example("professional"), "--json"]);
     assert_eq!(result["success"], true, "{result}");
@@ -362,6 +398,38 @@ fn professional_client_lifecycle_on_a_real_engine() {
         "{edge_ports}"
     );
 
+    // docker-compose (v1, Debian's) in the bundle sees the stack StackBox made.
+    let bundle = env.root.path().join("clients").join(&id);
+    let compose = Command::new("docker-compose")
+        .args(["-p", &id, "ps"])
+        .current_dir(&bundle)
+        .output()
+        .unwrap();
+    let listing = text(&compose.stdout);
+    assert!(compose.status.success(), "{}", text(&compose.stderr));
+    assert!(
+        listing.contains(&website) && listing.contains("Up"),
+        "{listing}"
+    );
+
+    // Client data, to prove it survives stop, start and a failed redeploy.
+    let root_password = env.env_value(&id, "MYSQL_ROOT_PASSWORD");
+    let sql = |statement: &str| {
+        docker(&[
+            "exec",
+            &mysql,
+            "mariadb",
+            "-uroot",
+            &format!("-p{root_password}"),
+            "-N",
+            "-e",
+            statement,
+        ])
+    };
+    let stored =
+        sql("CREATE TABLE espocrm.kept (v TEXT); INSERT INTO espocrm.kept VALUES ('client data');");
+    assert!(stored.status.success(), "{}", text(&stored.stderr));
+
     // Stop keeps everything; start brings it back healthy.
     env.ok(&["stop", &id]);
     assert_eq!(env.status(&id)["state"], "stopped");
@@ -427,6 +495,13 @@ fn professional_client_lifecycle_on_a_real_engine() {
     assert!(
         page.contains("Smith Real Estate"),
         "old website back: {page}"
+    );
+    let kept = sql("SELECT v FROM espocrm.kept");
+    assert_eq!(
+        text(&kept.stdout).trim(),
+        "client data",
+        "{}",
+        text(&kept.stderr)
     );
 
     // SIGTERM in the middle of a first deploy: rolled back, nothing of the client running;

@@ -6,7 +6,7 @@
 //! then every few hundred milliseconds, rather than waiting for the engine's next periodic
 //! check (every 10 s). A deploy that fails or is interrupted puts back what was there before.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -134,6 +134,8 @@ pub struct Deployment<'a, R: ContainerRuntime> {
     before: Observed,
     plan: DeployPlan,
     journal: RefCell<Journal>,
+    /// Set once the deploy asked the engine to change something.
+    touched: Cell<bool>,
 }
 
 impl<'a, R: ContainerRuntime> Deployment<'a, R> {
@@ -154,11 +156,17 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
             before,
             plan,
             journal: RefCell::new(Journal::default()),
+            touched: Cell::new(false),
         })
     }
 
     pub fn plan(&self) -> &DeployPlan {
         &self.plan
+    }
+
+    /// False while the deploy has only looked (a missing image stops it there).
+    pub fn changed_anything(&self) -> bool {
+        self.touched.get()
     }
 
     /// Brings the engine to the desired state. On error the caller calls [`Self::rollback`].
@@ -216,6 +224,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
             result?;
         }
 
+        self.touched.set(true);
         for network in &self.plan.create_networks {
             self.runtime.create_network(network).await?;
             self.journal
