@@ -171,6 +171,14 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
 
     /// Brings the engine to the desired state. On error the caller calls [`Self::rollback`].
     pub async fn run(&self, events: &dyn Fn(Event)) -> Result<DeployOutcome, EngineError> {
+        self.check_images(events).await?;
+        self.infrastructure(events).await?;
+        self.services(events).await
+    }
+
+    /// Phase 1: every image the plan needs is on the engine (pulled if it can be); changes
+    /// nothing, so a missing image stops a deploy before it starts.
+    pub async fn check_images(&self, events: &dyn Fn(Event)) -> Result<(), EngineError> {
         let names = |pick: fn(&ServiceAction) -> bool| -> Vec<String> {
             self.plan
                 .services
@@ -223,7 +231,11 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
         for result in checks.collect::<Vec<_>>().await {
             result?;
         }
+        Ok(())
+    }
 
+    /// Phase 2: the client's networks and volumes, and the shared edge router linked to it.
+    pub async fn infrastructure(&self, events: &dyn Fn(Event)) -> Result<(), EngineError> {
         self.touched.set(true);
         for network in &self.plan.create_networks {
             self.runtime.create_network(network).await?;
@@ -238,7 +250,13 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
         if let Some(edge) = self.edge {
             self.ensure_edge(edge, events).await?;
         }
+        Ok(())
+    }
 
+    /// Phase 3: every service converged and healthy, each as soon as the services it depends
+    /// on are; then what was set aside and what no service owns any more is removed.
+    pub async fn services(&self, events: &dyn Fn(Event)) -> Result<DeployOutcome, EngineError> {
+        self.touched.set(true);
         // Each service as soon as the services it depends on are healthy.
         let present: BTreeSet<ServiceKind> = self
             .plan
