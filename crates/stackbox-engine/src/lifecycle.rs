@@ -606,20 +606,36 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
             .iter()
             .map(|c| c.id.as_str())
             .collect();
-        let now = self.runtime.observe(client).await?;
-        // Whatever this deploy created, whether or not it got to record it.
-        for container in now
-            .containers
-            .iter()
-            .filter(|c| !before.contains(c.id.as_str()))
-        {
-            let service = container.service.as_deref().unwrap_or(&container.name);
-            events(service_event(
-                service,
-                Phase::RollingBack,
-                Some(container.name.clone()),
-            ));
-            self.runtime.remove_container(&container.id).await?;
+        // Whatever this deploy created, whether or not it got to record it. A request the
+        // interrupted deploy had already sent may still complete on the engine after a first
+        // look, so look again until two looks in a row find nothing new.
+        let mut quiet_looks = 0;
+        let mut now = self.runtime.observe(client).await?;
+        for _ in 0..20 {
+            let extra: Vec<&ObservedContainer> = now
+                .containers
+                .iter()
+                .filter(|c| !before.contains(c.id.as_str()))
+                .collect();
+            if extra.is_empty() {
+                quiet_looks += 1;
+                if quiet_looks >= 2 {
+                    break;
+                }
+            } else {
+                quiet_looks = 0;
+            }
+            for container in extra {
+                let service = container.service.as_deref().unwrap_or(&container.name);
+                events(service_event(
+                    service,
+                    Phase::RollingBack,
+                    Some(container.name.clone()),
+                ));
+                self.runtime.remove_container(&container.id).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            now = self.runtime.observe(client).await?;
         }
         let journal = std::mem::take(&mut *self.journal.borrow_mut());
         for (old, was_running) in &journal.set_aside {
