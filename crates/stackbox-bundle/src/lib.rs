@@ -341,6 +341,7 @@ impl BundleStore {
 
     pub fn write_bundle(&self, id: &ClientId, bundle: &Bundle) -> Result<(), BundleError> {
         let clients = self.clients_dir();
+        fs::create_dir_all(&clients).map_err(io_error("creating", &clients))?;
         let final_dir = self.client_dir(id);
         let staging = clients.join(format!(".staging-{id}"));
         let result = write_staging(&staging, &final_dir, bundle).and_then(|()| {

@@ -20,6 +20,8 @@ use stackbox_core::stack::ADMIN_USERNAME;
 
 mod lifecycle;
 mod progress;
+mod remote;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -28,17 +30,31 @@ mod progress;
     about = "Provision and run isolated business stacks for hosting clients"
 )]
 struct Cli {
-    /// Operator settings (ACME, ingress, limits, images); built-in defaults when absent.
-    #[arg(
-        long,
-        global = true,
-        env = "STACKBOX_OPERATOR_CONFIG",
-        value_name = "FILE"
-    )]
+    /// Operator settings (ACME, ingress, limits, images); built-in defaults when absent. Given
+    /// before the command (`stackbox --operator FILE deploy …`): `token create --operator` is
+    /// another flag.
+    #[arg(long, env = "STACKBOX_OPERATOR_CONFIG", value_name = "FILE")]
     operator: Option<PathBuf>,
     /// An image catalog override (`key = "image:tag"` lines) for mirrors and air-gapped registries.
     #[arg(long, global = true, env = "STACKBOX_IMAGES", value_name = "CATALOG")]
     images: Option<PathBuf>,
+    /// The control plane's data directory (store, master key, bundles); default
+    /// `$XDG_DATA_HOME/stackbox` or `~/.local/share/stackbox`.
+    #[arg(long, global = true, env = "STACKBOX_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Run deploy, status, stop, start and destroy through a `stackbox serve` at this URL
+    /// (`http://HOST:PORT`) instead of on the local engine.
+    #[arg(long, global = true, env = "STACKBOX_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// The API token for --server.
+    #[arg(
+        long,
+        global = true,
+        env = "STACKBOX_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -109,6 +125,24 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Run the control plane: the REST API, the durable store and the deployment pipeline.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: String,
+        /// The key that encrypts client secrets in the store (else STACKBOX_MASTER_KEY, else
+        /// DATA_DIR/master.key, created on first start).
+        #[arg(long, value_name = "FILE")]
+        master_key_file: Option<PathBuf>,
+        /// Deployments of different clients that may run at once.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        max_parallel: usize,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Delete everything of a client: containers, networks, volumes and its bundle (secrets).
     Destroy {
         client_id: String,
@@ -117,6 +151,19 @@ enum Command {
         yes: bool,
         #[command(flatten)]
         common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token and print it once (stored only as a hash).
+    Create {
+        /// A token with every right.
+        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        operator: bool,
+        /// A read-only token that sees only this client.
+        #[arg(long, value_name = "CLIENT_ID")]
+        client: Option<String>,
     },
 }
 
@@ -141,6 +188,7 @@ fn main() -> ExitCode {
         | Command::Start { common, .. }
         | Command::Cleanup { common, .. }
         | Command::Destroy { common, .. } => common.json,
+        Command::Serve { .. } | Command::Token { .. } => false,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -179,8 +227,30 @@ fn read(path: &Path, what: &str) -> Result<String> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(server) = cli.server.clone() {
+        if let Some(result) = run_remote(&cli, &server) {
+            return result;
+        }
+    }
     let operator = operator_config(&cli)?;
+    let data_dir = serve::data_dir(cli.data_dir.clone());
     match cli.command {
+        Command::Serve {
+            listen,
+            master_key_file,
+            max_parallel,
+        } => serve::serve(
+            operator,
+            serve::ServeArgs {
+                listen,
+                data_dir,
+                master_key_file,
+                max_parallel,
+            },
+        ),
+        Command::Token {
+            command: TokenCommand::Create { client, .. },
+        } => serve::create_token(&data_dir, client.as_deref()),
         Command::Render {
             config,
             out,
@@ -289,6 +359,47 @@ fn run(cli: Cli) -> Result<()> {
             common.json,
         ),
     }
+}
+
+/// The lifecycle commands through the server; `None` for commands that are always local.
+fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
+    let remote = || remote::Remote::new(server, cli.token.clone());
+    Some(match &cli.command {
+        Command::Deploy { config, common, .. } => (|| {
+            let text = read(config, "client configuration")?;
+            let spec = ClientSpec::from_toml(&text).with_context(|| {
+                format!("{} is not a valid client configuration", config.display())
+            })?;
+            remote()?.deploy(&spec, common.json)
+        })(),
+        Command::Status {
+            client_id, common, ..
+        } => remote().and_then(|r| r.status(client_id.as_deref(), common.json)),
+        Command::Stop { client_id, common } => {
+            remote().and_then(|r| r.action(client_id, "stop", common.json))
+        }
+        Command::Start {
+            client_id, common, ..
+        } => remote().and_then(|r| r.action(client_id, "start", common.json)),
+        Command::Destroy {
+            client_id,
+            yes,
+            common,
+        } => (|| {
+            if !*yes {
+                anyhow::bail!(
+                    "destroy deletes client {client_id}'s data for good; confirm with --yes"
+                );
+            }
+            remote()?.destroy(client_id, common.json)
+        })(),
+        Command::Cleanup { .. } => Err(anyhow::anyhow!(
+            "cleanup runs on the engine's host only; the server compensates a failed deployment itself"
+        )),
+        Command::Render { .. } | Command::Plans { .. } | Command::Serve { .. } | Command::Token { .. } => {
+            return None
+        }
+    })
 }
 
 fn root_of(common: &Common, operator: &OperatorConfig) -> PathBuf {

@@ -263,8 +263,21 @@ fn professional_client_lifecycle_on_a_real_engine() {
     ] {
         assert!(message.contains(needle), "{needle:?} missing: {message}");
     }
-    let unchanged = docker_ok(&["ps", "-aq", "--filter", "label=io.stackbox.client"]);
-    assert_eq!(unchanged, "", "a refused deploy must create nothing");
+    let refused_ids: Vec<String> = std::fs::read_dir(env.root.path().join("clients"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    for id in &refused_ids {
+        assert!(
+            container_ids(id).is_empty(),
+            "a refused deploy must create nothing"
+        );
+    }
 
     // Deploy: every service healthy, URLs and a one-time password in the result.
     let result = env.json(&["deploy", &example("professional"), "--json"]);

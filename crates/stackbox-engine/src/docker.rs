@@ -33,7 +33,19 @@ use stackbox_core::stack::{Healthcheck, CLIENT_LABEL};
 use crate::runtime::{ContainerDetails, ContainerRuntime, Probe};
 use crate::EngineError;
 
+/// Something that happened to one of StackBox's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub client: String,
+    pub service: String,
+    /// The container's name.
+    pub container: String,
+    /// The engine's action: `start`, `die`, `health_status: unhealthy`, …
+    pub action: String,
+}
+
 /// A Docker engine: `DOCKER_HOST` when set (unix:// or tcp://), else the local socket.
+#[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
     endpoint: String,
@@ -64,6 +76,40 @@ impl DockerRuntime {
     /// The underlying client, for tests and benchmarks.
     pub fn client(&self) -> &Docker {
         &self.docker
+    }
+
+    /// The engine's event stream, for StackBox's containers only: one long-lived request
+    /// instead of a poll per container. Ends when the engine connection does.
+    pub fn container_events(
+        &self,
+    ) -> impl futures_util::Stream<Item = Result<ContainerEvent, EngineError>> + Send + 'static
+    {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("label".to_string(), vec![CLIENT_LABEL.to_string()]),
+            (
+                "event".to_string(),
+                ["health_status", "die", "start", "stop", "restart", "oom"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+        ]);
+        self.docker
+            .events(Some(bollard::query_parameters::EventsOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .map(|event| {
+                let event = event.map_err(map_err("follow the events of", "the engine"))?;
+                let actor = event.actor.unwrap_or_default();
+                let attributes = actor.attributes.unwrap_or_default();
+                Ok(ContainerEvent {
+                    client: attributes.get(CLIENT_LABEL).cloned().unwrap_or_default(),
+                    service: attributes.get(labels::SERVICE).cloned().unwrap_or_default(),
+                    container: attributes.get("name").cloned().unwrap_or_default(),
+                    action: event.action.unwrap_or_default(),
+                })
+            })
     }
 }
 

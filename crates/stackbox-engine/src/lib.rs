@@ -10,6 +10,6 @@ mod error;
 pub mod lifecycle;
 mod runtime;
 
-pub use docker::DockerRuntime;
+pub use docker::{ContainerEvent, DockerRuntime};
 pub use error::EngineError;
 pub use runtime::{ContainerDetails, ContainerRuntime, Probe};

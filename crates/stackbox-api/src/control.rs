@@ -1,0 +1,271 @@
+//! What the API needs from the control plane: [`ControlPlane`], defined here where it is used.
+//!
+//! The API never touches a database or an engine: the control plane (`stackbox-control`,
+//! the provisioning pipeline over the store and the engine) implements this trait, and the
+//! API's tests implement it in memory.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use stackbox_core::client::{ClientId, ClientSpec};
+use stackbox_core::plan::Plan;
+
+use crate::dto::{
+    ClientDetail, ClientState, ClientSummary, CreatedClient, DeploymentEvent, DeploymentOutcome,
+    DeploymentRef, DeploymentView, Page,
+};
+use crate::metrics::DurationHistogram;
+
+/// Who is calling, as the control plane recognised the bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Everything.
+    Operator,
+    /// Read-only, and only this client and its deployments.
+    Client(ClientId),
+}
+
+/// A lifecycle action on an existing client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Stop the containers; data kept.
+    Stop,
+    /// Start again, back to healthy.
+    Start,
+    /// Render and converge again (recreates only what changed).
+    Redeploy,
+}
+
+/// `GET /v1/clients`, validated by the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub state: Option<ClientState>,
+    pub plan: Option<Plan>,
+    /// Keyset cursor: only clients whose id sorts after this one (ascending id order).
+    pub after: Option<ClientId>,
+    /// Between 1 and [`ListQuery::MAX_LIMIT`]; [`ListQuery::DEFAULT_LIMIT`] when not given.
+    pub limit: u32,
+}
+
+impl ListQuery {
+    pub const DEFAULT_LIMIT: u32 = 50;
+    pub const MAX_LIMIT: u32 = 500;
+}
+
+/// The figures behind `GET /metrics`. Every client state and every outcome is written, with 0
+/// for those missing from the maps, so that every series exists from the first scrape.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    /// Current clients by state (a gauge).
+    pub clients_by_state: BTreeMap<ClientState, u64>,
+    /// Finished deployments by outcome since the store began (a counter: it must never go
+    /// down, so count deployments of destroyed clients too).
+    pub deployments_by_outcome: BTreeMap<DeploymentOutcome, u64>,
+    /// Durations of finished deployments, from start to finish.
+    pub deployment_duration: DurationHistogram,
+    /// Durations of finished steps, by step name.
+    pub step_duration: BTreeMap<String, DurationHistogram>,
+}
+
+/// Why the control plane refused or failed a request. The API maps each variant to one status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// No such client or deployment → 404.
+    #[error("not found")]
+    NotFound,
+    /// The request contradicts the current state: the domain or pinned id is taken, the client
+    /// is busy with another deployment, … → 409. The message is sent to the caller, so it must
+    /// be written for them (no internal detail).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A value is not acceptable → 422 naming `field`. Sent to the caller as written.
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+    /// Temporarily unable (store or engine unreachable, deployment capacity full) → 503 with
+    /// `Retry-After`. The text is logged, not sent.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else → 500 with a generic message. The text is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ControlError {
+    /// An [`ControlError::Internal`] from any error, keeping its whole chain for the log.
+    pub fn internal(error: &(dyn std::error::Error + 'static)) -> ControlError {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ControlError::Internal(text)
+    }
+}
+
+/// The control plane as the API sees it.
+///
+/// Every future must be `Send` (the server runs on a multi-threaded runtime). Methods take
+/// validated input: ids in paths are parsed `ClientId`s, the body of `POST /v1/clients` is a
+/// `ClientSpec` validated by the core, list parameters are within bounds. Deployment ids are
+/// passed as written in the URL (at most 64 characters of `[A-Za-z0-9_-]`): return
+/// [`ControlError::NotFound`] for one that is malformed or unknown.
+///
+/// Authorization is the API's: the control plane only says who a token belongs to. The API
+/// checks a client token's scope before calling any other method (for deployments, by the
+/// `client_id` of [`ControlPlane::get_deployment`]).
+pub trait ControlPlane: Send + Sync + 'static {
+    /// Who holds this bearer token: `Ok(None)` for an unknown or revoked one (401), an error
+    /// when it cannot be checked (a store outage answers 503, not a misleading 401). Compare in
+    /// constant time (the store keeps hashes). Called on every `/v1` request: keep it cheap.
+    fn verify_token(
+        &self,
+        bearer: &str,
+    ) -> impl Future<Output = Result<Option<Principal>, ControlError>> + Send;
+
+    /// Stores the client, generates its secrets and starts its first deployment; returns as
+    /// soon as the deployment is journaled (the API answers 202).
+    fn create_client(
+        &self,
+        spec: ClientSpec,
+    ) -> impl Future<Output = Result<CreatedClient, ControlError>> + Send;
+
+    /// One page of clients in ascending id order, filtered. `next` is the last item's id when
+    /// more clients follow (fetch `limit + 1` rows to know), else `None`.
+    fn list_clients(
+        &self,
+        query: ListQuery,
+    ) -> impl Future<Output = Result<Page<ClientSummary>, ControlError>> + Send;
+
+    fn get_client(
+        &self,
+        id: &ClientId,
+    ) -> impl Future<Output = Result<ClientDetail, ControlError>> + Send;
+
+    /// Journals a stop, start or redeploy; `Conflict` when the client already has an
+    /// unfinished deployment.
+    fn client_action(
+        &self,
+        id: &ClientId,
+        action: ClientAction,
+    ) -> impl Future<Output = Result<DeploymentRef, ControlError>> + Send;
+
+    /// Journals a destroy (containers, networks, volumes, bundle, stored secrets). The API
+    /// has already checked the `confirm` parameter.
+    fn delete_client(
+        &self,
+        id: &ClientId,
+    ) -> impl Future<Output = Result<DeploymentRef, ControlError>> + Send;
+
+    fn get_deployment(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<DeploymentView, ControlError>> + Send;
+
+    /// The deployment's step changes: every step as it stands now first (so a late subscriber
+    /// misses nothing), then each change as it happens, then [`DeploymentEvent::End`] once the
+    /// deployment has finished; the stream ends after it. For a deployment already finished,
+    /// that is its steps and `End` at once. A stream that ends without `End` makes the API
+    /// close the connection without the `end` event (the client reconnects).
+    fn deployment_events(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<BoxStream<'static, DeploymentEvent>, ControlError>> + Send;
+
+    fn metrics(&self) -> impl Future<Output = Result<MetricsSnapshot, ControlError>> + Send;
+}
+
+/// [`ControlPlane`] made object-safe (boxed futures), so the handlers are plain functions over
+/// one state type: what `utoipa-axum` needs to register them, and one monomorphisation only.
+pub(crate) trait DynControl: Send + Sync + 'static {
+    fn verify_token<'a>(
+        &'a self,
+        bearer: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Principal>, ControlError>>;
+    fn create_client(&self, spec: ClientSpec)
+        -> BoxFuture<'_, Result<CreatedClient, ControlError>>;
+    fn list_clients(
+        &self,
+        query: ListQuery,
+    ) -> BoxFuture<'_, Result<Page<ClientSummary>, ControlError>>;
+    fn get_client<'a>(
+        &'a self,
+        id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<ClientDetail, ControlError>>;
+    fn client_action<'a>(
+        &'a self,
+        id: &'a ClientId,
+        action: ClientAction,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
+    fn delete_client<'a>(
+        &'a self,
+        id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
+    fn get_deployment<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<DeploymentView, ControlError>>;
+    fn deployment_events<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, DeploymentEvent>, ControlError>>;
+    fn metrics(&self) -> BoxFuture<'_, Result<MetricsSnapshot, ControlError>>;
+}
+
+impl<C: ControlPlane> DynControl for C {
+    fn verify_token<'a>(
+        &'a self,
+        bearer: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Principal>, ControlError>> {
+        Box::pin(ControlPlane::verify_token(self, bearer))
+    }
+    fn create_client(
+        &self,
+        spec: ClientSpec,
+    ) -> BoxFuture<'_, Result<CreatedClient, ControlError>> {
+        Box::pin(ControlPlane::create_client(self, spec))
+    }
+    fn list_clients(
+        &self,
+        query: ListQuery,
+    ) -> BoxFuture<'_, Result<Page<ClientSummary>, ControlError>> {
+        Box::pin(ControlPlane::list_clients(self, query))
+    }
+    fn get_client<'a>(
+        &'a self,
+        id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<ClientDetail, ControlError>> {
+        Box::pin(ControlPlane::get_client(self, id))
+    }
+    fn client_action<'a>(
+        &'a self,
+        id: &'a ClientId,
+        action: ClientAction,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
+        Box::pin(ControlPlane::client_action(self, id, action))
+    }
+    fn delete_client<'a>(
+        &'a self,
+        id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
+        Box::pin(ControlPlane::delete_client(self, id))
+    }
+    fn get_deployment<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<DeploymentView, ControlError>> {
+        Box::pin(ControlPlane::get_deployment(self, id))
+    }
+    fn deployment_events<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, DeploymentEvent>, ControlError>> {
+        Box::pin(ControlPlane::deployment_events(self, id))
+    }
+    fn metrics(&self) -> BoxFuture<'_, Result<MetricsSnapshot, ControlError>> {
+        Box::pin(ControlPlane::metrics(self))
+    }
+}

@@ -1,0 +1,447 @@
+//! What the API sends and receives: the data transfer objects, with their JSON form (serde)
+//! and their OpenAPI schema (utoipa) derived from the same definitions.
+//!
+//! The input ([`NewClient`]) refuses unknown fields. Outputs derive `Deserialize` too, so that a
+//! Rust client (the CLI's `--server` mode) reads responses with the very types the server
+//! writes; they accept unknown fields, so that a server may add fields without breaking older
+//! clients.
+//!
+//! Secrets: [`Credentials`] is the only type that carries one, and only [`CreatedClient`]
+//! holds it: the response to `POST /v1/clients`, sent once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use stackbox_core::client::{ClientId, ClientSpec};
+use stackbox_core::plan::{App, Plan};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::ToSchema;
+
+use crate::time::Timestamp;
+
+/// Declares a closed set of lowercase names with `ALL`, `as_str` and `from_name`, serialized
+/// as those names, and documented in the OpenAPI document as a string enum.
+macro_rules! name_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The name on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// Parses a name as written on the wire; `None` for anything else.
+            pub fn from_name(text: &str) -> Option<$name> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+name_enum!(
+    /// Where a client stands, as the control plane last saw it (the store's `ClientState`).
+    ClientState {
+        /// Accepted; its first deployment has not finished yet.
+        Provisioning = "provisioning",
+        /// Every service running and healthy.
+        Running = "running",
+        /// Every service running, some still passing their first health checks.
+        Starting = "starting",
+        /// Some services running, others missing, stopped or unhealthy.
+        Degraded = "degraded",
+        /// Stopped on purpose; data kept.
+        Stopped = "stopped",
+        /// Nothing serves, or the last deployment failed.
+        Failed = "failed",
+        /// No container on the engine.
+        Absent = "absent",
+        /// A destroy is under way.
+        Destroying = "destroying",
+    }
+);
+
+name_enum!(
+    /// What a deployment does.
+    DeploymentKind {
+        Create = "create",
+        Redeploy = "redeploy",
+        Stop = "stop",
+        Start = "start",
+        Destroy = "destroy",
+    }
+);
+
+name_enum!(
+    /// Where a deployment stands. `pending` and `running` are unfinished.
+    DeploymentStatus {
+        Pending = "pending",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        /// Failed, and what it had done was undone.
+        Compensated = "compensated",
+    }
+);
+
+impl DeploymentStatus {
+    pub fn is_finished(self) -> bool {
+        !matches!(self, DeploymentStatus::Pending | DeploymentStatus::Running)
+    }
+}
+
+name_enum!(
+    /// How a finished deployment ended: the `outcome` label of `stackbox_deployments_total`.
+    DeploymentOutcome {
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Compensated = "compensated",
+    }
+);
+
+name_enum!(
+    /// Where one step of a deployment stands.
+    StepStatus {
+        Pending = "pending",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Skipped = "skipped",
+    }
+);
+
+name_enum!(
+    /// A service's container as the engine reports it, or `missing` when the client should
+    /// have the service and the engine holds no container for it.
+    ServiceState {
+        Created = "created",
+        Running = "running",
+        Paused = "paused",
+        Restarting = "restarting",
+        Removing = "removing",
+        Exited = "exited",
+        Dead = "dead",
+        Missing = "missing",
+    }
+);
+
+name_enum!(
+    /// A container's health-check status.
+    HealthStatus {
+        Starting = "starting",
+        Healthy = "healthy",
+        Unhealthy = "unhealthy",
+    }
+);
+
+/// The error body of every 4xx and 5xx response: `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong. `code` is stable and meant for programs; `message` is for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// One of `bad_request`, `malformed_json`, `unauthorized`, `forbidden`, `not_found`,
+    /// `method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_media_type`,
+    /// `invalid_field`, `internal`, `unavailable`.
+    #[schema(example = "invalid_field")]
+    pub code: String,
+    /// What is wrong and how to fix it. A 500's message is generic: details go to the log.
+    #[schema(example = "domain: has an empty label (two dots in a row)")]
+    pub message: String,
+    /// The field at fault (`domain`, `features.calcom`, `limit`, `confirm`, …), when one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "domain")]
+    pub field: Option<String>,
+}
+
+/// The body of `POST /v1/clients`: the client configuration, with the same fields as a
+/// client's TOML file. Validation is the core's (`ClientSpec::from_file`), so the API and the
+/// CLI accept exactly the same configurations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewClient {
+    /// Pins the client id (`<slug>-<8 hex digits>`); assigned by StackBox when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "smithrealestate-e11f059b")]
+    pub client_id: Option<String>,
+    /// The business's name: any printable Unicode, at most 100 characters.
+    #[schema(required = true, value_type = String, example = "Smith Real Estate")]
+    pub company_name: Option<String>,
+    /// The client's domain; every service is a subdomain of it.
+    #[schema(required = true, value_type = String, example = "smithrealestate.stackbox.io")]
+    pub domain: Option<String>,
+    /// `starter`, `professional` or `enterprise`.
+    #[schema(required = true, value_type = String, example = "professional")]
+    pub plan: Option<String>,
+    /// The administrator's e-mail address.
+    #[schema(required = true, value_type = String, example = "owner@smithrealestate.com")]
+    pub admin_email: Option<String>,
+    /// `#rrggbb` or `#rgb`; a default blue when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "#003366")]
+    pub brand_color: Option<String>,
+    /// Apps of the plan switched off (or on) by key: `espocrm`, `nextcloud`, `calcom`,
+    /// `plausible`, `mailtrain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = features_schema)]
+    pub features: Option<BTreeMap<String, bool>>,
+}
+
+/// The one-time login of a new client's apps. Its `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Credentials {
+    #[schema(example = "admin")]
+    pub admin_username: String,
+    pub admin_password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("admin_username", &self.admin_username)
+            .field("admin_password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The answer to `POST /v1/clients` (202): the only response that ever carries a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedClient {
+    #[serde(with = "client_id_serde")]
+    #[schema(value_type = String, example = "smithrealestate-e11f059b")]
+    pub client_id: ClientId,
+    /// Follow it at `/v1/deployments/{deployment_id}` and its `/events`.
+    #[schema(example = "dep_0195501e2c4a9f3b2d7e8c1a0b4d")]
+    pub deployment_id: String,
+    /// Service name (`website` or an app key) → URL, such as `espocrm` →
+    /// `https://crm.smithrealestate.stackbox.io`: `stackbox_core::stack::service_urls`, as the
+    /// CLI prints them.
+    pub services: BTreeMap<String, String>,
+    /// Shown once: never returned again.
+    pub credentials: Credentials,
+}
+
+/// One row of `GET /v1/clients`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClientSummary {
+    #[serde(with = "client_id_serde")]
+    #[schema(value_type = String, example = "smithrealestate-e11f059b")]
+    pub client_id: ClientId,
+    pub company_name: String,
+    pub domain: String,
+    #[schema(schema_with = plan_schema)]
+    pub plan: Plan,
+    pub state: ClientState,
+    pub created_at: Timestamp,
+}
+
+/// A client's configuration as stored, without its id (beside it) and without secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClientConfiguration {
+    pub company_name: String,
+    pub domain: String,
+    #[schema(schema_with = plan_schema)]
+    pub plan: Plan,
+    pub admin_email: String,
+    pub brand_color: String,
+    /// Explicit app switches, by app key.
+    #[schema(schema_with = features_schema)]
+    pub features: BTreeMap<App, bool>,
+}
+
+impl ClientConfiguration {
+    /// The configuration of a validated spec (the spec holds no secret).
+    pub fn from_spec(spec: &ClientSpec) -> ClientConfiguration {
+        ClientConfiguration {
+            company_name: spec.company_name.as_str().to_string(),
+            domain: spec.domain.as_str().to_string(),
+            plan: spec.plan,
+            admin_email: spec.admin_email.as_str().to_string(),
+            brand_color: spec.brand_color.as_str().to_string(),
+            features: spec.features.clone(),
+        }
+    }
+}
+
+/// One service of a client as the engine (or the health monitor) last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceHealth {
+    /// The compose service name (`traefik`, `website`, `espocrm`, …).
+    pub service: String,
+    pub state: ServiceState,
+    /// The health check's verdict; absent when the service has none or is not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_count: Option<u64>,
+    /// For people: why it is unhealthy, the engine's one-line status, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `GET /v1/clients/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClientDetail {
+    #[serde(with = "client_id_serde")]
+    #[schema(value_type = String, example = "smithrealestate-e11f059b")]
+    pub client_id: ClientId,
+    pub configuration: ClientConfiguration,
+    pub state: ClientState,
+    /// Why the client is in its state (a failed service, a failed step), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    /// Service name (`website` or an app key) → URL, as in [`CreatedClient::services`].
+    pub services: BTreeMap<String, String>,
+    /// Per-service state and health.
+    pub health: Vec<ServiceHealth>,
+    /// The client's newest deployment, so that a client token can find its deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_deployment_id: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The answer to every request that starts a deployment (202).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentRef {
+    #[schema(example = "dep_0195501e2c4a9f3b2d7e8c1a0b4d")]
+    pub deployment_id: String,
+}
+
+/// One step of a deployment: also the `data` of each server-sent event of
+/// `GET /v1/deployments/{id}/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    /// `render`, `infrastructure`, `containers`, `health`, `configure`, `notify`, …
+    pub name: String,
+    pub status: StepStatus,
+    /// How many times the step was started; above 1 when an interrupted run was resumed.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// What went wrong, for people (never an internal error text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/deployments/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentView {
+    #[schema(example = "dep_0195501e2c4a9f3b2d7e8c1a0b4d")]
+    pub id: String,
+    #[serde(with = "client_id_serde")]
+    #[schema(value_type = String, example = "smithrealestate-e11f059b")]
+    pub client_id: ClientId,
+    pub kind: DeploymentKind,
+    pub status: DeploymentStatus,
+    /// In order.
+    pub steps: Vec<StepView>,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// What went wrong, for people (never an internal error text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The `data` of the last server-sent event of a deployment's stream (`event: end`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentEnd {
+    pub status: DeploymentStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a deployment's event stream yields: step changes, then the end. In JSON (the `data`
+/// of a server-sent event) each is its payload alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum DeploymentEvent {
+    /// A step was created, started, finished, failed or skipped. Sent as `data: <StepView>`.
+    Step(StepView),
+    /// The deployment finished. Sent as `event: end` with `data: <DeploymentEnd>`; the API
+    /// closes the stream after it.
+    End(DeploymentEnd),
+}
+
+/// One page of a list, with the cursor of the next page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass it as `after` to get the next page; `null` on the last page.
+    pub next: Option<String>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// A plan's name, as an OpenAPI string enum made from [`Plan::ALL`].
+pub(crate) fn plan_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(Plan::ALL.iter().map(|plan| plan.key())))
+        .into()
+}
+
+/// The `features` map: app key → on/off, keys from [`App::ALL`].
+fn features_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(App::ALL.iter().map(|app| app.key()))),
+        ))
+        .additional_properties(Some(ObjectBuilder::new().schema_type(Type::Boolean)))
+        .into()
+}
+
+/// `ClientId` has `Serialize` in the core but no `Deserialize`: this reads it through
+/// `ClientId::parse`, so a response can only hold a valid id.
+pub(crate) mod client_id_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use stackbox_core::client::ClientId;
+
+    pub fn serialize<S: Serializer>(id: &ClientId, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(id.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ClientId, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ClientId::parse(&text).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,275 @@
+//! `GET /metrics`: the Prometheus text exposition format, version 0.0.4.
+//!
+//! Format rules followed (from the format's specification): one `# HELP` and one `# TYPE`
+//! line per metric family before its samples, the samples of a family together; label values
+//! escape `\`, `"` and line feeds; a histogram has cumulative `_bucket{le="…"}` samples in
+//! increasing `le` order ending with `le="+Inf"`, whose value equals `_count`, then `_sum` and
+//! `_count`; the body ends with a line feed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::control::MetricsSnapshot;
+use crate::dto::{ClientState, DeploymentOutcome};
+
+/// Content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Upper bounds, in seconds, of the duration histograms' buckets (before `+Inf`): from a quick
+/// step (rendering takes milliseconds) to a slow first deploy (image pulls, installers).
+pub const DURATION_BUCKETS_SECONDS: [f64; 14] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
+/// A histogram of durations over [`DURATION_BUCKETS_SECONDS`].
+///
+/// Build it from samples with [`DurationHistogram::observe`], or from counts computed
+/// elsewhere (for example in SQL) with [`DurationHistogram::from_bucket_counts`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DurationHistogram {
+    /// Per bucket, not cumulative; the last one is above the highest bound.
+    counts: [u64; DURATION_BUCKETS_SECONDS.len() + 1],
+    sum_seconds: f64,
+}
+
+impl DurationHistogram {
+    pub fn new() -> DurationHistogram {
+        DurationHistogram::default()
+    }
+
+    /// Adds one duration. Negative durations (a clock stepped back) count as 0; NaN and
+    /// infinities are ignored, so the output always parses.
+    pub fn observe(&mut self, seconds: f64) {
+        if !seconds.is_finite() {
+            return;
+        }
+        let seconds = seconds.max(0.0);
+        self.counts[Self::bucket_of(seconds)] += 1;
+        self.sum_seconds += seconds;
+    }
+
+    /// The histogram of these durations.
+    pub fn from_samples(samples: impl IntoIterator<Item = f64>) -> DurationHistogram {
+        let mut histogram = DurationHistogram::new();
+        for seconds in samples {
+            histogram.observe(seconds);
+        }
+        histogram
+    }
+
+    /// From per-bucket counts (not cumulative): `counts[i]` durations in
+    /// `(DURATION_BUCKETS_SECONDS[i-1], DURATION_BUCKETS_SECONDS[i]]`, and one more entry at
+    /// the end for those above the last bound. `None` when `counts` has the wrong length or
+    /// `sum_seconds` is not a finite, non-negative number.
+    pub fn from_bucket_counts(counts: &[u64], sum_seconds: f64) -> Option<DurationHistogram> {
+        if !sum_seconds.is_finite() || sum_seconds < 0.0 {
+            return None;
+        }
+        Some(DurationHistogram {
+            counts: counts.try_into().ok()?,
+            sum_seconds,
+        })
+    }
+
+    /// Which bucket a duration falls in: the first whose bound is not below it.
+    pub fn bucket_of(seconds: f64) -> usize {
+        DURATION_BUCKETS_SECONDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(DURATION_BUCKETS_SECONDS.len())
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_seconds
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
+        let mut cumulative = 0u64;
+        let bounds = DURATION_BUCKETS_SECONDS
+            .iter()
+            .map(|bound| format_float(*bound))
+            .chain(std::iter::once("+Inf".to_string()));
+        for (count, bound) in self.counts.iter().zip(bounds) {
+            cumulative += count;
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &bound));
+            sample(
+                out,
+                &format!("{name}_bucket"),
+                &with_le,
+                &cumulative.to_string(),
+            );
+        }
+        sample(
+            out,
+            &format!("{name}_sum"),
+            labels,
+            &format_float(self.sum_seconds),
+        );
+        sample(
+            out,
+            &format!("{name}_count"),
+            labels,
+            &cumulative.to_string(),
+        );
+    }
+}
+
+/// Renders a snapshot in the text exposition format.
+pub fn render(snapshot: &MetricsSnapshot) -> String {
+    let mut out = String::new();
+
+    family(
+        &mut out,
+        "stackbox_clients",
+        "gauge",
+        "Clients by state, as the control plane last saw them.",
+    );
+    for state in ClientState::ALL {
+        let value = snapshot.clients_by_state.get(state).copied().unwrap_or(0);
+        sample(
+            &mut out,
+            "stackbox_clients",
+            &[("state", state.as_str())],
+            &value.to_string(),
+        );
+    }
+
+    family(
+        &mut out,
+        "stackbox_deployments_total",
+        "counter",
+        "Finished deployments by outcome.",
+    );
+    for outcome in DeploymentOutcome::ALL {
+        let value = snapshot
+            .deployments_by_outcome
+            .get(outcome)
+            .copied()
+            .unwrap_or(0);
+        sample(
+            &mut out,
+            "stackbox_deployments_total",
+            &[("outcome", outcome.as_str())],
+            &value.to_string(),
+        );
+    }
+
+    family(
+        &mut out,
+        "stackbox_deployment_duration_seconds",
+        "histogram",
+        "Duration of finished deployments, from start to finish.",
+    );
+    snapshot
+        .deployment_duration
+        .write(&mut out, "stackbox_deployment_duration_seconds", &[]);
+
+    family(
+        &mut out,
+        "stackbox_step_duration_seconds",
+        "histogram",
+        "Duration of finished deployment steps, by step.",
+    );
+    let steps: &BTreeMap<String, DurationHistogram> = &snapshot.step_duration;
+    for (step, histogram) in steps {
+        histogram.write(
+            &mut out,
+            "stackbox_step_duration_seconds",
+            &[("step", step)],
+        );
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    // HELP text escapes `\` and line feeds (not quotes).
+    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: &str) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (index, (label, label_value)) in labels.iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{label}=\"{}\"", escape_label_value(label_value));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+pub fn escape_label_value(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// A float as Prometheus reads it: Rust's shortest round-trip decimal (never an exponent, so
+/// always a valid Go float), and the format's spellings for the non-finite values.
+fn format_float(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".to_string()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+    } else {
+        format!("{value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_include_their_upper_bound() {
+        assert_eq!(DurationHistogram::bucket_of(0.0), 0);
+        assert_eq!(DurationHistogram::bucket_of(0.05), 0);
+        assert_eq!(DurationHistogram::bucket_of(0.051), 1);
+        assert_eq!(DurationHistogram::bucket_of(1800.0), 13);
+        assert_eq!(DurationHistogram::bucket_of(1800.5), 14);
+    }
+
+    #[test]
+    fn odd_samples_neither_panic_nor_break_the_format() {
+        let histogram = DurationHistogram::from_samples([f64::NAN, f64::INFINITY, -3.0, 2.0]);
+        assert_eq!(histogram.count(), 2);
+        assert_eq!(histogram.sum_seconds(), 2.0);
+        assert!(DurationHistogram::from_bucket_counts(&[1, 2], 3.0).is_none());
+        assert!(DurationHistogram::from_bucket_counts(&[0; 15], f64::NAN).is_none());
+        assert_eq!(
+            DurationHistogram::from_bucket_counts(&[1; 15], 99.0).map(|h| h.count()),
+            Some(15)
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn floats_are_written_without_exponents() {
+        assert_eq!(format_float(0.05), "0.05");
+        assert_eq!(format_float(1.0), "1");
+        assert_eq!(format_float(1e21), "1000000000000000000000");
+        assert_eq!(format_float(f64::INFINITY), "+Inf");
+    }
+}

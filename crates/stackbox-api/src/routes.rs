@@ -1,0 +1,742 @@
+//! The routes: each handler carries its OpenAPI description (`#[utoipa::path]`), and
+//! [`api_router`] registers them with `utoipa_axum::routes!`, which takes the method and path
+//! from that same description. The router and `/openapi.json` therefore come from one table.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use stackbox_core::client::ClientId;
+use stackbox_core::plan::Plan;
+use tokio::sync::watch;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{authenticate, Caller};
+use crate::control::{ClientAction, DynControl, ListQuery, Principal};
+use crate::dto::{
+    ClientDetail, ClientState, ClientSummary, CreatedClient, DeploymentEvent, DeploymentRef,
+    DeploymentView, ErrorBody, Health, NewClient, Page,
+};
+use crate::error::{ApiError, Resource};
+use crate::input::parse_new_client;
+use crate::{metrics, ApiOptions, MetricsAccess};
+
+/// How often an idle event stream sends a comment, so that proxies keep it open.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The longest deployment id passed to the control plane.
+const MAX_DEPLOYMENT_ID_BYTES: usize = 64;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) control: Arc<dyn DynControl>,
+    pub(crate) options: Arc<ApiOptions>,
+    /// `/openapi.json`, serialized once.
+    pub(crate) openapi: Bytes,
+    pub(crate) shutdown: Shutdown,
+}
+
+/// Fires when the server shuts down, so that event streams end and graceful shutdown is not
+/// held up by a client following a long deployment.
+#[derive(Clone)]
+pub(crate) struct Shutdown(Option<watch::Receiver<bool>>);
+
+impl Shutdown {
+    pub(crate) fn never() -> Shutdown {
+        Shutdown(None)
+    }
+
+    pub(crate) fn on(receiver: watch::Receiver<bool>) -> Shutdown {
+        Shutdown(Some(receiver))
+    }
+
+    /// Completes once shutdown starts (or its sender is gone); never for [`Shutdown::never`].
+    fn fired(self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            match self.0 {
+                Some(mut receiver) => {
+                    let _ = receiver.wait_for(|started| *started).await;
+                }
+                None => std::future::pending().await,
+            }
+        })
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "StackBox API",
+        description = "The control plane of StackBox: clients, their deployments, health and metrics. \
+            Every `/v1` route needs `Authorization: Bearer <token>`. An operator token may do \
+            everything; a client token may only read its own client and deployments (403 on \
+            writes, 404 for anything else). Errors are `{\"error\": {\"code\", \"message\", \
+            \"field\"?}}`; a 500 never carries internal detail."
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "clients", description = "Create, list, read, stop, start, redeploy and delete clients."),
+        (name = "deployments", description = "Follow what the control plane does for a client."),
+        (name = "service", description = "Liveness, metrics and this document; no token needed."),
+    )
+)]
+struct ApiDoc;
+
+/// Adds the `bearer` security scheme the `/v1` routes refer to.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Every route, with its OpenAPI description.
+pub(crate) fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics_text))
+        .routes(routes!(openapi_json))
+        .routes(routes!(create_client, list_clients))
+        .routes(routes!(get_client, delete_client))
+        .routes(routes!(stop_client))
+        .routes(routes!(start_client))
+        .routes(routes!(redeploy_client))
+        .routes(routes!(get_deployment))
+        .routes(routes!(deployment_events))
+}
+
+/// The query parameters of `GET /v1/clients` (documentation; [`list_query`] reads them).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    /// Only clients in this state.
+    state: Option<ClientState>,
+    /// Only clients on this plan.
+    #[param(schema_with = crate::dto::plan_schema)]
+    plan: Option<String>,
+    /// The `next` of the previous page: clients whose id sorts after it.
+    after: Option<String>,
+    /// Page size, 1 to 500; 50 when left out.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+}
+
+/// The query parameters of `DELETE /v1/clients/{id}` (documentation).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct DeleteParams {
+    /// Must repeat the client id: a guard against deleting the wrong client.
+    confirm: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    summary = "Liveness: the server answers.",
+    responses((status = 200, body = Health, description = "The server is up."))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_string(),
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    summary = "Prometheus metrics (text exposition format 0.0.4).",
+    description = "Clients by state, finished deployments by outcome, and histograms of \
+        deployment and step durations. Aggregates only: no client id, domain or secret. No \
+        token is needed unless the server was started to require an operator token for it.",
+    responses(
+        (status = 200, body = String, content_type = "text/plain; version=0.0.4", description = "The metrics."),
+        (status = 401, body = ErrorBody, description = "Only when metrics need an operator token."),
+        (status = 403, body = ErrorBody, description = "Only when metrics need an operator token."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn metrics_text(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if state.options.metrics_access == MetricsAccess::Operator {
+        Caller(authenticate(&state, &headers).await?).require_operator()?;
+    }
+    let snapshot = state
+        .control
+        .metrics()
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Route))?;
+    Ok((
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&snapshot),
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "service",
+    summary = "This document (OpenAPI 3.1), generated from the server's code.",
+    responses((status = 200, body = Object, content_type = "application/json", description = "The OpenAPI document."))
+)]
+async fn openapi_json(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.clone(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clients",
+    tag = "clients",
+    summary = "Create a client and start its first deployment.",
+    description = "The body is the client configuration with the fields of a client's TOML \
+        file. The answer carries the generated admin credentials: this response only, never \
+        again.",
+    request_body(content = NewClient, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = CreatedClient, description = "Accepted: the client is stored and its first deployment journaled.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 400, body = ErrorBody, description = "The body is not JSON."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 409, body = ErrorBody, description = "The domain or the pinned id is taken."),
+        (status = 413, body = ErrorBody, description = "The body is over the size limit (64 KiB by default)."),
+        (status = 415, body = ErrorBody, description = "Not `Content-Type: application/json`."),
+        (status = 422, body = ErrorBody, description = "An unknown field, or a value that is not acceptable; `field` names it."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn create_client(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: state.options.body_limit_bytes,
+            }
+        } else {
+            ApiError::BadRequest {
+                field: None,
+                message: "the request body could not be read".to_string(),
+            }
+        }
+    })?;
+    let spec = parse_new_client(&body)?;
+    let created = state
+        .control
+        .create_client(spec)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    tracing::info!(client = %created.client_id, deployment = %created.deployment_id, "client created");
+    Ok(accepted(&created.deployment_id, Json(&created)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/clients",
+    tag = "clients",
+    summary = "List clients, in id order, a page at a time.",
+    params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Page<ClientSummary>, description = "One page of clients."),
+        (status = 400, body = ErrorBody, description = "The query string cannot be read."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token (it may read only its own client)."),
+        (status = 422, body = ErrorBody, description = "A parameter is not acceptable; `field` names it."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn list_clients(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<ClientSummary>>, ApiError> {
+    if let Principal::Client(_) = caller.0 {
+        return Err(ApiError::Forbidden(
+            "a client token may read only its own client: GET /v1/clients/{id}",
+        ));
+    }
+    let query = list_query(query)?;
+    let page = state
+        .control
+        .list_clients(query)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    Ok(Json(page))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{id}",
+    tag = "clients",
+    summary = "A client: configuration (no secrets), state, service URLs, per-service health.",
+    params(("id" = String, Path, description = "The client id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = ClientDetail, description = "The client."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 404, body = ErrorBody, description = "No such client (or not the client token's own)."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn get_client(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<ClientDetail>, ApiError> {
+    let id = client_id(id)?;
+    if !caller.may_read(&id) {
+        return Err(ApiError::NotFound(Resource::Client));
+    }
+    let detail = state
+        .control
+        .get_client(&id)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    Ok(Json(detail))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{id}/stop",
+    tag = "clients",
+    summary = "Stop a client's containers (data kept).",
+    params(("id" = String, Path, description = "The client id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = DeploymentRef, description = "Accepted: the deployment is journaled and runs in the background.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client."),
+        (status = 409, body = ErrorBody, description = "The client is busy with another deployment."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn stop_client(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    client_action(state, caller, id, ClientAction::Stop).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{id}/start",
+    tag = "clients",
+    summary = "Start a stopped client, back to healthy.",
+    params(("id" = String, Path, description = "The client id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = DeploymentRef, description = "Accepted: the deployment is journaled and runs in the background.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client."),
+        (status = 409, body = ErrorBody, description = "The client is busy with another deployment."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn start_client(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    client_action(state, caller, id, ClientAction::Start).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{id}/redeploy",
+    tag = "clients",
+    summary = "Render and converge again; only what changed is recreated.",
+    params(("id" = String, Path, description = "The client id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = DeploymentRef, description = "Accepted: the deployment is journaled and runs in the background.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client."),
+        (status = 409, body = ErrorBody, description = "The client is busy with another deployment."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn redeploy_client(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    client_action(state, caller, id, ClientAction::Redeploy).await
+}
+
+async fn client_action(
+    state: AppState,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    action: ClientAction,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let id = client_id(id)?;
+    let deployment = state
+        .control
+        .client_action(&id, action)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    tracing::info!(client = %id, deployment = %deployment.deployment_id, ?action, "client action accepted");
+    Ok(accepted(&deployment.deployment_id, Json(&deployment)))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/clients/{id}",
+    tag = "clients",
+    summary = "Destroy a client: containers, networks, volumes, bundle and secrets.",
+    params(("id" = String, Path, description = "The client id."), DeleteParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = DeploymentRef, description = "Accepted: the deployment is journaled and runs in the background.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 400, body = ErrorBody, description = "`confirm` is missing or is not the client id; `field` is `confirm`."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client."),
+        (status = 409, body = ErrorBody, description = "The client is busy with another deployment."),
+        (status = 422, body = ErrorBody, description = "An unknown query parameter."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn delete_client(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let id = client_id(id)?;
+    let mut query = query_params(query, &["confirm"])?;
+    match query.remove("confirm") {
+        Some(confirm) if confirm == id.as_str() => {}
+        Some(_) => {
+            return Err(ApiError::BadRequest {
+                field: Some("confirm".to_string()),
+                message: format!("confirm: is not the client id; repeat it: ?confirm={id}"),
+            })
+        }
+        None => {
+            return Err(ApiError::BadRequest {
+                field: Some("confirm".to_string()),
+                message: format!(
+                    "confirm: is missing; deleting a client destroys its data, so repeat its id: ?confirm={id}"
+                ),
+            })
+        }
+    }
+    let deployment = state
+        .control
+        .delete_client(&id)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    tracing::info!(client = %id, deployment = %deployment.deployment_id, "client deletion accepted");
+    Ok(accepted(&deployment.deployment_id, Json(&deployment)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}",
+    tag = "deployments",
+    summary = "A deployment and its steps.",
+    params(("id" = String, Path, description = "The deployment id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = DeploymentView, description = "The deployment."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 404, body = ErrorBody, description = "No such deployment (or not of the client token's client)."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn get_deployment(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let id = deployment_id(id)?;
+    Ok(Json(readable_deployment(&state, &caller, &id).await?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/events",
+    tag = "deployments",
+    summary = "Server-sent events as the deployment's steps progress.",
+    description = "Every step as it stands first, then each change as it happens: one \
+        unnamed event per step change whose `data` is a `StepView` in JSON. When the \
+        deployment has finished, an `event: end` whose `data` is a `DeploymentEnd`, and the \
+        stream closes. A comment is sent every 15 s while nothing happens. A stream that \
+        closes without `end` (the server is shutting down) can be opened again.",
+    params(("id" = String, Path, description = "The deployment id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = DeploymentEvent, content_type = "text/event-stream", description = "The event stream: each event's `data` is a `StepView`, the last one's (`event: end`) a `DeploymentEnd`."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 404, body = ErrorBody, description = "No such deployment (or not of the client token's client)."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn deployment_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = deployment_id(id)?;
+    if let Principal::Client(_) = caller.0 {
+        readable_deployment(&state, &caller, &id).await?;
+    }
+    let events = state
+        .control
+        .deployment_events(&id)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Deployment))?;
+    let stream = sse_stream(events, state.shutdown.clone());
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+        .into_response();
+    // Tells nginx-style proxies not to buffer the stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// The deployment, if the caller may read it: 404 for another client's, like a missing one.
+async fn readable_deployment(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<DeploymentView, ApiError> {
+    let view = state
+        .control
+        .get_deployment(id)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Deployment))?;
+    if caller.may_read(&view.client_id) {
+        Ok(view)
+    } else {
+        Err(ApiError::NotFound(Resource::Deployment))
+    }
+}
+
+/// The control plane's events as server-sent events: steps unnamed, then `end`, then the
+/// stream stops; it also stops when the server shuts down.
+fn sse_stream(
+    events: BoxStream<'static, DeploymentEvent>,
+    shutdown: Shutdown,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    futures_util::stream::unfold(Some((events, shutdown.fired())), |state| async move {
+        let (mut events, mut shutdown) = state?;
+        tokio::select! {
+            () = &mut shutdown => None,
+            next = events.next() => match next? {
+                DeploymentEvent::Step(step) => {
+                    Some((Ok(json_event(None, &step)), Some((events, shutdown))))
+                }
+                DeploymentEvent::End(end) => Some((Ok(json_event(Some("end"), &end)), None)),
+            },
+        }
+    })
+}
+
+fn json_event<T: serde::Serialize>(name: Option<&'static str>, data: &T) -> Event {
+    let event = match name {
+        Some(name) => Event::default().event(name),
+        None => Event::default(),
+    };
+    match serde_json::to_string(data) {
+        Ok(json) => event.data(json),
+        Err(error) => {
+            tracing::error!(%error, "an event could not be serialized");
+            Event::default().comment("an event could not be serialized")
+        }
+    }
+}
+
+/// 202 Accepted with `Location: /v1/deployments/{id}`.
+fn accepted(deployment_id: &str, body: impl IntoResponse) -> Response {
+    let mut response = (StatusCode::ACCEPTED, body).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/deployments/{deployment_id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// A client id from the path; 404 (like an unknown id) when it is not one.
+fn client_id(path: Result<Path<String>, PathRejection>) -> Result<ClientId, ApiError> {
+    let Ok(Path(text)) = path else {
+        return Err(ApiError::NotFound(Resource::Client));
+    };
+    ClientId::parse(&text).map_err(|_| ApiError::NotFound(Resource::Client))
+}
+
+/// A deployment id from the path, bounded to a safe alphabet before it reaches the control
+/// plane; 404 otherwise.
+fn deployment_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Ok(Path(text)) = path else {
+        return Err(ApiError::NotFound(Resource::Deployment));
+    };
+    let well_formed = !text.is_empty()
+        && text.len() <= MAX_DEPLOYMENT_ID_BYTES
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if well_formed {
+        Ok(text)
+    } else {
+        Err(ApiError::NotFound(Resource::Deployment))
+    }
+}
+
+/// The query parameters, each at most once and each among `allowed`.
+fn query_params(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    allowed: &[&str],
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let Query(pairs) = query.map_err(|_| ApiError::BadRequest {
+        field: None,
+        message: "the query string cannot be read".to_string(),
+    })?;
+    let mut params = BTreeMap::new();
+    for (name, value) in pairs {
+        if !allowed.contains(&name.as_str()) {
+            return Err(ApiError::invalid(
+                name.clone(),
+                format!(
+                    "{name}: unknown query parameter; this route takes {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if params.contains_key(&name) {
+            return Err(ApiError::invalid(
+                name.clone(),
+                format!("{name}: given more than once"),
+            ));
+        }
+        params.insert(name, value);
+    }
+    Ok(params)
+}
+
+/// The validated parameters of `GET /v1/clients`.
+fn list_query(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<ListQuery, ApiError> {
+    let mut params = query_params(query, &["state", "plan", "after", "limit"])?;
+    let state = match params.remove("state") {
+        None => None,
+        Some(text) => Some(ClientState::from_name(&text).ok_or_else(|| {
+            let states: Vec<&str> = ClientState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::invalid(
+                "state",
+                format!(
+                    "state: unknown state {text:?}; use one of {}",
+                    states.join(", ")
+                ),
+            )
+        })?),
+    };
+    let plan = match params.remove("plan") {
+        None => None,
+        Some(text) => Some(Plan::from_key(&text).ok_or_else(|| {
+            ApiError::invalid(
+                "plan",
+                format!(
+                    "plan: unknown plan {text:?}; use one of starter, professional, enterprise"
+                ),
+            )
+        })?),
+    };
+    let after = match params.remove("after") {
+        None => None,
+        Some(text) => Some(ClientId::parse(&text).map_err(|_| {
+            ApiError::invalid(
+                "after",
+                format!("after: {text:?} is not a client id; pass the `next` of the previous page"),
+            )
+        })?),
+    };
+    let limit = match params.remove("limit") {
+        None => ListQuery::DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|limit| (1..=ListQuery::MAX_LIMIT).contains(limit))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!(
+                        "limit: {text:?} is not a whole number from 1 to {}",
+                        ListQuery::MAX_LIMIT
+                    ),
+                )
+            })?,
+    };
+    Ok(ListQuery {
+        state,
+        plan,
+        after,
+        limit,
+    })
+}
+
+/// Whether the request says its body is JSON (`application/json`, any parameters).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}

@@ -1,0 +1,436 @@
+//! An in-memory control plane: the API tier's stand-in for the real pipeline.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use stackbox_api::{
+    ClientAction, ClientConfiguration, ClientDetail, ClientState, ClientSummary, ControlError,
+    ControlPlane, CreatedClient, Credentials, DeploymentEnd, DeploymentEvent, DeploymentKind,
+    DeploymentOutcome, DeploymentRef, DeploymentStatus, DeploymentView, DurationHistogram,
+    HealthStatus, ListQuery, MetricsSnapshot, Page, Principal, ServiceHealth, ServiceState,
+    StepStatus, StepView, Timestamp,
+};
+use stackbox_core::client::{ClientId, ClientSpec};
+use tokio::sync::mpsc;
+
+pub const OPERATOR: &str = "operator-token";
+/// The token of [`CLIENT_A`].
+pub const TOKEN_A: &str = "client-a-token";
+/// The token of [`CLIENT_B`].
+pub const TOKEN_B: &str = "client-b-token";
+pub const CLIENT_A: &str = "alpha-0000000a";
+pub const CLIENT_B: &str = "bravo-0000000b";
+/// A's finished deployment and B's.
+pub const DEPLOYMENT_A: &str = "dep_00000000000a0000000000000001";
+pub const DEPLOYMENT_B: &str = "dep_00000000000b0000000000000002";
+/// A deployment of A whose events the test drives through [`Fake::live`].
+pub const LIVE_DEPLOYMENT: &str = "dep_00000000000a0000000000000003";
+
+/// Every password the fake generates starts with this, so a test can look for it anywhere.
+pub const PASSWORD_PREFIX: &str = "SECRETpw";
+
+pub fn id(text: &str) -> ClientId {
+    ClientId::parse(text).expect("test id")
+}
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_unix_millis(1_740_830_400_000 + seconds * 1000)
+}
+
+struct Stored {
+    spec: ClientSpec,
+    state: ClientState,
+    created_at: Timestamp,
+}
+
+pub struct Fake {
+    clients: Mutex<BTreeMap<ClientId, Stored>>,
+    deployments: Mutex<BTreeMap<String, DeploymentView>>,
+    counter: AtomicU32,
+    /// The next call to any method but `verify_token` fails with this.
+    pub fail_next: Mutex<Option<ControlError>>,
+    /// `get_client` panics while set.
+    pub panic_on_get_client: AtomicBool,
+    /// `verify_token` fails with `Unavailable` while set.
+    pub tokens_unavailable: AtomicBool,
+    /// The sender the live deployment's stream reads from, set when a stream is opened.
+    live: Mutex<Option<mpsc::UnboundedSender<DeploymentEvent>>>,
+    /// Every `ListQuery` the API passed on.
+    pub list_queries: Mutex<Vec<ListQuery>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn step(name: &str, status: StepStatus, started: Option<i64>, finished: Option<i64>) -> StepView {
+    StepView {
+        name: name.to_string(),
+        status,
+        attempts: u32::from(started.is_some()),
+        started_at: started.map(at),
+        finished_at: finished.map(at),
+        error: None,
+    }
+}
+
+impl Fake {
+    /// Two clients, A (professional, running) and B (starter, stopped), each with one finished
+    /// deployment, and A with one running deployment.
+    pub fn new() -> Fake {
+        let fake = Fake {
+            clients: Mutex::new(BTreeMap::new()),
+            deployments: Mutex::new(BTreeMap::new()),
+            counter: AtomicU32::new(100),
+            fail_next: Mutex::new(None),
+            panic_on_get_client: AtomicBool::new(false),
+            tokens_unavailable: AtomicBool::new(false),
+            live: Mutex::new(None),
+            list_queries: Mutex::new(Vec::new()),
+        };
+        for (client, domain, plan, state) in [
+            (
+                CLIENT_A,
+                "alpha.example.com",
+                "professional",
+                ClientState::Running,
+            ),
+            (
+                CLIENT_B,
+                "bravo.example.com",
+                "starter",
+                ClientState::Stopped,
+            ),
+        ] {
+            let spec = ClientSpec::from_toml(&format!(
+                "client_id = \"{client}\"\ncompany_name = \"{client}\"\ndomain = \"{domain}\"\n\
+                 plan = \"{plan}\"\nadmin_email = \"owner@{domain}\"\n"
+            ))
+            .expect("test spec");
+            lock(&fake.clients).insert(
+                id(client),
+                Stored {
+                    spec,
+                    state,
+                    created_at: at(0),
+                },
+            );
+        }
+        for (deployment, client) in [(DEPLOYMENT_A, CLIENT_A), (DEPLOYMENT_B, CLIENT_B)] {
+            fake.insert_deployment(DeploymentView {
+                id: deployment.to_string(),
+                client_id: id(client),
+                kind: DeploymentKind::Create,
+                status: DeploymentStatus::Succeeded,
+                steps: vec![
+                    step("render", StepStatus::Succeeded, Some(1), Some(2)),
+                    step("containers", StepStatus::Succeeded, Some(2), Some(30)),
+                ],
+                created_at: at(0),
+                started_at: Some(at(1)),
+                finished_at: Some(at(30)),
+                error: None,
+            });
+        }
+        fake.insert_deployment(DeploymentView {
+            id: LIVE_DEPLOYMENT.to_string(),
+            client_id: id(CLIENT_A),
+            kind: DeploymentKind::Redeploy,
+            status: DeploymentStatus::Running,
+            steps: vec![
+                step("render", StepStatus::Succeeded, Some(40), Some(41)),
+                step("containers", StepStatus::Running, Some(41), None),
+            ],
+            created_at: at(40),
+            started_at: Some(at(40)),
+            finished_at: None,
+            error: None,
+        });
+        fake
+    }
+
+    fn insert_deployment(&self, view: DeploymentView) {
+        lock(&self.deployments).insert(view.id.clone(), view);
+    }
+
+    fn injected(&self) -> Result<(), ControlError> {
+        match lock(&self.fail_next).take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn next_number(&self) -> u32 {
+        self.counter.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn new_deployment(
+        &self,
+        client: &ClientId,
+        kind: DeploymentKind,
+    ) -> Result<DeploymentRef, ControlError> {
+        let busy = lock(&self.deployments)
+            .values()
+            .any(|d| &d.client_id == client && !d.status.is_finished() && d.id != LIVE_DEPLOYMENT);
+        if busy {
+            return Err(ControlError::Conflict(format!(
+                "client {client} is busy with another deployment; wait for it to finish"
+            )));
+        }
+        let deployment_id = format!("dep_{:028x}", self.next_number());
+        self.insert_deployment(DeploymentView {
+            id: deployment_id.clone(),
+            client_id: client.clone(),
+            kind,
+            status: DeploymentStatus::Pending,
+            steps: Vec::new(),
+            created_at: at(100),
+            started_at: None,
+            finished_at: None,
+            error: None,
+        });
+        Ok(DeploymentRef { deployment_id })
+    }
+
+    /// Sends an event into the live deployment's open stream.
+    pub fn live(&self, event: DeploymentEvent) {
+        if let Some(sender) = lock(&self.live).as_ref() {
+            let _ = sender.send(event);
+        }
+    }
+
+    /// Whether a stream of the live deployment is open.
+    pub fn live_stream_open(&self) -> bool {
+        lock(&self.live).is_some()
+    }
+
+    fn services(spec: &ClientSpec) -> BTreeMap<String, String> {
+        stackbox_core::stack::service_urls(spec)
+            .into_iter()
+            .map(|url| (url.name.to_string(), url.url))
+            .collect()
+    }
+}
+
+impl ControlPlane for Fake {
+    async fn verify_token(&self, bearer: &str) -> Result<Option<Principal>, ControlError> {
+        if self.tokens_unavailable.load(Ordering::SeqCst) {
+            return Err(ControlError::Unavailable(
+                "token store unreachable".to_string(),
+            ));
+        }
+        Ok(match bearer {
+            OPERATOR => Some(Principal::Operator),
+            TOKEN_A => Some(Principal::Client(id(CLIENT_A))),
+            TOKEN_B => Some(Principal::Client(id(CLIENT_B))),
+            _ => None,
+        })
+    }
+
+    async fn create_client(&self, spec: ClientSpec) -> Result<CreatedClient, ControlError> {
+        self.injected()?;
+        let number = self.next_number();
+        let client_id = spec
+            .client_id
+            .clone()
+            .unwrap_or_else(|| ClientId::new(&spec.company_name, number));
+        {
+            let clients = lock(&self.clients);
+            if let Some(taken) = clients.values().find(|c| c.spec.domain == spec.domain) {
+                return Err(ControlError::Conflict(format!(
+                    "the domain {} is taken by another client",
+                    taken.spec.domain
+                )));
+            }
+            if clients.contains_key(&client_id) {
+                return Err(ControlError::Conflict(format!(
+                    "the client id {client_id} is taken"
+                )));
+            }
+        }
+        let services = Fake::services(&spec);
+        lock(&self.clients).insert(
+            client_id.clone(),
+            Stored {
+                spec,
+                state: ClientState::Provisioning,
+                created_at: at(50),
+            },
+        );
+        let deployment = self.new_deployment(&client_id, DeploymentKind::Create)?;
+        Ok(CreatedClient {
+            client_id,
+            deployment_id: deployment.deployment_id,
+            services,
+            credentials: Credentials {
+                admin_username: "admin".to_string(),
+                admin_password: format!("{PASSWORD_PREFIX}{number:08}"),
+            },
+        })
+    }
+
+    async fn list_clients(&self, query: ListQuery) -> Result<Page<ClientSummary>, ControlError> {
+        self.injected()?;
+        lock(&self.list_queries).push(query.clone());
+        let clients = lock(&self.clients);
+        let mut rows = clients
+            .iter()
+            .filter(|(id, _)| query.after.as_ref().is_none_or(|after| *id > after))
+            .filter(|(_, c)| query.state.is_none_or(|state| c.state == state))
+            .filter(|(_, c)| query.plan.is_none_or(|plan| c.spec.plan == plan))
+            .take(query.limit as usize + 1)
+            .map(|(id, c)| ClientSummary {
+                client_id: id.clone(),
+                company_name: c.spec.company_name.as_str().to_string(),
+                domain: c.spec.domain.to_string(),
+                plan: c.spec.plan,
+                state: c.state,
+                created_at: c.created_at,
+            })
+            .collect::<Vec<_>>();
+        let next = if rows.len() > query.limit as usize {
+            rows.truncate(query.limit as usize);
+            rows.last().map(|row| row.client_id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items: rows, next })
+    }
+
+    async fn get_client(&self, client: &ClientId) -> Result<ClientDetail, ControlError> {
+        self.injected()?;
+        if self.panic_on_get_client.load(Ordering::SeqCst) {
+            panic!("the fake control plane panics (db password=hunter2)");
+        }
+        let clients = lock(&self.clients);
+        let stored = clients.get(client).ok_or(ControlError::NotFound)?;
+        let latest = lock(&self.deployments)
+            .values()
+            .filter(|d| &d.client_id == client)
+            .map(|d| d.id.clone())
+            .max();
+        Ok(ClientDetail {
+            client_id: client.clone(),
+            configuration: ClientConfiguration::from_spec(&stored.spec),
+            state: stored.state,
+            state_reason: (stored.state == ClientState::Stopped)
+                .then(|| "stopped by the operator".to_string()),
+            services: Fake::services(&stored.spec),
+            health: vec![
+                ServiceHealth {
+                    service: "traefik".to_string(),
+                    state: ServiceState::Running,
+                    health: Some(HealthStatus::Healthy),
+                    restart_count: Some(0),
+                    detail: None,
+                },
+                ServiceHealth {
+                    service: "espocrm".to_string(),
+                    state: ServiceState::Missing,
+                    health: None,
+                    restart_count: None,
+                    detail: Some("no container".to_string()),
+                },
+            ],
+            latest_deployment_id: latest,
+            created_at: stored.created_at,
+            updated_at: stored.created_at,
+        })
+    }
+
+    async fn client_action(
+        &self,
+        client: &ClientId,
+        action: ClientAction,
+    ) -> Result<DeploymentRef, ControlError> {
+        self.injected()?;
+        if !lock(&self.clients).contains_key(client) {
+            return Err(ControlError::NotFound);
+        }
+        let kind = match action {
+            ClientAction::Stop => DeploymentKind::Stop,
+            ClientAction::Start => DeploymentKind::Start,
+            ClientAction::Redeploy => DeploymentKind::Redeploy,
+        };
+        self.new_deployment(client, kind)
+    }
+
+    async fn delete_client(&self, client: &ClientId) -> Result<DeploymentRef, ControlError> {
+        self.injected()?;
+        if !lock(&self.clients).contains_key(client) {
+            return Err(ControlError::NotFound);
+        }
+        let deployment = self.new_deployment(client, DeploymentKind::Destroy)?;
+        if let Some(stored) = lock(&self.clients).get_mut(client) {
+            stored.state = ClientState::Destroying;
+        }
+        Ok(deployment)
+    }
+
+    async fn get_deployment(&self, deployment: &str) -> Result<DeploymentView, ControlError> {
+        self.injected()?;
+        lock(&self.deployments)
+            .get(deployment)
+            .cloned()
+            .ok_or(ControlError::NotFound)
+    }
+
+    async fn deployment_events(
+        &self,
+        deployment: &str,
+    ) -> Result<BoxStream<'static, DeploymentEvent>, ControlError> {
+        self.injected()?;
+        let view = lock(&self.deployments)
+            .get(deployment)
+            .cloned()
+            .ok_or(ControlError::NotFound)?;
+        let past = stream::iter(view.steps.clone().into_iter().map(DeploymentEvent::Step));
+        if view.status.is_finished() {
+            let end = DeploymentEvent::End(DeploymentEnd {
+                status: view.status,
+                finished_at: view.finished_at,
+                error: view.error.clone(),
+            });
+            return Ok(past.chain(stream::iter([end])).boxed());
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *lock(&self.live) = Some(sender);
+        let live = stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|event| (event, receiver))
+        });
+        Ok(past.chain(live).boxed())
+    }
+
+    async fn metrics(&self) -> Result<MetricsSnapshot, ControlError> {
+        self.injected()?;
+        let mut snapshot = MetricsSnapshot::default();
+        snapshot.clients_by_state.insert(ClientState::Running, 7);
+        snapshot.clients_by_state.insert(ClientState::Stopped, 2);
+        snapshot
+            .deployments_by_outcome
+            .insert(DeploymentOutcome::Succeeded, 12);
+        snapshot
+            .deployments_by_outcome
+            .insert(DeploymentOutcome::Failed, 1);
+        snapshot.deployment_duration =
+            DurationHistogram::from_samples([12.0, 45.5, 61.0, 300.0, 4000.0]);
+        snapshot.step_duration.insert(
+            "render".to_string(),
+            DurationHistogram::from_samples([0.01, 0.02, 0.3]),
+        );
+        snapshot.step_duration.insert(
+            "containers".to_string(),
+            DurationHistogram::from_samples([20.0, 40.0]),
+        );
+        // A hostile step name: the exposition must escape it.
+        snapshot.step_duration.insert(
+            "we\"ird\\step\nname".to_string(),
+            DurationHistogram::from_samples([1.0]),
+        );
+        Ok(snapshot)
+    }
+}

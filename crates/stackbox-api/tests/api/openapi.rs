@@ -1,0 +1,201 @@
+//! `/openapi.json` lists every route the router serves, and only those, with resolvable
+//! schemas and the bearer requirement on every `/v1` operation.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::fake::{CLIENT_A, DEPLOYMENT_A, OPERATOR};
+use crate::Api;
+
+/// Every route the server has: (method, OpenAPI path).
+const ROUTES: [(&str, &str); 12] = [
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("post", "/v1/clients"),
+    ("get", "/v1/clients"),
+    ("get", "/v1/clients/{id}"),
+    ("delete", "/v1/clients/{id}"),
+    ("post", "/v1/clients/{id}/stop"),
+    ("post", "/v1/clients/{id}/start"),
+    ("post", "/v1/clients/{id}/redeploy"),
+    ("get", "/v1/deployments/{id}"),
+    ("get", "/v1/deployments/{id}/events"),
+];
+
+fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                found.push(target);
+            }
+            map.values().for_each(|v| refs(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_document_lists_every_route_and_only_those() {
+    let api = Api::new();
+    let reply = api.get("/openapi.json", None).await;
+    reply.expect(200);
+    assert_eq!(
+        reply.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    let doc = reply.json();
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(doc["info"]["title"], "StackBox API");
+    assert_eq!(
+        doc,
+        serde_json::to_value(stackbox_api::openapi()).expect("JSON")
+    );
+
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            documented.insert((method.clone(), path.clone()));
+            let secured = operation["security"] == serde_json::json!([{"bearer": []}]);
+            assert_eq!(secured, path.starts_with("/v1/"), "{method} {path}");
+            let responses = operation["responses"].as_object().expect("responses");
+            assert!(!responses.is_empty(), "{method} {path}");
+            for (status, response) in responses {
+                assert!(
+                    response["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.is_empty()),
+                    "{method} {path} {status} has no description"
+                );
+            }
+            if path.starts_with("/v1/") {
+                assert!(responses.contains_key("401"), "{method} {path}");
+                assert!(responses.contains_key("500"), "{method} {path}");
+            }
+            let params = operation["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for name in ["id"] {
+                if path.contains(&format!("{{{name}}}")) {
+                    assert!(
+                        params
+                            .iter()
+                            .any(|p| p["name"] == name && p["in"] == "path"),
+                        "{method} {path} does not document {name}"
+                    );
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, expected);
+
+    // Every reference resolves.
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    assert!(!found.is_empty());
+    for target in found {
+        let name = target
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected reference {target}"));
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "{target} is missing"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"],
+        serde_json::json!({"type": "http", "scheme": "bearer"})
+    );
+
+    // The request body: its fields are exactly those the server accepts.
+    let new_client = &doc["components"]["schemas"]["NewClient"];
+    assert_eq!(new_client["additionalProperties"], false);
+    let properties: BTreeSet<&str> = new_client["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        properties,
+        BTreeSet::from([
+            "client_id",
+            "company_name",
+            "domain",
+            "plan",
+            "admin_email",
+            "brand_color",
+            "features"
+        ])
+    );
+    let required: BTreeSet<&str> = new_client["required"]
+        .as_array()
+        .expect("required")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        required,
+        BTreeSet::from(["company_name", "domain", "plan", "admin_email"])
+    );
+    let list = &doc["paths"]["/v1/clients"]["get"]["parameters"];
+    let names: BTreeSet<&str> = list
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["state", "plan", "after", "limit"]));
+    // Credentials are only in CreatedClient.
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    for (name, schema) in schemas {
+        let mut found = Vec::new();
+        refs(schema, &mut found);
+        if found.contains(&"#/components/schemas/Credentials") {
+            assert_eq!(name, "CreatedClient");
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served() {
+    for (method, path) in ROUTES {
+        // A fresh control plane each time: one action would make the next a conflict.
+        let api = Api::new();
+        let uri = path
+            .replace("/v1/clients/{id}", &format!("/v1/clients/{CLIENT_A}"))
+            .replace(
+                "/v1/deployments/{id}",
+                &format!("/v1/deployments/{DEPLOYMENT_A}"),
+            );
+        let uri = if method == "delete" {
+            format!("{uri}?confirm={CLIENT_A}")
+        } else {
+            uri
+        };
+        let body = Some((
+            "application/json",
+            serde_json::to_vec(&crate::new_client("served.example.com")).expect("JSON"),
+        ));
+        let reply = api
+            .call(&method.to_uppercase(), &uri, Some(OPERATOR), body)
+            .await;
+        assert!(
+            reply.status.is_success(),
+            "{method} {uri}: {} {}",
+            reply.status,
+            reply.text()
+        );
+    }
+}

@@ -1,0 +1,500 @@
+//! `stackbox serve` and `stackbox token`: the control plane (store, pipeline, engine) behind
+//! the REST API. This module is the glue: it implements the API's `ControlPlane` trait with
+//! the store and the pipeline, converting between their types and the API's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use futures_util::stream::{self, BoxStream, StreamExt};
+use stackbox_api::Timestamp as ApiTime;
+use stackbox_api::{
+    ClientAction, ControlError, ControlPlane, ListQuery, MetricsSnapshot, Principal,
+};
+use stackbox_api::{
+    ClientConfiguration, ClientDetail, ClientState as ApiState, ClientSummary, CreatedClient,
+    Credentials, DeploymentEnd, DeploymentEvent, DeploymentKind as ApiKind, DeploymentOutcome,
+    DeploymentRef, DeploymentStatus as ApiStatus, DeploymentView, HealthStatus, Page,
+    ServiceHealth, ServiceState, StepStatus as ApiStepStatus, StepView,
+};
+use stackbox_control::{Control, ControlConfig};
+use stackbox_core::client::{ClientId, ClientSpec};
+use stackbox_core::operator::OperatorConfig;
+use stackbox_core::plan::ServiceKind;
+use stackbox_core::stack::{service_urls, ADMIN_USERNAME};
+use stackbox_engine::lifecycle;
+use stackbox_engine::DockerRuntime;
+use stackbox_store::{
+    ClientFilter, ClientState, Deployment, DeploymentId, DeploymentKind, MasterKey, Store,
+    StoreError, TokenRole,
+};
+
+/// Where the data directory is: `--data-dir`, `STACKBOX_DATA_DIR`, else the per-user one.
+pub fn data_dir(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("stackbox")
+    })
+}
+
+pub async fn open_store(data_dir: &Path) -> Result<Store> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    Ok(match std::env::var("STACKBOX_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Store::open(&url).await?,
+        _ => Store::open_data_dir(data_dir).await?,
+    })
+}
+
+/// The master key: `--master-key-file`, `STACKBOX_MASTER_KEY`, else `<data>/master.key`
+/// (created on first start, with a warning to back it up).
+pub fn master_key(data_dir: &Path, file: Option<&Path>) -> Result<MasterKey> {
+    if let Some(path) = file {
+        return Ok(MasterKey::load(path)?);
+    }
+    if let Some(key) = MasterKey::from_env() {
+        return Ok(key?);
+    }
+    let path = data_dir.join("master.key");
+    let (key, created) = MasterKey::load_or_create(&path)?;
+    if created {
+        eprintln!(
+            "warning: generated a new master key in {} (mode 0600). Client secrets are \
+             encrypted with it: back it up; without it they cannot be read.",
+            path.display()
+        );
+    }
+    Ok(key)
+}
+
+pub struct ServeArgs {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub master_key_file: Option<PathBuf>,
+    pub max_parallel: usize,
+}
+
+pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let store = open_store(&args.data_dir).await?;
+        let key = master_key(&args.data_dir, args.master_key_file.as_deref())?;
+        // Refuses a key other than the one the store's secrets were sealed with (the store
+        // keeps the key's fingerprint from the first start).
+        store.check_master_key(&key).await?;
+        let control = Control::start(
+            store.clone(),
+            key,
+            ControlConfig {
+                data_dir: args.data_dir.clone(),
+                operator,
+                max_parallel: args.max_parallel,
+                health_timeout: None,
+            },
+        )
+        .await?;
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        eprintln!(
+            "stackbox serve: listening on http://{} (data: {})",
+            listener.local_addr()?,
+            args.data_dir.display()
+        );
+        let served = Served {
+            control,
+            store,
+            outcome_floor: std::sync::Mutex::new(BTreeMap::new()),
+        };
+        stackbox_api::serve(listener, Arc::new(served), shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `stackbox token create`.
+pub fn create_token(data_dir: &Path, client: Option<&str>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let store = open_store(data_dir).await?;
+        let (role, client) = match client {
+            Some(id) => {
+                let id = ClientId::parse(id)?;
+                if store.client(&id).await?.is_none() {
+                    bail!("client {id} is not known to this control plane");
+                }
+                (TokenRole::Client, Some(id))
+            }
+            None => (TokenRole::Operator, None),
+        };
+        let token = store.create_token(role, client.as_ref()).await?;
+        println!("{}", token.token.expose());
+        eprintln!(
+            "token {} ({}) created; it is shown once and stored only as a hash",
+            token.info.id.as_str(),
+            role.as_str()
+        );
+        Ok(())
+    })
+}
+
+struct Served {
+    control: Control,
+    store: Store,
+    /// The highest count seen per outcome: a destroy removes the client's deployment rows,
+    /// and a Prometheus counter must not go down while the process runs.
+    outcome_floor: std::sync::Mutex<BTreeMap<DeploymentOutcome, u64>>,
+}
+
+fn internal(error: impl std::error::Error + 'static) -> ControlError {
+    ControlError::internal(&error)
+}
+
+fn store_error(error: StoreError) -> ControlError {
+    match error {
+        StoreError::ClientBusy { .. } => {
+            ControlError::Conflict("the client has another deployment in progress".into())
+        }
+        StoreError::DomainTaken { domain, owner } => {
+            ControlError::Conflict(format!("domain {domain} already belongs to client {owner}"))
+        }
+        StoreError::ClientExists { client } => {
+            ControlError::Conflict(format!("client {client} already exists"))
+        }
+        StoreError::ClientNotFound { .. } => ControlError::NotFound,
+        other => internal(other),
+    }
+}
+
+fn control_error(error: stackbox_control::ControlError) -> ControlError {
+    match error {
+        stackbox_control::ControlError::Store(e) => store_error(e),
+        stackbox_control::ControlError::DomainTaken { domain, owner } => {
+            ControlError::Conflict(format!("domain {domain} already belongs to client {owner}"))
+        }
+        stackbox_control::ControlError::UnknownClient { .. } => ControlError::NotFound,
+        stackbox_control::ControlError::WorkerGone => {
+            ControlError::Unavailable("the pipeline worker has stopped".into())
+        }
+        other => internal(other),
+    }
+}
+
+fn time(t: stackbox_store::Timestamp) -> ApiTime {
+    ApiTime::from_unix_millis(t.unix_millis())
+}
+
+fn api_state(state: ClientState) -> ApiState {
+    ApiState::from_name(state.as_str()).unwrap_or(ApiState::Failed)
+}
+
+fn view(deployment: &Deployment) -> DeploymentView {
+    DeploymentView {
+        id: deployment.id.as_str().to_string(),
+        client_id: deployment.client_id.clone(),
+        kind: ApiKind::from_name(deployment.kind.as_str()).unwrap_or(ApiKind::Create),
+        status: ApiStatus::from_name(deployment.status.as_str()).unwrap_or(ApiStatus::Failed),
+        steps: deployment.steps.iter().map(step_view).collect(),
+        created_at: time(deployment.created_at),
+        started_at: deployment.started_at.map(time),
+        finished_at: deployment.finished_at.map(time),
+        error: deployment.error.clone(),
+    }
+}
+
+fn step_view(step: &stackbox_store::Step) -> StepView {
+    StepView {
+        name: step.name.clone(),
+        status: ApiStepStatus::from_name(step.status.as_str()).unwrap_or(ApiStepStatus::Failed),
+        attempts: step.attempts.max(0) as u32,
+        started_at: step.started_at.map(time),
+        finished_at: step.finished_at.map(time),
+        error: step.error.clone(),
+    }
+}
+
+impl ControlPlane for Served {
+    async fn verify_token(&self, bearer: &str) -> Result<Option<Principal>, ControlError> {
+        // A store that cannot answer is a 503, not a 401: the caller keeps its token.
+        let Some(info) = self
+            .store
+            .verify_token(bearer)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        Ok(match (info.role, info.client_id) {
+            (TokenRole::Operator, _) => Some(Principal::Operator),
+            (TokenRole::Client, Some(client)) => Some(Principal::Client(client)),
+            (TokenRole::Client, None) => None,
+        })
+    }
+
+    async fn create_client(&self, spec: ClientSpec) -> Result<CreatedClient, ControlError> {
+        let created = self
+            .control
+            .create_client(spec)
+            .await
+            .map_err(control_error)?;
+        Ok(CreatedClient {
+            client_id: created.client_id,
+            deployment_id: created.deployment.id.as_str().to_string(),
+            services: created.urls.into_iter().collect(),
+            credentials: Credentials {
+                admin_username: ADMIN_USERNAME.to_string(),
+                admin_password: created.admin_password,
+            },
+        })
+    }
+
+    async fn list_clients(&self, query: ListQuery) -> Result<Page<ClientSummary>, ControlError> {
+        let filter = ClientFilter {
+            state: query.state.and_then(|s| ClientState::from_name(s.as_str())),
+            plan: query.plan,
+        };
+        let page = self
+            .store
+            .list_clients(filter, query.after.as_ref(), query.limit)
+            .await
+            .map_err(store_error)?;
+        Ok(Page {
+            items: page
+                .clients
+                .into_iter()
+                .map(|c| ClientSummary {
+                    client_id: c.id,
+                    company_name: c.company_name.as_str().to_string(),
+                    domain: c.domain.to_string(),
+                    plan: c.plan,
+                    state: api_state(c.state),
+                    created_at: time(c.created_at),
+                })
+                .collect(),
+            next: page.next.map(|id| id.to_string()),
+        })
+    }
+
+    async fn get_client(&self, id: &ClientId) -> Result<ClientDetail, ControlError> {
+        let record = self
+            .store
+            .client(id)
+            .await
+            .map_err(store_error)?
+            .ok_or(ControlError::NotFound)?;
+        let spec = record.spec().map_err(store_error)?;
+        let expected: Vec<String> = ServiceKind::for_apps(&spec.apps())
+            .into_iter()
+            .map(|k| k.name().to_string())
+            .collect();
+        // Live health from the engine: one list query (and restart counts). An engine that
+        // does not answer leaves the list empty rather than failing the request.
+        let mut health = Vec::new();
+        if let Ok(docker) = DockerRuntime::connect().await {
+            if let Ok(status) = lifecycle::status(&docker, id, &expected).await {
+                for service in status.services {
+                    health.push(ServiceHealth {
+                        service: service.service.clone(),
+                        state: serde_json::to_value(service.state)
+                            .ok()
+                            .and_then(|v| v.as_str().and_then(ServiceState::from_name))
+                            .unwrap_or(ServiceState::Dead),
+                        health: service.health.and_then(|h| {
+                            serde_json::to_value(h)
+                                .ok()
+                                .and_then(|v| v.as_str().and_then(HealthStatus::from_name))
+                        }),
+                        restart_count: service.restart_count,
+                        detail: Some(service.status),
+                    });
+                }
+            }
+        }
+        let latest = self
+            .store
+            .deployments_of_client(id, 1)
+            .await
+            .map_err(store_error)?;
+        Ok(ClientDetail {
+            client_id: record.id.clone(),
+            configuration: ClientConfiguration::from_spec(&spec),
+            state: api_state(record.state),
+            state_reason: record.state_reason.clone(),
+            services: service_urls(&spec)
+                .into_iter()
+                .map(|u| (u.name.to_string(), u.url))
+                .collect(),
+            health,
+            latest_deployment_id: latest.first().map(|d| d.id.as_str().to_string()),
+            created_at: time(record.created_at),
+            updated_at: time(record.updated_at),
+        })
+    }
+
+    async fn client_action(
+        &self,
+        id: &ClientId,
+        action: ClientAction,
+    ) -> Result<DeploymentRef, ControlError> {
+        let kind = match action {
+            ClientAction::Stop => DeploymentKind::Stop,
+            ClientAction::Start => DeploymentKind::Start,
+            ClientAction::Redeploy => DeploymentKind::Redeploy,
+        };
+        let deployment = self
+            .control
+            .request(id, kind)
+            .await
+            .map_err(control_error)?;
+        Ok(DeploymentRef {
+            deployment_id: deployment.id.as_str().to_string(),
+        })
+    }
+
+    async fn delete_client(&self, id: &ClientId) -> Result<DeploymentRef, ControlError> {
+        let deployment = self
+            .control
+            .request(id, DeploymentKind::Destroy)
+            .await
+            .map_err(control_error)?;
+        Ok(DeploymentRef {
+            deployment_id: deployment.id.as_str().to_string(),
+        })
+    }
+
+    async fn get_deployment(&self, id: &str) -> Result<DeploymentView, ControlError> {
+        let id = DeploymentId::parse(id).map_err(|_| ControlError::NotFound)?;
+        let deployment = self
+            .store
+            .deployment(&id)
+            .await
+            .map_err(store_error)?
+            .ok_or(ControlError::NotFound)?;
+        Ok(view(&deployment))
+    }
+
+    async fn deployment_events(
+        &self,
+        id: &str,
+    ) -> Result<BoxStream<'static, DeploymentEvent>, ControlError> {
+        let id = DeploymentId::parse(id).map_err(|_| ControlError::NotFound)?;
+        // Subscribe before reading, so no change falls between the two.
+        let updates = self.control.subscribe(&id);
+        let deployment = self
+            .store
+            .deployment(&id)
+            .await
+            .map_err(store_error)?
+            .ok_or(ControlError::NotFound)?;
+        let end = |d: &Deployment| {
+            DeploymentEvent::End(DeploymentEnd {
+                status: ApiStatus::from_name(d.status.as_str()).unwrap_or(ApiStatus::Failed),
+                finished_at: d.finished_at.map(time),
+                error: d.error.clone(),
+            })
+        };
+        let mut first: Vec<DeploymentEvent> = deployment
+            .steps
+            .iter()
+            .map(|s| DeploymentEvent::Step(step_view(s)))
+            .collect();
+        if deployment.status.is_finished() {
+            first.push(end(&deployment));
+            return Ok(stream::iter(first).boxed());
+        }
+        let store = self.store.clone();
+        let live = stream::unfold(
+            (updates, store, id, false),
+            move |(mut updates, store, id, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let update = match updates.recv().await {
+                        Ok(update) => update,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return None,
+                    };
+                    let current = store.deployment(&id).await.ok().flatten()?;
+                    if update.finished {
+                        let event = end(&current);
+                        return Some((event, (updates, store, id, true)));
+                    }
+                    if let Some(step) = current.step(&update.step) {
+                        let event = DeploymentEvent::Step(step_view(step));
+                        return Some((event, (updates, store, id, false)));
+                    }
+                }
+            },
+        );
+        Ok(stream::iter(first).chain(live).boxed())
+    }
+
+    async fn metrics(&self) -> Result<MetricsSnapshot, ControlError> {
+        let mut snapshot = MetricsSnapshot::default();
+        for (state, count) in self
+            .store
+            .count_clients_by_state()
+            .await
+            .map_err(store_error)?
+        {
+            snapshot.clients_by_state.insert(api_state(state), count);
+        }
+        for (status, count) in self
+            .store
+            .count_deployments_by_status()
+            .await
+            .map_err(store_error)?
+        {
+            if let Some(outcome) = DeploymentOutcome::from_name(status.as_str()) {
+                let mut floor = self.outcome_floor.lock().unwrap_or_else(|p| p.into_inner());
+                let seen = floor.entry(outcome).or_insert(0);
+                *seen = (*seen).max(count);
+                snapshot.deployments_by_outcome.insert(outcome, *seen);
+            }
+        }
+        for deployment in self
+            .store
+            .finished_deployments(None)
+            .await
+            .map_err(store_error)?
+        {
+            if let Some(started) = deployment.started_at {
+                snapshot
+                    .deployment_duration
+                    .observe(deployment.finished_at.seconds_since(started));
+            }
+        }
+        let mut steps: BTreeMap<String, stackbox_api::DurationHistogram> = BTreeMap::new();
+        for step in self.store.finished_steps(None).await.map_err(store_error)? {
+            steps
+                .entry(step.name.clone())
+                .or_default()
+                .observe(step.finished_at.seconds_since(step.started_at));
+        }
+        snapshot.step_duration = steps;
+        Ok(snapshot)
+    }
+}

@@ -1,0 +1,655 @@
+//! The control plane's pipeline: every deployment is a journal of idempotent steps.
+//!
+//! A request (create, redeploy, stop, start, destroy) becomes a deployment row with its steps
+//! in the store; a worker runs the steps in order, recording each start, result and error.
+//! Every step's effect is idempotent (render writes the same bundle, the engine steps converge
+//! the desired state), so a control plane killed at any moment resumes each unfinished
+//! deployment at the step that was running: re-running it finishes its effect instead of
+//! doubling it, and a step recorded as succeeded never runs again (the store refuses it). A
+//! failed create is compensated (its containers and networks removed, volumes kept). One
+//! unfinished deployment per client is enforced by the store; different clients run in
+//! parallel up to a limit.
+//!
+//! The engine's lifecycle futures are not `Send` (they share progress callbacks), so the
+//! steps run on one dedicated thread with a local task set; callers talk to it through a
+//! channel and the store.
+
+mod monitor;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+use stackbox_bundle::{BundleStore, OsRandom};
+use stackbox_core::client::{ClientId, ClientSpec};
+use stackbox_core::deploy::{desired_state, edge_router, EdgeRouter, OverallState};
+use stackbox_core::operator::{Ingress, OperatorConfig};
+use stackbox_core::plan::ServiceKind;
+use stackbox_core::render::traefik::render_edge;
+use stackbox_core::secrets::{SecretKey, Secrets};
+use stackbox_engine::lifecycle::{self, DeployOptions, Deployment as EngineDeployment};
+use stackbox_engine::{DockerRuntime, EngineError};
+use stackbox_store::{
+    ClientState, Deployment, DeploymentId, DeploymentKind, DeploymentStatus, MasterKey, StepStatus,
+    Store, StoreError,
+};
+use tokio::sync::{broadcast, mpsc, Semaphore};
+
+/// Errors of the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Core(#[from] stackbox_core::CoreError),
+    #[error(transparent)]
+    Bundle(#[from] stackbox_bundle::BundleError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("domain: {domain} already belongs to client {owner}")]
+    DomainTaken { domain: String, owner: ClientId },
+    #[error("client {client} is not known")]
+    UnknownClient { client: ClientId },
+    #[error("step {step} failed: {problem}")]
+    Step { step: String, problem: String },
+    #[error("the control plane's worker has stopped")]
+    WorkerGone,
+}
+
+/// The steps of each kind of deployment, in order.
+pub fn steps_of(kind: DeploymentKind) -> &'static [&'static str] {
+    match kind {
+        DeploymentKind::Create | DeploymentKind::Redeploy => &[
+            "render",
+            "infrastructure",
+            "containers",
+            "health",
+            "configure",
+            "notify",
+        ],
+        DeploymentKind::Start => &["render", "infrastructure", "containers", "health"],
+        DeploymentKind::Stop => &["stop"],
+        DeploymentKind::Destroy => &["stop", "remove"],
+    }
+}
+
+/// A step changed: what the deployment's event stream carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepUpdate {
+    pub deployment_id: String,
+    pub step: String,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// True on the last update of a deployment.
+    pub finished: bool,
+}
+
+/// Settings of the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Bundles live in `<data_dir>/bundles`.
+    pub data_dir: PathBuf,
+    pub operator: OperatorConfig,
+    /// Deployments of different clients that run at once.
+    pub max_parallel: usize,
+    /// Overrides every service's health timeout.
+    pub health_timeout: Option<Duration>,
+}
+
+/// What creating a client returns: the only time its password is shown.
+#[derive(Debug, Clone)]
+pub struct CreatedClient {
+    pub client_id: ClientId,
+    pub deployment: Deployment,
+    pub admin_password: String,
+    pub urls: Vec<(String, String)>,
+}
+
+struct Inner {
+    store: Store,
+    key: MasterKey,
+    config: ControlConfig,
+    bundles: BundleStore,
+    jobs: mpsc::UnboundedSender<DeploymentId>,
+    watchers: Mutex<HashMap<String, broadcast::Sender<StepUpdate>>>,
+    /// Per client: whether a deployment runs now, and a counter bumped when one starts or
+    /// ends. The monitor writes a state only if neither changed while it looked.
+    activity: Mutex<HashMap<ClientId, (bool, u64)>>,
+}
+
+/// The control plane: cheap to clone, shared by the API handlers.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+impl Control {
+    /// Starts the worker and resumes every deployment a previous run left unfinished.
+    pub async fn start(
+        store: Store,
+        key: MasterKey,
+        config: ControlConfig,
+    ) -> Result<Control, ControlError> {
+        let (jobs, receiver) = mpsc::unbounded_channel();
+        let bundles = BundleStore::new(config.data_dir.join("bundles"));
+        let control = Control {
+            inner: Arc::new(Inner {
+                store,
+                key,
+                config,
+                bundles,
+                jobs,
+                watchers: Mutex::new(HashMap::new()),
+                activity: Mutex::new(HashMap::new()),
+            }),
+        };
+        let worker = control.clone();
+        std::thread::Builder::new()
+            .name("stackbox-pipeline".into())
+            .spawn(move || worker.run_worker(receiver))
+            .map_err(|_| ControlError::WorkerGone)?;
+        control.forget_destroyed().await?;
+        for deployment in control.inner.store.unfinished_deployments().await? {
+            control.enqueue(&deployment.id)?;
+        }
+        Ok(control)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn enqueue(&self, id: &DeploymentId) -> Result<(), ControlError> {
+        self.inner
+            .jobs
+            .send(id.clone())
+            .map_err(|_| ControlError::WorkerGone)
+    }
+
+    /// Accepts a new client: id, secrets (encrypted in the store) and its create deployment.
+    pub async fn create_client(&self, spec: ClientSpec) -> Result<CreatedClient, ControlError> {
+        let store = &self.inner.store;
+        if let Some(owner) = store.client_by_domain(&spec.domain).await? {
+            return Err(ControlError::DomainTaken {
+                domain: spec.domain.to_string(),
+                owner: owner.id,
+            });
+        }
+        let id = match &spec.client_id {
+            Some(id) => id.clone(),
+            None => {
+                let mut bytes = [0u8; 4];
+                stackbox_core::secrets::RandomSource::fill(&mut OsRandom, &mut bytes);
+                ClientId::new(&spec.company_name, u32::from_be_bytes(bytes))
+            }
+        };
+        let mut spec = spec;
+        spec.client_id = Some(id.clone());
+        let mut secrets = Secrets::new();
+        secrets.fill_missing(&SecretKey::needed_for(&spec.apps()), &mut OsRandom);
+        store
+            .insert_client(&id, &spec, ClientState::Provisioning)
+            .await?;
+        store.put_secrets(&id, &secrets, &self.inner.key).await?;
+        let deployment = store
+            .create_deployment(
+                &id,
+                DeploymentKind::Create,
+                steps_of(DeploymentKind::Create),
+            )
+            .await?;
+        self.enqueue(&deployment.id)?;
+        let admin_password = secrets
+            .get(SecretKey::AdminPassword)
+            .unwrap_or_default()
+            .to_string();
+        let urls = stackbox_core::stack::service_urls(&spec)
+            .into_iter()
+            .map(|u| (u.name.to_string(), u.url))
+            .collect();
+        Ok(CreatedClient {
+            client_id: id,
+            deployment,
+            admin_password,
+            urls,
+        })
+    }
+
+    /// Queues a stop, start, redeploy or destroy of an existing client.
+    pub async fn request(
+        &self,
+        client: &ClientId,
+        kind: DeploymentKind,
+    ) -> Result<Deployment, ControlError> {
+        let store = &self.inner.store;
+        if store.client(client).await?.is_none() {
+            return Err(ControlError::UnknownClient {
+                client: client.clone(),
+            });
+        }
+        let deployment = store
+            .create_deployment(client, kind, steps_of(kind))
+            .await?;
+        if kind == DeploymentKind::Destroy {
+            store
+                .set_client_state(client, ClientState::Destroying, None)
+                .await?;
+        }
+        self.enqueue(&deployment.id)?;
+        Ok(deployment)
+    }
+
+    /// Live step updates of a deployment (past ones are in the store).
+    pub fn subscribe(&self, deployment: &DeploymentId) -> broadcast::Receiver<StepUpdate> {
+        let mut watchers = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        watchers
+            .entry(deployment.as_str().to_string())
+            .or_insert_with(|| broadcast::channel(64).0)
+            .subscribe()
+    }
+
+    fn set_active(&self, client: &ClientId, active: bool) {
+        let mut activity = self
+            .inner
+            .activity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let entry = activity.entry(client.clone()).or_insert((false, 0));
+        *entry = (active, entry.1 + 1);
+    }
+
+    /// `None` while a deployment of the client runs; else a token that changes whenever one
+    /// starts or ends.
+    pub(crate) fn quiet_generation(&self, client: &ClientId) -> Option<u64> {
+        let activity = self
+            .inner
+            .activity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match activity.get(client) {
+            Some((true, _)) => None,
+            Some((false, generation)) => Some(*generation),
+            None => Some(0),
+        }
+    }
+
+    fn publish(&self, update: StepUpdate) {
+        let mut watchers = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = watchers.get(&update.deployment_id) {
+            let _ = sender.send(update.clone());
+        }
+        if update.finished {
+            watchers.remove(&update.deployment_id);
+        }
+    }
+
+    /// Clients whose destroy finished but whose record a crash kept.
+    async fn forget_destroyed(&self) -> Result<(), ControlError> {
+        let store = &self.inner.store;
+        let filter = stackbox_store::ClientFilter {
+            state: Some(ClientState::Destroying),
+            plan: None,
+        };
+        let page = store.list_clients(filter, None, 500).await?;
+        for client in page.clients {
+            let latest = store.deployments_of_client(&client.id, 1).await?;
+            let done = latest.first().is_some_and(|d| {
+                d.kind == DeploymentKind::Destroy && d.status == DeploymentStatus::Succeeded
+            });
+            if done {
+                self.inner.bundles.remove_client(&client.id)?;
+                store.delete_client(&client.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_worker(self, mut jobs: mpsc::UnboundedReceiver<DeploymentId>) {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async move {
+            let limit = Rc::new(Semaphore::new(self.inner.config.max_parallel.max(1)));
+            tokio::task::spawn_local(monitor::follow(self.clone()));
+            while let Some(id) = jobs.recv().await {
+                let control = self.clone();
+                let limit = limit.clone();
+                tokio::task::spawn_local(async move {
+                    let Ok(_permit) = limit.acquire().await else {
+                        return;
+                    };
+                    control.run_deployment(&id).await;
+                });
+            }
+        });
+    }
+
+    async fn run_deployment(&self, id: &DeploymentId) {
+        let store = &self.inner.store;
+        let Ok(Some(deployment)) = store.deployment(id).await else {
+            return;
+        };
+        if deployment.status.is_finished() {
+            return;
+        }
+        let client = &deployment.client_id;
+        self.set_active(client, true);
+        let outcome = self.run_steps(&deployment).await;
+        let (status, error) = match &outcome {
+            Ok(()) => (DeploymentStatus::Succeeded, None),
+            Err((compensated, error)) => (
+                if *compensated {
+                    DeploymentStatus::Compensated
+                } else {
+                    DeploymentStatus::Failed
+                },
+                Some(error.clone()),
+            ),
+        };
+        let _ = store.finish_deployment(id, status, error.as_deref()).await;
+        match (&outcome, deployment.kind) {
+            (Ok(()), DeploymentKind::Destroy) => {
+                let _ = self.inner.bundles.remove_client(client);
+                let _ = store.delete_client(client).await;
+            }
+            (Ok(()), DeploymentKind::Stop) => {
+                let _ = store
+                    .set_client_state(client, ClientState::Stopped, None)
+                    .await;
+            }
+            (Ok(()), _) => {}
+            (Err((_, error)), _) => {
+                let _ = store
+                    .set_client_state(client, ClientState::Failed, Some(error))
+                    .await;
+            }
+        }
+        self.set_active(client, false);
+        self.publish(StepUpdate {
+            deployment_id: id.as_str().to_string(),
+            step: String::new(),
+            status: status.as_str(),
+            error,
+            finished: true,
+        });
+    }
+
+    /// Runs the steps not yet done; on failure says whether it was compensated.
+    async fn run_steps(&self, deployment: &Deployment) -> Result<(), (bool, String)> {
+        let store = &self.inner.store;
+        let fail = |e: &dyn std::fmt::Display| (false, e.to_string());
+        let mut context = match self.context(&deployment.client_id).await {
+            Ok(context) => context,
+            Err(e) => return Err(fail(&e)),
+        };
+        for step in &deployment.steps {
+            match step.status {
+                StepStatus::Succeeded | StepStatus::Skipped => continue,
+                // Interrupted while running: run it again (its effect is idempotent).
+                StepStatus::Running => store.resume_step(&deployment.id, &step.name).await,
+                _ => store.mark_step_running(&deployment.id, &step.name).await,
+            }
+            .map_err(|e| fail(&e))?;
+            self.publish(StepUpdate {
+                deployment_id: deployment.id.as_str().to_string(),
+                step: step.name.clone(),
+                status: StepStatus::Running.as_str(),
+                error: None,
+                finished: false,
+            });
+            match self.execute(&step.name, deployment, &mut context).await {
+                Ok(output) => {
+                    store
+                        .mark_step_succeeded(&deployment.id, &step.name, Some(&output))
+                        .await
+                        .map_err(|e| fail(&e))?;
+                    self.publish(StepUpdate {
+                        deployment_id: deployment.id.as_str().to_string(),
+                        step: step.name.clone(),
+                        status: StepStatus::Succeeded.as_str(),
+                        error: None,
+                        finished: false,
+                    });
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    let _ = store
+                        .mark_step_failed(&deployment.id, &step.name, &message)
+                        .await;
+                    self.publish(StepUpdate {
+                        deployment_id: deployment.id.as_str().to_string(),
+                        step: step.name.clone(),
+                        status: StepStatus::Failed.as_str(),
+                        error: Some(message.clone()),
+                        finished: false,
+                    });
+                    let compensated = self.compensate(deployment, &context).await;
+                    return Err((compensated, message));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn context(&self, client: &ClientId) -> Result<StepContext, ControlError> {
+        let store = &self.inner.store;
+        let record = store
+            .client(client)
+            .await?
+            .ok_or_else(|| ControlError::UnknownClient {
+                client: client.clone(),
+            })?;
+        let spec = record.spec()?;
+        let secrets = store
+            .get_secrets(client, &self.inner.key)
+            .await?
+            .unwrap_or_default();
+        Ok(StepContext {
+            spec,
+            secrets,
+            docker: None,
+        })
+    }
+
+    fn edge(&self) -> Result<Option<EdgeRouter>, ControlError> {
+        let operator = &self.inner.config.operator;
+        if !matches!(operator.ingress, Ingress::Edge { .. }) {
+            return Ok(None);
+        }
+        let contents = render_edge();
+        let path = self.inner.bundles.write_edge_config(&contents)?;
+        Ok(edge_router(
+            operator,
+            &path.display().to_string(),
+            contents.as_bytes(),
+        ))
+    }
+
+    /// One step's effect. Every effect is idempotent.
+    async fn execute(
+        &self,
+        step: &str,
+        deployment: &Deployment,
+        context: &mut StepContext,
+    ) -> Result<serde_json::Value, ControlError> {
+        let operator = &self.inner.config.operator;
+        let id = &deployment.client_id;
+        let quiet = |_event: lifecycle::Event| {};
+        match step {
+            "render" => {
+                let rendered =
+                    stackbox_core::render::render(&context.spec, id, &context.secrets, operator)?;
+                self.inner.bundles.write_bundle(id, &rendered.bundle)?;
+                Ok(json!({ "files": rendered.bundle.files.len() }))
+            }
+            "infrastructure" | "containers" => {
+                let docker = context.docker().await?;
+                let rendered =
+                    stackbox_core::render::render(&context.spec, id, &context.secrets, operator)?;
+                let bundle_dir =
+                    std::path::absolute(self.inner.bundles.client_dir(id)).map_err(|e| {
+                        ControlError::Step {
+                            step: step.into(),
+                            problem: e.to_string(),
+                        }
+                    })?;
+                let desired = desired_state(
+                    &rendered.stack,
+                    &context.secrets,
+                    &rendered.bundle,
+                    &bundle_dir.display().to_string(),
+                    &|name| std::env::var(name).ok(),
+                )?;
+                let edge = self.edge()?;
+                let options = DeployOptions {
+                    health_timeout: self.inner.config.health_timeout,
+                };
+                let run =
+                    EngineDeployment::prepare(&docker, &desired, edge.as_ref(), options).await?;
+                if step == "infrastructure" {
+                    run.check_images(&quiet).await?;
+                    run.infrastructure(&quiet).await?;
+                    Ok(
+                        json!({ "networks": desired.networks.len(), "volumes": desired.volumes.len() }),
+                    )
+                } else {
+                    match run.services(&quiet).await {
+                        Ok(outcome) => Ok(serde_json::to_value(outcome).unwrap_or_default()),
+                        Err(error) => {
+                            // Put back what this step replaced; the step's error is reported.
+                            let _ = run.rollback(&quiet).await;
+                            Err(error.into())
+                        }
+                    }
+                }
+            }
+            "health" => {
+                let docker = context.docker().await?;
+                let expected: Vec<String> = ServiceKind::for_apps(&context.spec.apps())
+                    .into_iter()
+                    .map(|k| k.name().to_string())
+                    .collect();
+                let status = lifecycle::status(&docker, id, &expected).await?;
+                match status.state {
+                    OverallState::Running | OverallState::Starting => {
+                        self.inner
+                            .store
+                            .set_client_state(id, ClientState::from(status.state), None)
+                            .await?;
+                        Ok(json!({ "state": status.state, "services": status.services.len() }))
+                    }
+                    other => Err(ControlError::Step {
+                        step: step.into(),
+                        problem: format!(
+                            "the client is {} after its containers were started",
+                            serde_json::to_value(other)
+                                .ok()
+                                .and_then(|v| v.as_str().map(String::from))
+                                .unwrap_or_default()
+                        ),
+                    }),
+                }
+            }
+            "configure" => {
+                // The apps are configured through their environment at first start (admin
+                // accounts, database settings, site URLs); what is left is to record where
+                // the client's services answer.
+                let urls: serde_json::Map<String, serde_json::Value> =
+                    stackbox_core::stack::service_urls(&context.spec)
+                        .into_iter()
+                        .map(|u| (u.name.to_string(), json!(u.url)))
+                        .collect();
+                Ok(json!({ "services": urls }))
+            }
+            "notify" => {
+                // The welcome e-mail joins here with onboarding (issue 6): until then the
+                // event stream and the deployment record are the notification.
+                Ok(json!({ "ready": true, "admin_email": context.spec.admin_email.as_str() }))
+            }
+            "stop" => {
+                let docker = context.docker().await?;
+                let grace = |kind: ServiceKind| match kind {
+                    ServiceKind::Mysql | ServiceKind::Postgres => 60,
+                    _ => 10,
+                };
+                match lifecycle::stop(&docker, id, &grace, &quiet).await {
+                    Ok(stopped) => Ok(json!({ "stopped": stopped })),
+                    // Nothing on the engine: nothing to stop.
+                    Err(EngineError::ClientAbsent { .. }) => Ok(json!({ "stopped": 0 })),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            "remove" => {
+                let docker = context.docker().await?;
+                let router = match &operator.ingress {
+                    Ingress::Edge { router, .. } => Some(router.as_str()),
+                    Ingress::HostPorts { .. } => None,
+                };
+                let removed = lifecycle::cleanup(&docker, id, router, true, &quiet).await?;
+                Ok(serde_json::to_value(removed).unwrap_or_default())
+            }
+            other => Err(ControlError::Step {
+                step: other.into(),
+                problem: "unknown step".into(),
+            }),
+        }
+    }
+
+    /// Undoes a failed create: its containers and networks go, its volumes stay. Other kinds
+    /// leave the engine as the failed step left it (the engine step rolled its own part back).
+    async fn compensate(&self, deployment: &Deployment, context: &StepContext) -> bool {
+        if deployment.kind != DeploymentKind::Create {
+            return false;
+        }
+        let Some(docker) = context.docker.clone() else {
+            return true; // nothing reached the engine
+        };
+        let router = match &self.inner.config.operator.ingress {
+            Ingress::Edge { router, .. } => Some(router.clone()),
+            Ingress::HostPorts { .. } => None,
+        };
+        lifecycle::cleanup(
+            &docker,
+            &deployment.client_id,
+            router.as_deref(),
+            false,
+            &|_| {},
+        )
+        .await
+        .is_ok()
+    }
+}
+
+struct StepContext {
+    spec: ClientSpec,
+    secrets: Secrets,
+    docker: Option<DockerRuntime>,
+}
+
+impl StepContext {
+    async fn docker(&mut self) -> Result<DockerRuntime, ControlError> {
+        if let Some(docker) = &self.docker {
+            return Ok(docker.clone());
+        }
+        let docker = DockerRuntime::connect().await?;
+        self.docker = Some(docker.clone());
+        Ok(docker)
+    }
+}

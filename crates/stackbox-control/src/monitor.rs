@@ -1,0 +1,118 @@
+//! The health monitor: follows the engine's event stream (one long-lived request, not a poll
+//! per container) and keeps each client's state in the store current. A service whose health
+//! check turns unhealthy is restarted; one that turns unhealthy again and again is left alone
+//! and its client marked degraded, with the reason.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use stackbox_core::client::ClientId;
+use stackbox_core::plan::ServiceKind;
+use stackbox_engine::lifecycle;
+use stackbox_engine::{ContainerEvent, ContainerRuntime, DockerRuntime};
+use stackbox_store::ClientState;
+
+use crate::Control;
+
+/// Restarts allowed per container within [`WINDOW`] before giving up on it.
+const RESTARTS: usize = 3;
+const WINDOW: Duration = Duration::from_secs(600);
+
+/// Runs until the process ends; reconnects when the engine goes away.
+pub(crate) async fn follow(control: Control) {
+    let mut failures: HashMap<String, Vec<Instant>> = HashMap::new();
+    loop {
+        let Ok(docker) = DockerRuntime::connect().await else {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        };
+        let mut events = Box::pin(docker.container_events());
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { break };
+            handle(&control, &docker, &mut failures, event).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn handle(
+    control: &Control,
+    docker: &DockerRuntime,
+    failures: &mut HashMap<String, Vec<Instant>>,
+    event: ContainerEvent,
+) {
+    let Ok(client) = ClientId::parse(&event.client) else {
+        return;
+    };
+    let mut reason = None;
+    if event.action == "health_status: unhealthy" {
+        let now = Instant::now();
+        let recent = failures.entry(event.container.clone()).or_default();
+        recent.retain(|t| now.duration_since(*t) < WINDOW);
+        recent.push(now);
+        if recent.len() <= RESTARTS {
+            let _ = docker.stop_container(&event.container, 10).await;
+            let _ = docker.start_container(&event.container).await;
+        } else {
+            reason = Some(format!(
+                "service {} keeps failing its health check ({} restarts in {} minutes)",
+                event.service,
+                RESTARTS,
+                WINDOW.as_secs() / 60
+            ));
+        }
+    }
+    refresh(control, docker, &client, reason).await;
+}
+
+/// Sets the client's state from the engine, unless a deployment owns the client right now or
+/// it was stopped or is being destroyed on purpose.
+pub(crate) async fn refresh(
+    control: &Control,
+    docker: &DockerRuntime,
+    client: &ClientId,
+    reason: Option<String>,
+) {
+    let store = control.store();
+    let Some(generation) = control.quiet_generation(client) else {
+        return;
+    };
+    let Ok(Some(record)) = store.client(client).await else {
+        return;
+    };
+    if matches!(
+        record.state,
+        ClientState::Stopped | ClientState::Destroying | ClientState::Provisioning
+    ) {
+        return;
+    }
+    let busy = store
+        .deployments_of_client(client, 1)
+        .await
+        .ok()
+        .and_then(|d| d.into_iter().next())
+        .is_some_and(|d| !d.status.is_finished());
+    if busy {
+        return;
+    }
+    let Ok(spec) = record.spec() else { return };
+    let expected: Vec<String> = ServiceKind::for_apps(&spec.apps())
+        .into_iter()
+        .map(|k| k.name().to_string())
+        .collect();
+    let Ok(status) = lifecycle::status(docker, client, &expected).await else {
+        return;
+    };
+    let (state, reason) = match reason {
+        Some(reason) => (ClientState::Degraded, Some(reason)),
+        None => (ClientState::from(status.state), None),
+    };
+    // A deployment that started or ended while we looked owns the state.
+    if control.quiet_generation(client) != Some(generation) {
+        return;
+    }
+    let _ = store
+        .set_client_state(client, state, reason.as_deref())
+        .await;
+}

@@ -1,0 +1,84 @@
+//! SQLite: the default store, one file under the data directory.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Pool, Transaction};
+
+use crate::error::StoreError;
+
+pub(crate) type Db = sqlx::Sqlite;
+
+/// The shared queries, compiled here with `Db = Sqlite` (see the crate docs).
+// Deliberately the same file as `postgres::sql`; see the crate docs.
+#[allow(clippy::duplicate_mod)]
+#[path = "sql.rs"]
+pub(crate) mod sql;
+
+/// SQLite has no row locks: `BEGIN IMMEDIATE` (see [`begin_write`]) already holds the
+/// database's one write lock for the whole transaction.
+pub(crate) const FOR_UPDATE: &str = "";
+
+/// Starts a transaction that takes the write lock at once. A deferred `BEGIN` would take it at
+/// the first write, and two transactions that both read first would then fail with "database
+/// is locked" instead of waiting their turn.
+pub(crate) async fn begin_write(pool: &Pool<Db>) -> Result<Transaction<'static, Db>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
+/// Nothing to do: the migration transaction's `BEGIN IMMEDIATE` already excludes other writers.
+pub(crate) async fn lock_schema(_tx: &mut Transaction<'static, Db>) -> Result<(), sqlx::Error> {
+    Ok(())
+}
+
+/// How long a writer waits for another one before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// WAL lets readers work beside the one writer; a few connections are enough for that.
+const MAX_CONNECTIONS: u32 = 8;
+
+pub(crate) async fn connect(path: &Path, shown_as: &str) -> Result<Pool<Db>, StoreError> {
+    let file_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::DatabaseFile { path, source }
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(file_error(parent))?;
+        }
+    }
+    // The file holds sealed secrets and token hashes: create it 0600 before SQLite does
+    // (SQLite would use 0644 and gives its -wal and -shm files the database file's mode).
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(file_error(path)(source)),
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL syncs the WAL at every commit: a journal entry the pipeline acted on survives a
+        // power cut, not only a crash of the process. Writes are few (a handful per step).
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(BUSY_TIMEOUT);
+    SqlitePoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Connect {
+            url: shown_as.to_string(),
+            source,
+        })
+}
