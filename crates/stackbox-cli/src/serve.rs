@@ -2,9 +2,10 @@
 //! the REST API. This module is the glue: it implements the API's `ControlPlane` trait with
 //! the store and the pipeline, converting between their types and the API's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -112,6 +113,8 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
             control,
             store,
             outcome_floor: std::sync::Mutex::new(BTreeMap::new()),
+            token_cache: std::sync::Mutex::new(HashMap::new()),
+            list_cache: std::sync::Mutex::new(HashMap::new()),
         };
         stackbox_api::serve(listener, Arc::new(served), shutdown_signal()).await?;
         Ok(())
@@ -166,7 +169,22 @@ struct Served {
     /// The highest count seen per outcome: a destroy removes the client's deployment rows,
     /// and a Prometheus counter must not go down while the process runs.
     outcome_floor: std::sync::Mutex<BTreeMap<DeploymentOutcome, u64>>,
+    /// Recently verified tokens (by SHA-256 of the token, never the token), so that a busy
+    /// client is not one database read per request. Entries live [`TOKEN_CACHE_TTL`]: a token
+    /// revoked in the store stops working within that time.
+    token_cache: std::sync::Mutex<TokenCache>,
+    /// Pages of `GET /v1/clients` for up to [`LIST_CACHE_TTL`], dropped whenever a request
+    /// through this API changes a client; changes the pipeline and the monitor make show
+    /// within that time.
+    list_cache: std::sync::Mutex<HashMap<String, (Page<ClientSummary>, Instant)>>,
 }
+
+const LIST_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// SHA-256 of a token → who it is (or `None`: unknown) and when that was read.
+type TokenCache = HashMap<[u8; 32], (Option<Principal>, Instant)>;
+
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 
 fn internal(error: impl std::error::Error + 'static) -> ControlError {
     ControlError::internal(&error)
@@ -235,42 +253,11 @@ fn step_view(step: &stackbox_store::Step) -> StepView {
     }
 }
 
-impl ControlPlane for Served {
-    async fn verify_token(&self, bearer: &str) -> Result<Option<Principal>, ControlError> {
-        // A store that cannot answer is a 503, not a 401: the caller keeps its token.
-        let Some(info) = self
-            .store
-            .verify_token(bearer)
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        Ok(match (info.role, info.client_id) {
-            (TokenRole::Operator, _) => Some(Principal::Operator),
-            (TokenRole::Client, Some(client)) => Some(Principal::Client(client)),
-            (TokenRole::Client, None) => None,
-        })
-    }
-
-    async fn create_client(&self, spec: ClientSpec) -> Result<CreatedClient, ControlError> {
-        let created = self
-            .control
-            .create_client(spec)
-            .await
-            .map_err(control_error)?;
-        Ok(CreatedClient {
-            client_id: created.client_id,
-            deployment_id: created.deployment.id.as_str().to_string(),
-            services: created.urls.into_iter().collect(),
-            credentials: Credentials {
-                admin_username: ADMIN_USERNAME.to_string(),
-                admin_password: created.admin_password,
-            },
-        })
-    }
-
-    async fn list_clients(&self, query: ListQuery) -> Result<Page<ClientSummary>, ControlError> {
+impl Served {
+    async fn list_clients_from_store(
+        &self,
+        query: ListQuery,
+    ) -> Result<Page<ClientSummary>, ControlError> {
         let filter = ClientFilter {
             state: query.state.and_then(|s| ClientState::from_name(s.as_str())),
             plan: query.plan,
@@ -297,6 +284,93 @@ impl ControlPlane for Served {
         })
     }
 
+    fn forget_lists(&self) {
+        self.list_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    async fn verify_token_in_store(&self, bearer: &str) -> Result<Option<Principal>, ControlError> {
+        // A store that cannot answer is a 503, not a 401: the caller keeps its token.
+        let Some(info) = self
+            .store
+            .verify_token(bearer)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        Ok(match (info.role, info.client_id) {
+            (TokenRole::Operator, _) => Some(Principal::Operator),
+            (TokenRole::Client, Some(client)) => Some(Principal::Client(client)),
+            (TokenRole::Client, None) => None,
+        })
+    }
+}
+
+impl ControlPlane for Served {
+    async fn verify_token(&self, bearer: &str) -> Result<Option<Principal>, ControlError> {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(bearer.as_bytes()).into();
+        {
+            let cache = self.token_cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((principal, at)) = cache.get(&key) {
+                if at.elapsed() < TOKEN_CACHE_TTL {
+                    return Ok(principal.clone());
+                }
+            }
+        }
+        let principal = self.verify_token_in_store(bearer).await?;
+        let mut cache = self.token_cache.lock().unwrap_or_else(|p| p.into_inner());
+        // Unknown tokens are cached too (a client retrying a bad token), within a bound.
+        if cache.len() > 10_000 {
+            cache.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+        }
+        if cache.len() <= 10_000 {
+            cache.insert(key, (principal.clone(), Instant::now()));
+        }
+        Ok(principal)
+    }
+
+    async fn create_client(&self, spec: ClientSpec) -> Result<CreatedClient, ControlError> {
+        let created = self
+            .control
+            .create_client(spec)
+            .await
+            .map_err(control_error)?;
+        self.forget_lists();
+        Ok(CreatedClient {
+            client_id: created.client_id,
+            deployment_id: created.deployment.id.as_str().to_string(),
+            services: created.urls.into_iter().collect(),
+            credentials: Credentials {
+                admin_username: ADMIN_USERNAME.to_string(),
+                admin_password: created.admin_password,
+            },
+        })
+    }
+
+    async fn list_clients(&self, query: ListQuery) -> Result<Page<ClientSummary>, ControlError> {
+        let key = format!("{query:?}");
+        if let Some((page, at)) = self
+            .list_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            if at.elapsed() < LIST_CACHE_TTL {
+                return Ok(page.clone());
+            }
+        }
+        let page = self.list_clients_from_store(query).await?;
+        let mut cache = self.list_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 1_000 {
+            cache.clear();
+        }
+        cache.insert(key, (page.clone(), Instant::now()));
+        Ok(page)
+    }
     async fn get_client(&self, id: &ClientId) -> Result<ClientDetail, ControlError> {
         let record = self
             .store
@@ -368,6 +442,7 @@ impl ControlPlane for Served {
             .request(id, kind)
             .await
             .map_err(control_error)?;
+        self.forget_lists();
         Ok(DeploymentRef {
             deployment_id: deployment.id.as_str().to_string(),
         })
@@ -379,6 +454,7 @@ impl ControlPlane for Served {
             .request(id, DeploymentKind::Destroy)
             .await
             .map_err(control_error)?;
+        self.forget_lists();
         Ok(DeploymentRef {
             deployment_id: deployment.id.as_str().to_string(),
         })

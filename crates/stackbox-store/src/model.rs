@@ -311,7 +311,8 @@ pub struct ClientFilter {
     pub plan: Option<Plan>,
 }
 
-/// One page of clients, ordered by id.
+/// One page of clients, ordered by id. Their `spec_toml` is empty (lists carry summaries;
+/// [`crate::Store::client`] returns the configuration).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientPage {
     pub clients: Vec<ClientRecord>,

@@ -322,7 +322,12 @@ pub(crate) async fn list_clients(
         conditions.push(format!("id > {}", parameter()));
     }
     let limit_parameter = parameter();
-    let mut sql = String::from(concat!("SELECT ", client_columns!(), " FROM clients"));
+    // Lists leave the configuration out: it is most of a row's bytes, and a page of
+    // summaries does not need it (`Store::client` returns it).
+    let mut sql = String::from(concat!(
+        "SELECT id, domain, company_name, plan, '' AS spec, state, state_reason, created_at, updated_at",
+        " FROM clients"
+    ));
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));

@@ -35,8 +35,10 @@ pub(crate) async fn lock_schema(_tx: &mut Transaction<'static, Db>) -> Result<()
 
 /// How long a writer waits for another one before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// WAL lets readers work beside the one writer; a few connections are enough for that.
-const MAX_CONNECTIONS: u32 = 8;
+/// WAL lets readers work beside the one writer. Each connection is a thread of its own: on a
+/// 2-core host, 3 (one writer, two readers) served `GET /v1/clients` faster than 8 (fewer
+/// context switches; BENCHMARKS.md).
+const MAX_CONNECTIONS: u32 = 3;
 
 pub(crate) async fn connect(path: &Path, shown_as: &str) -> Result<Pool<Db>, StoreError> {
     let file_error = |path: &Path| {
