@@ -326,6 +326,24 @@ impl BundleStore {
         Ok(path)
     }
 
+    /// The shared edge router, its configuration written under the root (`None` unless the
+    /// operator's ingress is `edge`).
+    pub fn edge_router(
+        &self,
+        operator: &OperatorConfig,
+    ) -> Result<Option<stackbox_core::deploy::EdgeRouter>, BundleError> {
+        if operator.ingress.edge_router_name().is_none() {
+            return Ok(None);
+        }
+        let contents = render::traefik::render_edge();
+        let path = self.write_edge_config(&contents)?;
+        Ok(stackbox_core::deploy::edge_router(
+            operator,
+            &path.display().to_string(),
+            contents.as_bytes(),
+        ))
+    }
+
     /// Deletes a client's bundle (secrets included) and its lock file: the last step of a
     /// confirmed destroy.
     pub fn remove_client(&self, id: &ClientId) -> Result<bool, BundleError> {

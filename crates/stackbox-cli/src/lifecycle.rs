@@ -10,9 +10,8 @@ use serde_json::json;
 
 use stackbox_bundle::{BundleStore, OsRandom, RenderOptions, RenderOutcome};
 use stackbox_core::client::{ClientId, ClientSpec};
-use stackbox_core::deploy::{desired_state, edge_router, EdgeRouter, OverallState};
-use stackbox_core::operator::{Ingress, OperatorConfig};
-use stackbox_core::render::traefik::render_edge;
+use stackbox_core::deploy::{desired_state, OverallState};
+use stackbox_core::operator::OperatorConfig;
 use stackbox_core::stack::{service_urls, ADMIN_USERNAME};
 use stackbox_engine::lifecycle::{self, ClientStatus, DeployOptions, Deployment};
 use stackbox_engine::{DockerRuntime, EngineError};
@@ -29,26 +28,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn parse_id(text: &str) -> Result<ClientId> {
     Ok(ClientId::parse(text)?)
-}
-
-fn edge_config(store: &BundleStore, operator: &OperatorConfig) -> Result<Option<EdgeRouter>> {
-    if !matches!(operator.ingress, Ingress::Edge { .. }) {
-        return Ok(None);
-    }
-    let contents = render_edge();
-    let path = store.write_edge_config(&contents)?;
-    Ok(edge_router(
-        operator,
-        &path.display().to_string(),
-        contents.as_bytes(),
-    ))
-}
-
-fn edge_name(operator: &OperatorConfig) -> Option<&str> {
-    match &operator.ingress {
-        Ingress::Edge { router, .. } => Some(router),
-        Ingress::HostPorts { .. } => None,
-    }
 }
 
 /// Waits for Ctrl-C or SIGTERM.
@@ -110,7 +89,7 @@ fn converge(
         &bundle_dir.display().to_string(),
         &|name| std::env::var(name).ok(),
     )?;
-    let edge = edge_config(store, operator)?;
+    let edge = store.edge_router(operator)?;
     let progress = Progress::new(args.json);
     let events = |event| progress.event(event);
     let options = DeployOptions {
@@ -243,12 +222,7 @@ pub fn status(root: &Path, id: Option<&str>, all: bool, json: bool) -> Result<()
             let stored = store.load(&id)?;
             let expected: Vec<String> = stored
                 .as_ref()
-                .map(|s| {
-                    stackbox_core::plan::ServiceKind::for_apps(&s.spec.apps())
-                        .into_iter()
-                        .map(|k| k.name().to_string())
-                        .collect()
-                })
+                .map(|s| stackbox_core::stack::service_names(&s.spec))
                 .unwrap_or_default();
             let status = rt.block_on(async {
                 let docker = DockerRuntime::connect().await?;
@@ -267,10 +241,7 @@ pub fn status(root: &Path, id: Option<&str>, all: bool, json: bool) -> Result<()
                     .into();
                 for service in value["services"].as_array_mut().into_iter().flatten() {
                     let name = service["service"].as_str().unwrap_or_default().to_string();
-                    let url = urls
-                        .iter()
-                        .find(|u| app_of_service(&name) == Some(u.name))
-                        .map(|u| u.url.clone());
+                    let url = urls.iter().find(|u| u.name == name).map(|u| u.url.clone());
                     service["url"] = json!(url);
                 }
                 println!("{}", serde_json::to_string_pretty(&value)?);
@@ -315,19 +286,6 @@ pub fn status(root: &Path, id: Option<&str>, all: bool, json: bool) -> Result<()
     }
 }
 
-/// The URL key (`website` or an app) a service answers for.
-fn app_of_service(service: &str) -> Option<&'static str> {
-    Some(match service {
-        "website" => "website",
-        "espocrm" => "espocrm",
-        "nextcloud" => "nextcloud",
-        "calcom" => "calcom",
-        "plausible" => "plausible",
-        "mailtrain" => "mailtrain",
-        _ => return None,
-    })
-}
-
 fn state_name(state: OverallState) -> String {
     serde_json::to_value(state)
         .ok()
@@ -360,10 +318,7 @@ fn print_status(status: &ClientStatus, urls: &[stackbox_core::stack::ServiceUrl]
             s.status,
             s.image
         );
-        if let Some(url) = urls
-            .iter()
-            .find(|u| app_of_service(&s.service) == Some(u.name))
-        {
+        if let Some(url) = urls.iter().find(|u| u.name == s.service) {
             println!("  {:<20} {}", "", url.url);
         }
     }
@@ -373,15 +328,11 @@ pub fn stop(root: &Path, id: &str, json: bool) -> Result<()> {
     let id = parse_id(id)?;
     let store = BundleStore::new(root);
     let _lock = store.lock_client(&id)?;
-    let grace = |kind: stackbox_core::plan::ServiceKind| match kind {
-        stackbox_core::plan::ServiceKind::Mysql | stackbox_core::plan::ServiceKind::Postgres => 60,
-        _ => 10,
-    };
     let progress = Progress::new(json);
     let events = |event| progress.event(event);
     let stopped = runtime()?.block_on(async {
         let docker = DockerRuntime::connect().await?;
-        lifecycle::stop(&docker, &id, &grace, &events).await
+        lifecycle::stop(&docker, &id, &events).await
     });
     progress.finish();
     let stopped = stopped?;
@@ -437,7 +388,14 @@ fn remove_from_engine(
     let events = |event| progress.event(event);
     let removed = runtime()?.block_on(async {
         let docker = DockerRuntime::connect().await?;
-        lifecycle::cleanup(&docker, id, edge_name(operator), delete_volumes, &events).await
+        lifecycle::cleanup(
+            &docker,
+            id,
+            operator.ingress.edge_router_name(),
+            delete_volumes,
+            &events,
+        )
+        .await
     });
     progress.finish();
     Ok(removed?)

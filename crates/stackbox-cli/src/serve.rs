@@ -22,7 +22,6 @@ use stackbox_api::{
 use stackbox_control::{Control, ControlConfig};
 use stackbox_core::client::{ClientId, ClientSpec};
 use stackbox_core::operator::OperatorConfig;
-use stackbox_core::plan::ServiceKind;
 use stackbox_core::stack::{service_urls, ADMIN_USERNAME};
 use stackbox_engine::lifecycle;
 use stackbox_engine::DockerRuntime;
@@ -379,10 +378,7 @@ impl ControlPlane for Served {
             .map_err(store_error)?
             .ok_or(ControlError::NotFound)?;
         let spec = record.spec().map_err(store_error)?;
-        let expected: Vec<String> = ServiceKind::for_apps(&spec.apps())
-            .into_iter()
-            .map(|k| k.name().to_string())
-            .collect();
+        let expected = stackbox_core::stack::service_names(&spec);
         // Live health from the engine: one list query (and restart counts). An engine that
         // does not answer leaves the list empty rather than failing the request.
         let mut health = Vec::new();

@@ -26,10 +26,9 @@ use serde::Serialize;
 use serde_json::json;
 use stackbox_bundle::{BundleStore, OsRandom};
 use stackbox_core::client::{ClientId, ClientSpec};
-use stackbox_core::deploy::{desired_state, edge_router, EdgeRouter, OverallState};
-use stackbox_core::operator::{Ingress, OperatorConfig};
-use stackbox_core::plan::ServiceKind;
-use stackbox_core::render::traefik::render_edge;
+use stackbox_core::deploy::{desired_state, OverallState};
+use stackbox_core::operator::OperatorConfig;
+
 use stackbox_core::secrets::{SecretKey, Secrets};
 use stackbox_engine::lifecycle::{self, DeployOptions, Deployment as EngineDeployment};
 use stackbox_engine::{DockerRuntime, EngineError};
@@ -468,20 +467,6 @@ impl Control {
         })
     }
 
-    fn edge(&self) -> Result<Option<EdgeRouter>, ControlError> {
-        let operator = &self.inner.config.operator;
-        if !matches!(operator.ingress, Ingress::Edge { .. }) {
-            return Ok(None);
-        }
-        let contents = render_edge();
-        let path = self.inner.bundles.write_edge_config(&contents)?;
-        Ok(edge_router(
-            operator,
-            &path.display().to_string(),
-            contents.as_bytes(),
-        ))
-    }
-
     /// One step's effect. Every effect is idempotent.
     async fn execute(
         &self,
@@ -517,7 +502,7 @@ impl Control {
                     &bundle_dir.display().to_string(),
                     &|name| std::env::var(name).ok(),
                 )?;
-                let edge = self.edge()?;
+                let edge = self.inner.bundles.edge_router(operator)?;
                 let options = DeployOptions {
                     health_timeout: self.inner.config.health_timeout,
                 };
@@ -542,10 +527,7 @@ impl Control {
             }
             "health" => {
                 let docker = context.docker().await?;
-                let expected: Vec<String> = ServiceKind::for_apps(&context.spec.apps())
-                    .into_iter()
-                    .map(|k| k.name().to_string())
-                    .collect();
+                let expected = stackbox_core::stack::service_names(&context.spec);
                 let status = lifecycle::status(&docker, id, &expected).await?;
                 match status.state {
                     OverallState::Running | OverallState::Starting => {
@@ -585,11 +567,7 @@ impl Control {
             }
             "stop" => {
                 let docker = context.docker().await?;
-                let grace = |kind: ServiceKind| match kind {
-                    ServiceKind::Mysql | ServiceKind::Postgres => 60,
-                    _ => 10,
-                };
-                match lifecycle::stop(&docker, id, &grace, &quiet).await {
+                match lifecycle::stop(&docker, id, &quiet).await {
                     Ok(stopped) => Ok(json!({ "stopped": stopped })),
                     // Nothing on the engine: nothing to stop.
                     Err(EngineError::ClientAbsent { .. }) => Ok(json!({ "stopped": 0 })),
@@ -598,10 +576,7 @@ impl Control {
             }
             "remove" => {
                 let docker = context.docker().await?;
-                let router = match &operator.ingress {
-                    Ingress::Edge { router, .. } => Some(router.as_str()),
-                    Ingress::HostPorts { .. } => None,
-                };
+                let router = operator.ingress.edge_router_name();
                 let removed = lifecycle::cleanup(&docker, id, router, true, &quiet).await?;
                 Ok(serde_json::to_value(removed).unwrap_or_default())
             }
@@ -621,14 +596,10 @@ impl Control {
         let Some(docker) = context.docker.clone() else {
             return true; // nothing reached the engine
         };
-        let router = match &self.inner.config.operator.ingress {
-            Ingress::Edge { router, .. } => Some(router.clone()),
-            Ingress::HostPorts { .. } => None,
-        };
         lifecycle::cleanup(
             &docker,
             &deployment.client_id,
-            router.as_deref(),
+            self.inner.config.operator.ingress.edge_router_name(),
             false,
             &|_| {},
         )

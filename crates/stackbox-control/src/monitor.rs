@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use stackbox_core::client::ClientId;
-use stackbox_core::plan::ServiceKind;
+
 use stackbox_engine::lifecycle;
 use stackbox_engine::{ContainerEvent, ContainerRuntime, DockerRuntime};
 use stackbox_store::ClientState;
@@ -52,7 +52,7 @@ async fn handle(
         recent.retain(|t| now.duration_since(*t) < WINDOW);
         recent.push(now);
         if recent.len() <= RESTARTS {
-            let _ = docker.stop_container(&event.container, 10).await;
+            let _ = docker.stop_container(&event.container).await;
             let _ = docker.start_container(&event.container).await;
         } else {
             reason = Some(format!(
@@ -97,10 +97,7 @@ pub(crate) async fn refresh(
         return;
     }
     let Ok(spec) = record.spec() else { return };
-    let expected: Vec<String> = ServiceKind::for_apps(&spec.apps())
-        .into_iter()
-        .map(|k| k.name().to_string())
-        .collect();
+    let expected = stackbox_core::stack::service_names(&spec);
     let Ok(status) = lifecycle::status(docker, client, &expected).await else {
         return;
     };

@@ -89,6 +89,16 @@ pub enum Ingress {
     HostPorts { http: u16, https: u16 },
 }
 
+impl Ingress {
+    /// The shared edge router's container name, in `edge` ingress.
+    pub fn edge_router_name(&self) -> Option<&str> {
+        match self {
+            Ingress::Edge { router, .. } => Some(router),
+            Ingress::HostPorts { .. } => None,
+        }
+    }
+}
+
 impl Default for Ingress {
     fn default() -> Self {
         Ingress::Edge {

@@ -227,6 +227,14 @@ pub fn hostnames(client: &ClientSpec) -> Vec<String> {
     hosts
 }
 
+/// The names of the services (containers) the client's plan and features give it.
+pub fn service_names(client: &ClientSpec) -> Vec<String> {
+    ServiceKind::for_apps(&client.apps())
+        .into_iter()
+        .map(|kind| kind.name().to_string())
+        .collect()
+}
+
 /// The engine name of a client network.
 pub fn network_name(id: &ClientId, key: &str) -> String {
     format!("{id}_{key}")

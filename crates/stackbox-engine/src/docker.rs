@@ -573,12 +573,13 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn stop_container(&self, id: &str, grace_seconds: u32) -> Result<(), EngineError> {
-        let options = StopContainerOptions {
-            t: Some(grace_seconds as i32),
-            signal: None,
-        };
-        match self.docker.stop_container(id, Some(options)).await {
+    async fn stop_container(&self, id: &str) -> Result<(), EngineError> {
+        // No `t`: the engine uses the container's own StopTimeout, set at creation.
+        match self
+            .docker
+            .stop_container(id, None::<StopContainerOptions>)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if matches!(status_of(&e), Some(304) | Some(404)) => Ok(()),
             Err(e) => Err(map_err("stop container", id)(e)),

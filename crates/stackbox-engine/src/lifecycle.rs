@@ -373,9 +373,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
                     .borrow_mut()
                     .set_aside
                     .push((old.clone(), was_running));
-                self.runtime
-                    .stop_container(&old.id, config.stop_grace_seconds)
-                    .await?;
+                self.runtime.stop_container(&old.id).await?;
                 self.runtime
                     .rename_container(&old.id, &format!("{}{REPLACED_SUFFIX}", config.name))
                     .await?;
@@ -651,16 +649,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
             ));
         }
         for id in &journal.started {
-            let grace = self
-                .before
-                .containers
-                .iter()
-                .find(|c| &c.id == id)
-                .and_then(|c| c.service_kind())
-                .and_then(|k| self.desired.container(k))
-                .map(|c| c.stop_grace_seconds)
-                .unwrap_or(10);
-            self.runtime.stop_container(id, grace).await?;
+            self.runtime.stop_container(id).await?;
         }
         for network in journal
             .networks
@@ -704,7 +693,6 @@ fn is_data_store(service: Option<ServiceKind>) -> bool {
 pub async fn stop<R: ContainerRuntime>(
     runtime: &R,
     client: &ClientId,
-    grace_of: &dyn Fn(ServiceKind) -> u32,
     events: &dyn Fn(Event),
 ) -> Result<usize, EngineError> {
     let observed = runtime.observe(client).await?;
@@ -723,8 +711,7 @@ pub async fn stop<R: ContainerRuntime>(
             .map(|c| async move {
                 let service = c.service.as_deref().unwrap_or(&c.name);
                 events(service_event(service, Phase::Stopping, None));
-                let grace = c.service_kind().map(grace_of).unwrap_or(10);
-                runtime.stop_container(&c.id, grace).await?;
+                runtime.stop_container(&c.id).await?;
                 events(service_event(service, Phase::Stopped, None));
                 Ok::<(), EngineError>(())
             })

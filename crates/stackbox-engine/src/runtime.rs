@@ -63,7 +63,9 @@ pub trait ContainerRuntime {
     /// Creates the container (attached to all its networks), not started; returns its id.
     async fn create_container(&self, config: &ContainerConfig) -> Result<String, EngineError>;
     async fn start_container(&self, id: &str) -> Result<(), EngineError>;
-    async fn stop_container(&self, id: &str, grace_seconds: u32) -> Result<(), EngineError>;
+    /// Stops the container, giving it the stop timeout it was created with (the service's
+    /// grace period) before the engine kills it.
+    async fn stop_container(&self, id: &str) -> Result<(), EngineError>;
     /// Removes the container, running or not (anonymous volumes with it; named volumes stay).
     async fn remove_container(&self, id: &str) -> Result<(), EngineError>;
     async fn rename_container(&self, id: &str, name: &str) -> Result<(), EngineError>;
