@@ -118,7 +118,7 @@ fn converge(
                     ));
                 }
                 Err(anyhow::Error::new(error).context(format!(
-                    "deploy of {} failed; rolled back to the previous state (volumes kept)",
+                    "deploy of {} failed; rolled back to the previous state (data volumes kept)",
                     desired.client_id
                 )))
             }

@@ -565,6 +565,19 @@ fn professional_client_lifecycle_on_a_real_engine() {
         container_ids(&interrupted_id).is_empty(),
         "an interrupted first deploy leaves no container"
     );
+    // Nor a half-initialised database volume that would fail the next first start.
+    assert_eq!(
+        docker_ok(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=io.stackbox.client={interrupted_id}"),
+        ]),
+        "",
+        "an interrupted first deploy leaves no volume"
+    );
+
     // A second client beside it: no shared names, and no route between the two.
     let second = env.json(&["deploy", &example("starter"), "--json"]);
     assert_eq!(second["client_id"].as_str(), Some(interrupted_id.as_str()));

@@ -118,6 +118,10 @@ pub struct DeployOutcome {
 struct Journal {
     /// Networks this deploy created.
     networks: Vec<String>,
+    /// Volumes this deploy created: they hold nothing but what this deploy's own containers
+    /// wrote (a database's half-finished first initialisation, which would fail the next
+    /// start), so a rollback removes them. Volumes that existed before are never touched.
+    volumes: Vec<String>,
     /// Containers set aside for their replacement: (container, was running).
     set_aside: Vec<(ObservedContainer, bool)>,
     /// Stopped containers this deploy started.
@@ -246,6 +250,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
         }
         for volume in &self.plan.create_volumes {
             self.runtime.create_volume(volume).await?;
+            self.journal.borrow_mut().volumes.push(volume.name.clone());
         }
         if let Some(edge) = self.edge {
             self.ensure_edge(edge, events).await?;
@@ -595,7 +600,8 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
 
     /// Puts the engine back as it was before this deploy: containers it created are removed,
     /// containers it set aside are renamed back and restarted, containers it started are
-    /// stopped, networks it created are removed. Volumes always stay.
+    /// stopped, networks and volumes it created are removed. Volumes that existed before always
+    /// stay.
     pub async fn rollback(&self, events: &dyn Fn(Event)) -> Result<(), EngineError> {
         let client = &self.desired.client_id;
         let before: BTreeSet<&str> = self
@@ -662,6 +668,13 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
                     .await?;
             }
             self.runtime.remove_network(network).await?;
+        }
+        for volume in journal
+            .volumes
+            .iter()
+            .filter(|v| !self.before.volumes.contains(v))
+        {
+            self.runtime.remove_volume(volume).await?;
         }
         Ok(())
     }
