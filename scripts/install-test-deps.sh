@@ -16,6 +16,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import jsonschema, yaml' 2>/dev/null; then
-  python3 -m pip install --quiet jsonschema pyyaml
+# moto's server stands in for AWS (issue 5: ACM, RDS, Secrets Manager, ELBv2, CloudFront,
+# Route53) and aiosmtpd is a real SMTP server for the e-mail tests; both run on loopback.
+if ! python3 -c 'import jsonschema, yaml, moto, aiosmtpd, flask_cors' 2>/dev/null; then
+  python3 -m pip install --quiet jsonschema pyyaml 'moto[server]>=5,<6' 'aiosmtpd>=1.4,<2'
 fi

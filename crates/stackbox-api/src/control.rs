@@ -83,6 +83,10 @@ pub enum ControlError {
     /// A value is not acceptable → 422 naming `field`. Sent to the caller as written.
     #[error("{field}: {problem}")]
     Invalid { field: String, problem: String },
+    /// The request is wrong in a way that is not a field's value (a webhook's signature that
+    /// does not verify, a body that is not the expected event) → 400. Sent as written.
+    #[error("bad request: {0}")]
+    BadRequest(String),
     /// Temporarily unable (store or engine unreachable, deployment capacity full) → 503 with
     /// `Retry-After`. The text is logged, not sent.
     #[error("unavailable: {0}")]
@@ -176,6 +180,69 @@ pub trait ControlPlane: Send + Sync + 'static {
     ) -> impl Future<Output = Result<BoxStream<'static, DeploymentEvent>, ControlError>> + Send;
 
     fn metrics(&self) -> impl Future<Output = Result<MetricsSnapshot, ControlError>> + Send;
+
+    /// `POST /v1/signup` (public): stores a pending sign-up for a validated configuration
+    /// (its `admin_email` is the contact address) and opens a payment session for it. The
+    /// default answers 404: a control plane without onboarding has no such route.
+    fn signup(
+        &self,
+        spec: ClientSpec,
+    ) -> impl Future<Output = Result<SignupAccepted, ControlError>> + Send {
+        let _ = spec;
+        async { Err(ControlError::NotFound) }
+    }
+
+    /// `POST /v1/webhooks/stripe` (public, authenticated by its signature): `signature` is the
+    /// `Stripe-Signature` header, `body` the raw bytes that were signed. A signature that does
+    /// not verify is [`ControlError::BadRequest`]; an event already handled is
+    /// [`WebhookOutcome::Duplicate`].
+    fn stripe_webhook(
+        &self,
+        signature: Option<String>,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<WebhookOutcome, ControlError>> + Send {
+        let _ = (signature, body);
+        async { Err(ControlError::NotFound) }
+    }
+
+    /// `GET` (`reveal = false`) and `POST` (`reveal = true`) `/welcome/{token}`: the one-time
+    /// page with a client's admin credentials. The token is passed as written in the URL.
+    fn credentials_page(
+        &self,
+        token: String,
+        reveal: bool,
+    ) -> impl Future<Output = Result<HtmlPage, ControlError>> + Send {
+        let _ = (token, reveal);
+        async { Err(ControlError::NotFound) }
+    }
+}
+
+/// What `POST /v1/signup` answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SignupAccepted {
+    /// The pending sign-up (`sgn_…`).
+    pub signup_id: String,
+    /// Where to send the buyer: the payment provider's checkout page.
+    pub checkout_url: String,
+}
+
+/// What a webhook delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// Handled now.
+    Processed,
+    /// Handled before (a redelivery): nothing done again.
+    Duplicate,
+    /// A kind of event StackBox does not act on.
+    Ignored,
+}
+
+/// An HTML page for a person (not a program), with its status (200, or 410 for a link that is
+/// used up or expired).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HtmlPage {
+    pub status: u16,
+    pub html: String,
 }
 
 /// [`ControlPlane`] made object-safe (boxed futures), so the handlers are plain functions over
@@ -213,6 +280,17 @@ pub(crate) trait DynControl: Send + Sync + 'static {
         id: &'a str,
     ) -> BoxFuture<'a, Result<BoxStream<'static, DeploymentEvent>, ControlError>>;
     fn metrics(&self) -> BoxFuture<'_, Result<MetricsSnapshot, ControlError>>;
+    fn signup(&self, spec: ClientSpec) -> BoxFuture<'_, Result<SignupAccepted, ControlError>>;
+    fn stripe_webhook(
+        &self,
+        signature: Option<String>,
+        body: Vec<u8>,
+    ) -> BoxFuture<'_, Result<WebhookOutcome, ControlError>>;
+    fn credentials_page(
+        &self,
+        token: String,
+        reveal: bool,
+    ) -> BoxFuture<'_, Result<HtmlPage, ControlError>>;
 }
 
 impl<C: ControlPlane> DynControl for C {
@@ -267,5 +345,22 @@ impl<C: ControlPlane> DynControl for C {
     }
     fn metrics(&self) -> BoxFuture<'_, Result<MetricsSnapshot, ControlError>> {
         Box::pin(ControlPlane::metrics(self))
+    }
+    fn signup(&self, spec: ClientSpec) -> BoxFuture<'_, Result<SignupAccepted, ControlError>> {
+        Box::pin(ControlPlane::signup(self, spec))
+    }
+    fn stripe_webhook(
+        &self,
+        signature: Option<String>,
+        body: Vec<u8>,
+    ) -> BoxFuture<'_, Result<WebhookOutcome, ControlError>> {
+        Box::pin(ControlPlane::stripe_webhook(self, signature, body))
+    }
+    fn credentials_page(
+        &self,
+        token: String,
+        reveal: bool,
+    ) -> BoxFuture<'_, Result<HtmlPage, ControlError>> {
+        Box::pin(ControlPlane::credentials_page(self, token, reveal))
     }
 }

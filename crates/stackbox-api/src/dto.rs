@@ -203,6 +203,11 @@ pub struct NewClient {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "#003366")]
     pub brand_color: Option<String>,
+    /// `local` (containers on this host) or `aws` (certificate, database, secrets, load
+    /// balancer, CDN and DNS on AWS); the operator's default when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "local")]
+    pub infrastructure: Option<String>,
     /// Apps of the plan switched off (or on) by key: `espocrm`, `nextcloud`, `calcom`,
     /// `plausible`, `mailtrain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

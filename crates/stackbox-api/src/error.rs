@@ -66,6 +66,9 @@ pub enum ApiError {
         field: Option<String>,
         message: String,
     },
+    /// 429: too many sign-ups from one address; retry after this many seconds.
+    #[error("too many requests")]
+    TooManyRequests { retry_after_seconds: u64 },
     /// 503; the detail is logged, not sent.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -91,6 +94,10 @@ impl ApiError {
                 message: format!("{field}: {problem}"),
                 field: Some(field),
             },
+            ControlError::BadRequest(message) => ApiError::BadRequest {
+                field: None,
+                message,
+            },
             ControlError::Unavailable(detail) => ApiError::Unavailable(detail),
             ControlError::Internal(detail) => ApiError::Internal(detail),
         }
@@ -107,6 +114,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -164,6 +172,13 @@ impl ApiError {
             ApiError::Invalid { field, message } => {
                 ("invalid_field", message.clone(), field.clone())
             }
+            ApiError::TooManyRequests {
+                retry_after_seconds,
+            } => (
+                "too_many_requests",
+                format!("too many sign-ups from this address; retry in {retry_after_seconds} s"),
+                None,
+            ),
             ApiError::Unavailable(_) => ("unavailable", UNAVAILABLE_MESSAGE.to_string(), None),
             ApiError::Internal(_) => ("internal", INTERNAL_MESSAGE.to_string(), None),
         };
@@ -201,6 +216,13 @@ impl IntoResponse for ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(challenge),
                 );
+            }
+            ApiError::TooManyRequests {
+                retry_after_seconds,
+            } => {
+                if let Ok(value) = HeaderValue::from_str(&retry_after_seconds.to_string()) {
+                    headers.insert(header::RETRY_AFTER, value);
+                }
             }
             ApiError::Unavailable(_) => {
                 headers.insert(

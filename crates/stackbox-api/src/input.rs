@@ -61,6 +61,7 @@ pub fn parse_new_client(body: &[u8]) -> Result<ClientSpec, ApiError> {
         plan: new.plan,
         admin_email: new.admin_email,
         brand_color: new.brand_color,
+        infrastructure: new.infrastructure,
         features: new.features.unwrap_or_default(),
     };
     ClientSpec::from_file(file).map_err(core_error)
@@ -106,6 +107,7 @@ mod tests {
                 "company_name",
                 "domain",
                 "features",
+                "infrastructure",
                 "plan"
             ]
         );

@@ -19,6 +19,9 @@
 //! | `DELETE /v1/clients/{id}?confirm={id}` | operator | 202 [`DeploymentRef`] |
 //! | `GET /v1/deployments/{id}` | operator, its client | 200 [`DeploymentView`] |
 //! | `GET /v1/deployments/{id}/events` | operator, its client | `text/event-stream` |
+//! | `POST /v1/signup` | anyone, rate-limited | 201 [`SignupAccepted`] (the checkout URL) |
+//! | `POST /v1/webhooks/stripe` | Stripe (signed) | 200; 400 for a bad or stale signature |
+//! | `GET\|POST /welcome/{token}` | the link's holder | HTML: confirm, then reveal once; 410 after |
 //!
 //! Every 202 also carries `Location: /v1/deployments/{deployment_id}`. Every response carries
 //! `Cache-Control: no-store` (unless the handler set its own) and
@@ -67,6 +70,7 @@ mod dto;
 mod error;
 mod input;
 mod metrics;
+mod onboarding;
 mod routes;
 mod time;
 
@@ -85,7 +89,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use control::{
-    ClientAction, ControlError, ControlPlane, ListQuery, MetricsSnapshot, Principal,
+    ClientAction, ControlError, ControlPlane, HtmlPage, ListQuery, MetricsSnapshot, Principal,
+    SignupAccepted, WebhookOutcome,
 };
 pub use dto::{
     ClientConfiguration, ClientDetail, ClientState, ClientSummary, CreatedClient, Credentials,
@@ -98,6 +103,7 @@ pub use input::parse_new_client;
 pub use metrics::{
     DurationHistogram, CONTENT_TYPE as METRICS_CONTENT_TYPE, DURATION_BUCKETS_SECONDS,
 };
+pub use onboarding::{SignupLimits, WEBHOOK_BODY_LIMIT};
 pub use time::Timestamp;
 
 use crate::error::{ApiError, Resource};
@@ -120,6 +126,8 @@ pub struct ApiOptions {
     /// configuration is well under 1 KiB.
     pub body_limit_bytes: usize,
     pub metrics_access: MetricsAccess,
+    /// Sign-ups accepted per network address and per e-mail address.
+    pub signup_limits: SignupLimits,
 }
 
 impl Default for ApiOptions {
@@ -127,6 +135,7 @@ impl Default for ApiOptions {
         ApiOptions {
             body_limit_bytes: 64 * 1024,
             metrics_access: MetricsAccess::Public,
+            signup_limits: SignupLimits::default(),
         }
     }
 }
@@ -172,6 +181,8 @@ pub async fn serve_with<C: ControlPlane>(
             tracing::debug!(%error, "TCP_NODELAY not set");
         }
     });
+    // The peer's address reaches the handlers (the sign-up's rate limit per address).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -196,6 +207,7 @@ fn build<C: ControlPlane>(control: Arc<C>, options: ApiOptions, shutdown: Shutdo
         options: Arc::new(options),
         openapi,
         shutdown,
+        limiter: Arc::default(),
     };
     router
         .fallback(|| async { ApiError::NotFound(Resource::Route) })

@@ -49,6 +49,8 @@ pub struct AppState {
     /// `/openapi.json`, serialized once.
     pub(crate) openapi: Bytes,
     pub(crate) shutdown: Shutdown,
+    /// Sign-ups per address and per e-mail.
+    pub(crate) limiter: Arc<crate::onboarding::RateLimiter>,
 }
 
 /// Fires when the server shuts down, so that event streams end and graceful shutdown is not
@@ -93,6 +95,7 @@ impl Shutdown {
         (name = "clients", description = "Create, list, read, stop, start, redeploy and delete clients."),
         (name = "deployments", description = "Follow what the control plane does for a client."),
         (name = "service", description = "Liveness, metrics and this document; no token needed."),
+        (name = "onboarding", description = "Public: sign-up, the payment provider's webhook, the one-time credentials page."),
     )
 )]
 struct ApiDoc;
@@ -123,6 +126,12 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(redeploy_client))
         .routes(routes!(get_deployment))
         .routes(routes!(deployment_events))
+        .routes(routes!(crate::onboarding::signup))
+        .routes(routes!(crate::onboarding::stripe_webhook))
+        .routes(routes!(
+            crate::onboarding::credentials_confirm,
+            crate::onboarding::credentials_reveal
+        ))
 }
 
 /// The query parameters of `GET /v1/clients` (documentation; [`list_query`] reads them).
@@ -247,18 +256,7 @@ async fn create_client(
     if !is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: state.options.body_limit_bytes,
-            }
-        } else {
-            ApiError::BadRequest {
-                field: None,
-                message: "the request body could not be read".to_string(),
-            }
-        }
-    })?;
+    let body = read_body(&state, body)?;
     let spec = parse_new_client(&body)?;
     let created = state
         .control
@@ -733,7 +731,26 @@ fn list_query(
 }
 
 /// Whether the request says its body is JSON (`application/json`, any parameters).
-fn is_json(headers: &HeaderMap) -> bool {
+/// The body, or 413 over the limit and 400 when it cannot be read.
+pub(crate) fn read_body(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: state.options.body_limit_bytes,
+            }
+        } else {
+            ApiError::BadRequest {
+                field: None,
+                message: "the request body could not be read".to_string(),
+            }
+        }
+    })
+}
+
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())

@@ -18,6 +18,7 @@ use stackbox_core::plan::{App, Plan, ServiceKind};
 use stackbox_core::secrets::SecretKey;
 use stackbox_core::stack::ADMIN_USERNAME;
 
+mod cloud;
 mod lifecycle;
 mod progress;
 mod remote;
@@ -138,6 +139,12 @@ enum Command {
         #[arg(long, default_value_t = 4, value_name = "N")]
         max_parallel: usize,
     },
+    /// The AWS infrastructure phase alone (certificate, database, secrets, load balancer, CDN,
+    /// DNS) for the operator's [aws] settings; needs a build with `--features aws`.
+    Infra {
+        #[command(subcommand)]
+        command: InfraCommand,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -151,6 +158,33 @@ enum Command {
         yes: bool,
         #[command(flatten)]
         common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum InfraCommand {
+    /// Print what `apply` would create or change, changing nothing.
+    Plan {
+        /// The client configuration (TOML) with its client_id.
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create what is missing and converge what drifted; a failure undoes this run.
+    Apply {
+        /// The client configuration (TOML) with its client_id.
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every AWS resource of the client (found by its tags and names).
+    Destroy {
+        client_id: String,
+        /// Confirms: the client's databases on RDS are dropped.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -188,6 +222,11 @@ fn main() -> ExitCode {
         | Command::Start { common, .. }
         | Command::Cleanup { common, .. }
         | Command::Destroy { common, .. } => common.json,
+        Command::Infra { command } => match command {
+            InfraCommand::Plan { json, .. }
+            | InfraCommand::Apply { json, .. }
+            | InfraCommand::Destroy { json, .. } => *json,
+        },
         Command::Serve { .. } | Command::Token { .. } => false,
     };
     match run(cli) {
@@ -205,12 +244,13 @@ fn main() -> ExitCode {
 }
 
 fn operator_config(cli: &Cli) -> Result<OperatorConfig> {
+    let env = |name: &str| std::env::var(name).ok();
     let mut operator = match &cli.operator {
         Some(path) => {
             let text = read(path, "operator configuration")?;
-            OperatorConfig::from_toml(&text, &path.display().to_string())?
+            OperatorConfig::from_toml_with_env(&text, &path.display().to_string(), &env)?
         }
-        None => OperatorConfig::default(),
+        None => OperatorConfig::from_toml_with_env("", "the environment", &env)?,
     };
     if let Some(path) = &cli.images {
         let text = read(path, "image catalog")?;
@@ -246,11 +286,36 @@ fn run(cli: Cli) -> Result<()> {
                 data_dir,
                 master_key_file,
                 max_parallel,
+                health_timeout: None,
             },
         ),
         Command::Token {
             command: TokenCommand::Create { client, .. },
         } => serve::create_token(&data_dir, client.as_deref()),
+        Command::Infra { command } => {
+            let args = match command {
+                InfraCommand::Plan { config, json } => cloud::InfraArgs::Plan { config, json },
+                InfraCommand::Apply { config, json } => cloud::InfraArgs::Apply { config, json },
+                InfraCommand::Destroy {
+                    client_id,
+                    yes,
+                    json,
+                } => {
+                    if !yes {
+                        anyhow::bail!(
+                            "infra destroy removes {client_id}'s certificate, databases (with \
+                             their data), secret, load-balancer rule, CDN and DNS records: \
+                             repeat with --yes"
+                        );
+                    }
+                    cloud::InfraArgs::Destroy {
+                        client: client_id,
+                        json,
+                    }
+                }
+            };
+            cloud::infra(&operator, &data_dir, args)
+        }
         Command::Render {
             config,
             out,
@@ -396,7 +461,11 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
         Command::Cleanup { .. } => Err(anyhow::anyhow!(
             "cleanup runs on the engine's host only; the server compensates a failed deployment itself"
         )),
-        Command::Render { .. } | Command::Plans { .. } | Command::Serve { .. } | Command::Token { .. } => {
+        Command::Render { .. }
+        | Command::Plans { .. }
+        | Command::Serve { .. }
+        | Command::Token { .. }
+        | Command::Infra { .. } => {
             return None
         }
     })

@@ -76,9 +76,33 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
     pub master_key_file: Option<PathBuf>,
     pub max_parallel: usize,
+    /// Overrides every service's health timeout (tests).
+    pub health_timeout: Option<Duration>,
+}
+
+/// The server's log on stderr: `STACKBOX_LOG` (or `RUST_LOG`) targets, `info` by default.
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let spec = std::env::var("STACKBOX_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    let targets: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|_| {
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .with(targets)
+        .try_init();
 }
 
 pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
+    init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,6 +113,11 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
         // Refuses a key other than the one the store's secrets were sealed with (the store
         // keeps the key's fingerprint from the first start).
         store.check_master_key(&key).await?;
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let onboarding = onboarding(operator.onboarding.clone(), listener.local_addr()?)?;
+        let operator_for_cloud = operator.clone();
         let control = Control::start(
             store.clone(),
             key,
@@ -96,13 +125,12 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
                 data_dir: args.data_dir.clone(),
                 operator,
                 max_parallel: args.max_parallel,
-                health_timeout: None,
+                health_timeout: args.health_timeout,
+                onboarding,
+                cloud: crate::cloud::adapter(&operator_for_cloud).await?,
             },
         )
         .await?;
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
         eprintln!(
             "stackbox serve: listening on http://{} (data: {})",
             listener.local_addr()?,
@@ -111,6 +139,7 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
         let served = Served {
             control,
             store,
+            operator: operator_for_cloud,
             outcome_floor: std::sync::Mutex::new(BTreeMap::new()),
             token_cache: std::sync::Mutex::new(HashMap::new()),
             list_cache: std::sync::Mutex::new(HashMap::new()),
@@ -165,6 +194,7 @@ pub fn create_token(data_dir: &Path, client: Option<&str>) -> Result<()> {
 struct Served {
     control: Control,
     store: Store,
+    operator: OperatorConfig,
     /// The highest count seen per outcome: a destroy removes the client's deployment rows,
     /// and a Prometheus counter must not go down while the process runs.
     outcome_floor: std::sync::Mutex<BTreeMap<DeploymentOutcome, u64>>,
@@ -215,6 +245,16 @@ fn control_error(error: stackbox_control::ControlError) -> ControlError {
         stackbox_control::ControlError::WorkerGone => {
             ControlError::Unavailable("the pipeline worker has stopped".into())
         }
+        stackbox_control::ControlError::OnboardingDisabled => ControlError::NotFound,
+        stackbox_control::ControlError::BadWebhook(problem) => ControlError::BadRequest(problem),
+        stackbox_control::ControlError::Invalid { field, problem } => {
+            ControlError::Invalid { field, problem }
+        }
+        // Stripe retries a webhook answered 503; a buyer is told to retry.
+        error @ (stackbox_control::ControlError::Busy { .. }
+        | stackbox_control::ControlError::Payment {
+            transient: true, ..
+        }) => ControlError::Unavailable(error.to_string()),
         other => internal(other),
     }
 }
@@ -378,7 +418,7 @@ impl ControlPlane for Served {
             .map_err(store_error)?
             .ok_or(ControlError::NotFound)?;
         let spec = record.spec().map_err(store_error)?;
-        let expected = stackbox_core::stack::service_names(&spec);
+        let expected = stackbox_core::infra::expected_service_names(&spec, &self.operator);
         // Live health from the engine: one list query (and restart counts). An engine that
         // does not answer leaves the list empty rather than failing the request.
         let mut health = Vec::new();
@@ -569,4 +609,94 @@ impl ControlPlane for Served {
         snapshot.step_duration = steps;
         Ok(snapshot)
     }
+
+    async fn signup(&self, spec: ClientSpec) -> Result<stackbox_api::SignupAccepted, ControlError> {
+        let outcome = self.control.signup(spec).await.map_err(control_error)?;
+        Ok(stackbox_api::SignupAccepted {
+            signup_id: outcome.signup_id,
+            checkout_url: outcome.checkout_url,
+        })
+    }
+
+    async fn stripe_webhook(
+        &self,
+        signature: Option<String>,
+        body: Vec<u8>,
+    ) -> Result<stackbox_api::WebhookOutcome, ControlError> {
+        let result = self
+            .control
+            .stripe_webhook(signature.as_deref(), &body)
+            .await
+            .map_err(control_error)?;
+        // Billing may have queued stops, starts and plan changes.
+        self.list_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(match result {
+            stackbox_control::WebhookResult::Processed => stackbox_api::WebhookOutcome::Processed,
+            stackbox_control::WebhookResult::Duplicate => stackbox_api::WebhookOutcome::Duplicate,
+            stackbox_control::WebhookResult::Ignored => stackbox_api::WebhookOutcome::Ignored,
+        })
+    }
+
+    async fn credentials_page(
+        &self,
+        token: String,
+        reveal: bool,
+    ) -> Result<stackbox_api::HtmlPage, ControlError> {
+        let page = self
+            .control
+            .credentials_page(&token, reveal)
+            .await
+            .map_err(control_error)?;
+        Ok(stackbox_api::HtmlPage {
+            status: page.status,
+            html: page.html,
+        })
+    }
+}
+
+/// Onboarding from the operator's settings: the Stripe client and the SMTP sender when
+/// configured. The public URL defaults to the listening address (fine on a laptop; an
+/// operator sets `STACKBOX_PUBLIC_URL` to the address people reach).
+pub fn onboarding(
+    mut settings: stackbox_core::onboarding::OnboardingSettings,
+    listening: std::net::SocketAddr,
+) -> Result<stackbox_control::Onboarding> {
+    if settings.public_url.is_none() {
+        settings.public_url = Some(format!("http://{listening}"));
+    }
+    let payments: Option<Arc<dyn stackbox_control::Payments>> = match &settings.stripe {
+        Some(stripe) => Some(Arc::new(
+            stackbox_billing::StripeClient::new(
+                stripe.api_base.clone(),
+                stripe.secret_key.expose().to_string(),
+            )
+            .context("STACKBOX_STRIPE_SECRET_KEY / STACKBOX_STRIPE_API_BASE")?,
+        )),
+        None => None,
+    };
+    let mailer: Option<Arc<dyn stackbox_control::Mailer>> = match &settings.mail {
+        Some(mail) => Some(Arc::new(
+            stackbox_mail::SmtpMailer::from_url(mail.smtp_url.expose(), mail.from.as_str())
+                .context("STACKBOX_SMTP_URL")?,
+        )),
+        None => None,
+    };
+    let mut onboarding = stackbox_control::Onboarding::new(settings);
+    onboarding.payments = payments;
+    onboarding.mailer = mailer;
+    // How often deadlines and due mail are looked at, and the first mail retry's wait: 30 s
+    // each by default; shorter for tests and demonstrations.
+    for (variable, slot) in [
+        ("STACKBOX_ONBOARDING_TICK", &mut onboarding.tick),
+        ("STACKBOX_MAIL_RETRY_BASE", &mut onboarding.mail_retry_base),
+    ] {
+        if let Ok(text) = std::env::var(variable) {
+            let seconds = stackbox_core::onboarding::duration(variable, &text)?;
+            *slot = Duration::from_secs(seconds.max(1));
+        }
+    }
+    Ok(onboarding)
 }

@@ -1,7 +1,8 @@
 //! Integration tier: rendered bundles judged by independent, real tools — the published
 //! compose-spec and Traefik v3 JSON schemas, Debian's docker-compose, nginx, php and real
-//! MariaDB and PostgreSQL servers. `.ci/run` installs all of them; a missing tool fails the
-//! test with the package to install (never a silent skip).
+//! MariaDB and PostgreSQL servers (the database init scripts sourced by bash exactly as the
+//! official images' entrypoints source them). `.ci/run` installs all of them; a missing tool
+//! fails the test with the package to install (never a silent skip).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -177,6 +178,108 @@ fn compose_files_pass_docker_compose_config_with_their_env() {
             );
         }
     }
+}
+
+/// The professional example rendered for the AWS placement (MySQL on RDS, no secret in any
+/// file) through the core, written as the bundle adapter writes it; with its secrets.
+fn render_rds_bundle(root: &Path) -> (PathBuf, stackbox_core::secrets::Secrets) {
+    use stackbox_core::client::{ClientId, ClientSpec};
+    use stackbox_core::plan::App;
+    use stackbox_core::secrets::{SecretKey, Secrets, TestRandom};
+    use stackbox_core::stack::{MysqlPlacement, Placement};
+    let text = std::fs::read_to_string(workspace().join("examples/professional.toml")).unwrap();
+    let spec = ClientSpec::from_toml(&text).unwrap();
+    let id = ClientId::new(&spec.company_name, 0x0ddba11);
+    let mut secrets = Secrets::new();
+    secrets.fill_missing(&SecretKey::needed_for(&spec.apps()), &mut TestRandom(42));
+    let placement = Placement {
+        mysql: MysqlPlacement::external(
+            "stackbox-shared.c9akciq32xyz.eu-west-1.rds.amazonaws.com",
+            3306,
+            [
+                (App::Espocrm, "smithrealesta_00ddba11_espocrm"),
+                (App::Nextcloud, "smithrealesta_00ddba11_nextcloud"),
+            ],
+        )
+        .unwrap(),
+        secrets_in_files: false,
+    };
+    let rendered = stackbox_core::render::render_placed(
+        &spec,
+        &id,
+        &secrets,
+        &stackbox_core::operator::OperatorConfig::default(),
+        &placement,
+    )
+    .unwrap();
+    let dir = root.join(id.as_str());
+    for (path, file) in &rendered.bundle.files {
+        let target = dir.join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, &file.contents).unwrap();
+    }
+    (dir, secrets)
+}
+
+#[test]
+fn rds_bundle_without_secret_files_passes_the_tools_once_its_secrets_are_exported() {
+    let compose = require("docker-compose", "docker-compose");
+    let root = tempfile::tempdir().unwrap();
+    let (dir, secrets) = render_rds_bundle(root.path());
+    // No file of the bundle holds a secret value.
+    let mut files = vec![dir.clone()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).to_string();
+            for (key, value) in secrets.iter() {
+                assert!(
+                    !text.contains(value),
+                    "{} is in {}",
+                    key.env_name(),
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(!dir.join("config/mysql").exists());
+    let file = dir.join("docker-compose.yml");
+    assert_success(
+        &check_schema("compose-spec.json", std::slice::from_ref(&file)),
+        "compose-spec schema validation of the RDS bundle",
+    );
+    let config = |exported: &[(&str, &str)]| {
+        run(Command::new(&compose)
+            .arg("--project-directory")
+            .arg(&dir)
+            .arg("-f")
+            .arg(&file)
+            .arg("config")
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .envs(exported.iter().copied()))
+    };
+    // As .env says: with the secrets exported from the secret store, compose resolves them.
+    let exported: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (k.env_name(), v)).collect();
+    let output = config(&exported);
+    assert_success(&output, "docker-compose config with the secrets exported");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("is not set"), "{stderr}");
+    let resolved = String::from_utf8_lossy(&output.stdout);
+    assert!(resolved.contains(
+        secrets
+            .get(stackbox_core::secrets::SecretKey::AdminPassword)
+            .unwrap()
+    ));
+    assert!(resolved.contains("stackbox-shared.c9akciq32xyz.eu-west-1.rds.amazonaws.com"));
+    assert!(!resolved.contains("\n  mysql:"), "{resolved}");
+    // Without them, .env supplies none: compose names each missing one.
+    let bare = config(&[]);
+    let stderr = String::from_utf8_lossy(&bare.stderr);
+    assert!(
+        stderr.contains("ADMIN_PASSWORD") && stderr.contains("is not set"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -360,6 +463,60 @@ fn website_conf_passes_nginx_t_and_serves_the_branded_page() {
     }
 }
 
+/// How the official images' entrypoints process an init file (`docker_process_init_files` of
+/// mariadb-docker and docker-library/postgres): `*.sh` executed when executable, else sourced
+/// into the entrypoint's shell (`set -eo pipefail`) from inside a function, where
+/// `docker_process_sql` is defined. Each harness below defines that function as upstream does,
+/// pointed at the test server.
+const PROCESS_INIT_FILES: &str = r#"
+docker_process_init_files() {
+    local f
+    for f; do
+        case "$f" in
+            *.sh)
+                if [ -x "$f" ]; then
+                    "$f"
+                else
+                    . "$f"
+                fi
+                ;;
+            *) echo "unexpected init file $f" >&2; exit 2 ;;
+        esac
+    done
+}
+docker_process_init_files "$1"
+"#;
+
+/// mariadb-docker's docker_exec_client and docker_process_sql (11.4), on the test server's
+/// socket instead of the image's.
+const MARIADB_ENTRYPOINT: &str = r#"set -eo pipefail
+docker_exec_client() {
+    if [ -n "${MYSQL_DATABASE:-}" ]; then
+        set -- --database="$MYSQL_DATABASE" "$@"
+    fi
+    mariadb --no-defaults --protocol=socket -uroot -hlocalhost --socket="$STACKBOX_TEST_SOCKET" "$@"
+}
+docker_process_sql() {
+    if [ '--dont-use-mysql-root-password' = "${1:-}" ]; then
+        shift
+        MYSQL_PWD='' docker_exec_client "$@"
+    else
+        MYSQL_PWD=$MARIADB_ROOT_PASSWORD docker_exec_client "$@"
+    fi
+}
+"#;
+
+/// docker-library/postgres's docker_process_sql; PGHOST/PGPORT name the test server.
+const POSTGRES_ENTRYPOINT: &str = r#"set -Eeo pipefail
+docker_process_sql() {
+    local query_runner=( psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc )
+    if [ -n "$POSTGRES_DB" ]; then
+        query_runner+=( --dbname "$POSTGRES_DB" )
+    fi
+    PGHOSTADDR= "${query_runner[@]}" "$@"
+}
+"#;
+
 /// A MariaDB server on a temporary data directory and a loopback port.
 struct MariaDb {
     _server: KillOnDrop,
@@ -419,12 +576,30 @@ impl MariaDb {
         db
     }
 
-    fn run_as_root(&self, sql_file: &Path) -> Output {
-        let file = std::fs::File::open(sql_file).unwrap();
-        run(Command::new(require("mariadb", "mariadb-client"))
-            .args(["--no-defaults", "-uroot"])
+    /// Sources `script` as the mariadb image's entrypoint does, with only `env` (the
+    /// container's environment: the root password and the apps' passwords) and PATH.
+    fn source_init(&self, script: &Path, env: &[(&str, &str)]) -> Output {
+        require("mariadb", "mariadb-client");
+        run(Command::new(require("bash", "bash"))
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("STACKBOX_TEST_SOCKET", &self.socket)
+            // The test server's root has no password yet, as during the image's first start.
+            .env("MARIADB_ROOT_PASSWORD", "")
+            .envs(env.iter().copied())
+            .arg("-c")
+            .arg(format!("{MARIADB_ENTRYPOINT}{PROCESS_INIT_FILES}"))
+            .arg("stackbox-test-entrypoint")
+            .arg(script))
+    }
+
+    fn root_query(&self, sql: &str) -> String {
+        let output = run(Command::new(require("mariadb", "mariadb-client"))
+            .args(["--no-defaults", "-uroot", "-N", "-B"])
             .arg(format!("--socket={}", self.socket.display()))
-            .stdin(file))
+            .args(["-e", sql]));
+        assert_success(&output, sql);
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
     fn query_as(&self, user: &str, password: &str, database: &str) -> Output {
@@ -437,16 +612,91 @@ impl MariaDb {
     }
 }
 
+/// The environment the stack gives a database container for its init script: each app's
+/// password under its `.env` name.
+fn app_passwords<'a>(bundle: &'a Rendered, keys: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+    keys.iter()
+        .filter_map(|key| bundle.env.get(*key).map(|v| (*key, v.as_str())))
+        .collect()
+}
+
+const MYSQL_PASSWORDS: [&str; 3] = [
+    "ESPOCRM_DB_PASSWORD",
+    "NEXTCLOUD_DB_PASSWORD",
+    "MAILTRAIN_DB_PASSWORD",
+];
+
 #[test]
-fn mysql_init_sql_runs_on_real_mariadb_and_limits_each_user_to_its_database() {
+fn mysql_init_script_holds_no_password_and_refuses_values_outside_the_generator_alphabet() {
+    let root = tempfile::tempdir().unwrap();
+    let rendered = render_all(root.path());
+    let bundle = rendered
+        .iter()
+        .find(|b| b.dir.to_string_lossy().contains("obrien"))
+        .unwrap();
+    let script = bundle.dir.join("config/mysql/init.sh");
+    let text = std::fs::read_to_string(&script).unwrap();
+    for key in MYSQL_PASSWORDS {
+        assert!(
+            !text.contains(&bundle.env[key]),
+            "{key}'s value is in init.sh"
+        );
+    }
+    let db = MariaDb::start();
+    let mut env = app_passwords(bundle, &MYSQL_PASSWORDS);
+    // An injection attempt in a password (a hand-edited .env or a tampered secret store)
+    // stops the script before any statement runs; the message names the variable only.
+    let hostile = "Abcdefgh12345678'; DROP DATABASE mysql; -- ";
+    env[0].1 = hostile;
+    let refused = db.source_init(&script, &env);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a hostile password was accepted");
+    assert!(stderr.contains("ESPOCRM_DB_PASSWORD"), "{stderr}");
+    assert!(
+        !stderr.contains("DROP DATABASE"),
+        "the value must not be echoed: {stderr}"
+    );
+    assert_eq!(db.root_query("SHOW DATABASES LIKE 'mysql'"), "mysql");
+    assert_eq!(
+        db.root_query("SELECT COUNT(*) FROM mysql.global_priv WHERE User IN ('espocrm', 'nextcloud', 'mailtrain')"),
+        "0",
+        "nothing may be created when a password is refused"
+    );
+    // Too short, and missing, are refused the same way.
+    env[0].1 = "Abcdefgh1234567";
+    assert!(!db.source_init(&script, &env).status.success());
+    env.remove(0);
+    let missing = db.source_init(&script, &env);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("ESPOCRM_DB_PASSWORD"));
+    // Made executable, the entrypoint would run it as its own process without
+    // docker_process_sql: it says so instead of half-working.
+    let executable = root.path().join("10-stackbox.sh");
+    std::fs::copy(&script, &executable).unwrap();
+    assert_success(
+        &run(Command::new("chmod").arg("0755").arg(&executable)),
+        "chmod",
+    );
+    let run_alone = db.source_init(&executable, &app_passwords(bundle, &MYSQL_PASSWORDS));
+    assert!(!run_alone.status.success());
+    assert!(
+        String::from_utf8_lossy(&run_alone.stderr).contains("must be sourced"),
+        "{}",
+        String::from_utf8_lossy(&run_alone.stderr)
+    );
+}
+
+#[test]
+fn mysql_init_script_runs_on_real_mariadb_and_limits_each_user_to_its_database() {
     let root = tempfile::tempdir().unwrap();
     let rendered = render_all(root.path());
     let db = MariaDb::start();
     for bundle in &rendered {
-        let init = bundle.dir.join("config/mysql/init.sql");
-        assert_success(&db.run_as_root(&init), "init.sql");
-        // Converges when run again (repairs reapply it).
-        assert_success(&db.run_as_root(&init), "init.sql, second run");
+        let init = bundle.dir.join("config/mysql/init.sh");
+        let env = app_passwords(bundle, &MYSQL_PASSWORDS);
+        assert_success(&db.source_init(&init, &env), "init.sh");
+        // Converges when run again.
+        assert_success(&db.source_init(&init, &env), "init.sh, second run");
         let apps: Vec<(&str, &str)> = [
             ("espocrm", "ESPOCRM_DB_PASSWORD"),
             ("nextcloud", "NEXTCLOUD_DB_PASSWORD"),
@@ -484,7 +734,7 @@ fn mysql_init_sql_runs_on_real_mariadb_and_limits_each_user_to_its_database() {
 }
 
 #[test]
-fn postgres_init_sql_runs_on_real_postgresql_and_limits_each_role_to_its_database() {
+fn postgres_init_script_runs_on_real_postgresql_and_limits_each_role_to_its_database() {
     let bin = std::fs::read_dir("/usr/lib/postgresql")
         .unwrap_or_else(|_| {
             panic!(
@@ -552,54 +802,119 @@ fn postgres_init_sql_runs_on_real_postgresql_and_limits_each_role_to_its_databas
         "postgres",
     );
     let psql = bin.join("psql").display().to_string();
-    for bundle in rendered
-        .iter()
-        .filter(|b| b.dir.join("config/postgres/init.sql").exists())
-    {
-        let init = bundle.dir.join("config/postgres/init.sql");
-        let copy = dir.path().join("init.sql");
-        std::fs::copy(&init, &copy).unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    // Sources the script as the postgres image's entrypoint does (as the postgres user, with
+    // only the container's environment).
+    let source_init = |script: &Path, passwords: &[(&str, &str)]| {
+        let copy = dir.path().join("10-stackbox.sh");
+        std::fs::copy(script, &copy).unwrap();
         assert_success(&run(Command::new("chmod").arg("0644").arg(&copy)), "chmod");
-        for attempt in ["first", "second"] {
-            let output = run(&mut as_postgres(&[
-                &psql,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                &socket_dir,
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-f",
-                &copy.display().to_string(),
-            ]));
-            assert_success(&output, &format!("postgres init.sql, {attempt} run"));
-        }
-        let roles = [
-            ("calcom", "CALCOM_DB_PASSWORD"),
-            ("plausible", "PLAUSIBLE_DB_PASSWORD"),
+        let mut env = vec![
+            format!("PATH={path}"),
+            format!("PGHOST={socket_dir}"),
+            format!("PGPORT={port}"),
+            "POSTGRES_USER=postgres".to_string(),
+            "POSTGRES_DB=postgres".to_string(),
         ];
+        env.extend(passwords.iter().map(|(k, v)| format!("{k}={v}")));
+        let program = format!("{POSTGRES_ENTRYPOINT}{PROCESS_INIT_FILES}");
+        let copy = copy.display().to_string();
+        let mut args: Vec<&str> = vec!["env", "-i"];
+        args.extend(env.iter().map(String::as_str));
+        args.extend(["bash", "-c", &program, "stackbox-test-entrypoint", &copy]);
+        run(&mut as_postgres(&args))
+    };
+    let login = |role: &str, password: &str, database: &str| {
+        run(Command::new(&psql).env("PGPASSWORD", password).args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            role,
+            "-d",
+            database,
+            "-c",
+            "SELECT 1",
+        ]))
+    };
+    let roles = [
+        ("calcom", "CALCOM_DB_PASSWORD"),
+        ("plausible", "PLAUSIBLE_DB_PASSWORD"),
+    ];
+    let with_postgres: Vec<&Rendered> = rendered
+        .iter()
+        .filter(|b| b.dir.join("config/postgres/init.sh").exists())
+        .collect();
+    assert!(!with_postgres.is_empty());
+
+    // psql quotes the passwords itself: any value is stored verbatim, none is run.
+    let first = with_postgres[0];
+    let script = first.dir.join("config/postgres/init.sh");
+    let text = std::fs::read_to_string(&script).unwrap();
+    for (_, key) in roles {
+        assert!(
+            !text.contains(&first.env[key]),
+            "{key}'s value is in init.sh"
+        );
+    }
+    let hostile = r#"it's"; DROP ROLE postgres; -- :'x' \\ $HOME `id`"#;
+    let passwords = [
+        ("CALCOM_DB_PASSWORD", hostile),
+        (
+            "PLAUSIBLE_DB_PASSWORD",
+            first.env["PLAUSIBLE_DB_PASSWORD"].as_str(),
+        ),
+    ];
+    assert_success(
+        &source_init(&script, &passwords),
+        "init.sh with a hostile password",
+    );
+    assert_success(
+        &login("calcom", hostile, "calcom"),
+        "calcom with the hostile password",
+    );
+    // Nothing of the value ran: the superuser is still there.
+    let superuser = run(&mut as_postgres(&[
+        &psql,
+        "-X",
+        "-h",
+        &socket_dir,
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-tAc",
+        "SELECT count(*) FROM pg_roles WHERE rolname = 'postgres'",
+    ]));
+    assert_success(&superuser, "superuser query");
+    assert_eq!(String::from_utf8_lossy(&superuser.stdout).trim(), "1");
+    let missing = source_init(&script, &passwords[1..]);
+    assert!(!missing.status.success(), "a missing password was accepted");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("CALCOM_DB_PASSWORD"));
+
+    for bundle in with_postgres {
+        let script = bundle.dir.join("config/postgres/init.sh");
+        let passwords = app_passwords(bundle, &["CALCOM_DB_PASSWORD", "PLAUSIBLE_DB_PASSWORD"]);
+        for attempt in ["first", "second"] {
+            assert_success(
+                &source_init(&script, &passwords),
+                &format!("postgres init.sh, {attempt} run"),
+            );
+        }
         for (role, key) in roles {
-            let login = |database: &str| {
-                run(Command::new(&psql)
-                    .env("PGPASSWORD", &bundle.env[key])
-                    .args([
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
-                        &port.to_string(),
-                        "-U",
-                        role,
-                        "-d",
-                        database,
-                        "-c",
-                        "SELECT 1",
-                    ]))
-            };
-            assert_success(&login(role), &format!("{role} logging into its database"));
+            let password = &bundle.env[key];
+            assert_success(
+                &login(role, password, role),
+                &format!("{role} logging into its database"),
+            );
+            assert!(
+                !login(role, "not-the-password", role).status.success(),
+                "{role} logged in with a wrong password"
+            );
             let (other, _) = roles.iter().find(|(r, _)| *r != role).unwrap();
-            let refused = login(other);
+            let refused = login(role, password, other);
             assert!(
                 !refused.status.success(),
                 "{role} reached {other}'s database"

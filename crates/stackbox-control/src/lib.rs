@@ -14,7 +14,16 @@
 //! steps run on one dedicated thread with a local task set; callers talk to it through a
 //! channel and the store.
 
+mod cloud;
 mod monitor;
+mod onboarding;
+
+pub use cloud::{CloudInfra, CloudOutcome};
+
+pub use onboarding::{
+    retry_delay, MailFailure, Mailer, Onboarding, Page, Payments, SignupOutcome, WebhookResult,
+    MAX_MAIL_ATTEMPTS,
+};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,7 +36,9 @@ use serde_json::json;
 use stackbox_bundle::{BundleStore, OsRandom};
 use stackbox_core::client::{ClientId, ClientSpec};
 use stackbox_core::deploy::{desired_state, OverallState};
+use stackbox_core::infra::{effective_provider, ProviderKind};
 use stackbox_core::operator::OperatorConfig;
+use stackbox_core::stack::Placement;
 
 use stackbox_core::secrets::{SecretKey, Secrets};
 use stackbox_engine::lifecycle::{self, DeployOptions, Deployment as EngineDeployment};
@@ -57,12 +68,29 @@ pub enum ControlError {
     Step { step: String, problem: String },
     #[error("the control plane's worker has stopped")]
     WorkerGone,
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+    #[error("sign-ups are not taken here: no payment provider is configured")]
+    OnboardingDisabled,
+    #[error("webhook refused: {0}")]
+    BadWebhook(String),
+    #[error("the payment provider refused or failed: {problem}")]
+    Payment { transient: bool, problem: String },
+    #[error("client {client} has a deployment running; retry when it has finished")]
+    Busy { client: ClientId },
 }
 
-/// The steps of each kind of deployment, in order.
+/// The steps of each kind of deployment, in order, for a client on the local provider.
 pub fn steps_of(kind: DeploymentKind) -> &'static [&'static str] {
-    match kind {
-        DeploymentKind::Create | DeploymentKind::Redeploy => &[
+    steps_for(kind, ProviderKind::Local)
+}
+
+/// The steps of each kind of deployment, in order. On the `aws` provider the `cloud` phase
+/// comes first (the containers need its database endpoint and read the secrets back from its
+/// secret store), and a destroy ends by removing the client's cloud resources.
+pub fn steps_for(kind: DeploymentKind, provider: ProviderKind) -> &'static [&'static str] {
+    match (kind, provider) {
+        (DeploymentKind::Create | DeploymentKind::Redeploy, ProviderKind::Local) => &[
             "render",
             "infrastructure",
             "containers",
@@ -70,9 +98,24 @@ pub fn steps_of(kind: DeploymentKind) -> &'static [&'static str] {
             "configure",
             "notify",
         ],
-        DeploymentKind::Start => &["render", "infrastructure", "containers", "health"],
-        DeploymentKind::Stop => &["stop"],
-        DeploymentKind::Destroy => &["stop", "remove"],
+        (DeploymentKind::Create | DeploymentKind::Redeploy, ProviderKind::Aws) => &[
+            "cloud",
+            "render",
+            "infrastructure",
+            "containers",
+            "health",
+            "configure",
+            "notify",
+        ],
+        (DeploymentKind::Start, ProviderKind::Local) => {
+            &["render", "infrastructure", "containers", "health"]
+        }
+        (DeploymentKind::Start, ProviderKind::Aws) => {
+            &["cloud", "render", "infrastructure", "containers", "health"]
+        }
+        (DeploymentKind::Stop, _) => &["stop"],
+        (DeploymentKind::Destroy, ProviderKind::Local) => &["stop", "remove"],
+        (DeploymentKind::Destroy, ProviderKind::Aws) => &["stop", "remove", "cloud"],
     }
 }
 
@@ -98,6 +141,10 @@ pub struct ControlConfig {
     pub max_parallel: usize,
     /// Overrides every service's health timeout.
     pub health_timeout: Option<Duration>,
+    /// Sign-ups, payments, mail; off by default.
+    pub onboarding: Onboarding,
+    /// The `aws` provider's phase; clients on it fail their `cloud` step without one.
+    pub cloud: Option<std::sync::Arc<dyn CloudInfra>>,
 }
 
 /// What creating a client returns: the only time its password is shown.
@@ -119,6 +166,8 @@ struct Inner {
     /// Per client: whether a deployment runs now, and a counter bumped when one starts or
     /// ends. The monitor writes a state only if neither changed while it looked.
     activity: Mutex<HashMap<ClientId, (bool, u64)>>,
+    /// Woken when a mail is queued, so it goes out at once rather than at the next tick.
+    mail_waiting: tokio::sync::Notify,
 }
 
 /// The control plane: cheap to clone, shared by the API handlers.
@@ -145,6 +194,7 @@ impl Control {
                 jobs,
                 watchers: Mutex::new(HashMap::new()),
                 activity: Mutex::new(HashMap::new()),
+                mail_waiting: tokio::sync::Notify::new(),
             }),
         };
         let worker = control.clone();
@@ -195,11 +245,12 @@ impl Control {
             .insert_client(&id, &spec, ClientState::Provisioning)
             .await?;
         store.put_secrets(&id, &secrets, &self.inner.key).await?;
+        let provider = effective_provider(&spec, &self.inner.config.operator);
         let deployment = store
             .create_deployment(
                 &id,
                 DeploymentKind::Create,
-                steps_of(DeploymentKind::Create),
+                steps_for(DeploymentKind::Create, provider),
             )
             .await?;
         self.enqueue(&deployment.id)?;
@@ -226,13 +277,14 @@ impl Control {
         kind: DeploymentKind,
     ) -> Result<Deployment, ControlError> {
         let store = &self.inner.store;
-        if store.client(client).await?.is_none() {
+        let Some(record) = store.client(client).await? else {
             return Err(ControlError::UnknownClient {
                 client: client.clone(),
             });
-        }
+        };
+        let provider = effective_provider(&record.spec()?, &self.inner.config.operator);
         let deployment = store
-            .create_deployment(client, kind, steps_of(kind))
+            .create_deployment(client, kind, steps_for(kind, provider))
             .await?;
         if kind == DeploymentKind::Destroy {
             store
@@ -327,6 +379,7 @@ impl Control {
         local.block_on(&runtime, async move {
             let limit = Rc::new(Semaphore::new(self.inner.config.max_parallel.max(1)));
             tokio::task::spawn_local(monitor::follow(self.clone()));
+            tokio::task::spawn_local(onboarding::run(self.clone()));
             while let Some(id) = jobs.recv().await {
                 let control = self.clone();
                 let limit = limit.clone();
@@ -400,6 +453,16 @@ impl Control {
         };
         for step in &deployment.steps {
             match step.status {
+                StepStatus::Succeeded if step.name == "cloud" => {
+                    // Resumed after the phase: its endpoint and the secrets it stored.
+                    if deployment.kind != DeploymentKind::Destroy {
+                        let output = step.output.clone().unwrap_or_default();
+                        if let Err(e) = self.load_cloud(&output, deployment, &mut context).await {
+                            return Err(fail(&e));
+                        }
+                    }
+                    continue;
+                }
                 StepStatus::Succeeded | StepStatus::Skipped => continue,
                 // Interrupted while running: run it again (its effect is idempotent).
                 StepStatus::Running => store.resume_step(&deployment.id, &step.name).await,
@@ -463,6 +526,7 @@ impl Control {
         Ok(StepContext {
             spec,
             secrets,
+            placement: Placement::default(),
             docker: None,
         })
     }
@@ -479,15 +543,25 @@ impl Control {
         let quiet = |_event: lifecycle::Event| {};
         match step {
             "render" => {
-                let rendered =
-                    stackbox_core::render::render(&context.spec, id, &context.secrets, operator)?;
+                let rendered = stackbox_core::render::render_placed(
+                    &context.spec,
+                    id,
+                    &context.secrets,
+                    operator,
+                    &context.placement,
+                )?;
                 self.inner.bundles.write_bundle(id, &rendered.bundle)?;
                 Ok(json!({ "files": rendered.bundle.files.len() }))
             }
             "infrastructure" | "containers" => {
                 let docker = context.docker().await?;
-                let rendered =
-                    stackbox_core::render::render(&context.spec, id, &context.secrets, operator)?;
+                let rendered = stackbox_core::render::render_placed(
+                    &context.spec,
+                    id,
+                    &context.secrets,
+                    operator,
+                    &context.placement,
+                )?;
                 let bundle_dir =
                     std::path::absolute(self.inner.bundles.client_dir(id)).map_err(|e| {
                         ControlError::Step {
@@ -527,7 +601,8 @@ impl Control {
             }
             "health" => {
                 let docker = context.docker().await?;
-                let expected = stackbox_core::stack::service_names(&context.spec);
+                let expected =
+                    stackbox_core::stack::service_names_placed(&context.spec, &context.placement);
                 let status = lifecycle::status(&docker, id, &expected).await?;
                 match status.state {
                     OverallState::Running | OverallState::Starting => {
@@ -561,9 +636,47 @@ impl Control {
                 Ok(json!({ "services": urls }))
             }
             "notify" => {
-                // The welcome e-mail joins here with onboarding (issue 6): until then the
-                // event stream and the deployment record are the notification.
-                Ok(json!({ "ready": true, "admin_email": context.spec.admin_email.as_str() }))
+                // The welcome e-mail, once per client (the outbox's dedupe key): a redeploy
+                // or a resumed step does not send it again.
+                if deployment.kind == DeploymentKind::Create {
+                    self.queue_welcome(id, &context.spec).await
+                } else {
+                    Ok(json!({ "welcome": "sent with the first deployment" }))
+                }
+            }
+            "cloud" => {
+                let cloud = self.cloud(step)?;
+                if deployment.kind == DeploymentKind::Destroy {
+                    return cloud
+                        .destroy(id)
+                        .await
+                        .map_err(|problem| ControlError::Step {
+                            step: step.into(),
+                            problem,
+                        });
+                }
+                let request = stackbox_core::infra::InfraRequest::for_client(
+                    &context.spec,
+                    id,
+                    operator,
+                    &context.secrets,
+                )?;
+                let outcome =
+                    cloud
+                        .apply(&request)
+                        .await
+                        .map_err(|problem| ControlError::Step {
+                            step: step.into(),
+                            problem,
+                        })?;
+                let output = json!({
+                    "mysql": outcome.mysql.as_ref().map(|(host, port, databases)| json!({
+                        "host": host, "port": port, "databases": databases,
+                    })),
+                    "resources": outcome.record,
+                });
+                self.load_cloud(&output, deployment, context).await?;
+                Ok(output)
             }
             "stop" => {
                 let docker = context.docker().await?;
@@ -587,11 +700,69 @@ impl Control {
         }
     }
 
+    fn cloud(&self, step: &str) -> Result<&std::sync::Arc<dyn CloudInfra>, ControlError> {
+        self.inner
+            .config
+            .cloud
+            .as_ref()
+            .ok_or_else(|| ControlError::Step {
+                step: step.into(),
+                problem: "this client is on the aws provider, and this server was started \
+                          without it (build with `--features aws` and give the operator file \
+                          an [aws] section)"
+                    .into(),
+            })
+    }
+
+    /// Takes the `cloud` step's output into the context: where MySQL is, no secrets in files,
+    /// and the secrets as the provider's secret store holds them (what the containers get).
+    async fn load_cloud(
+        &self,
+        output: &serde_json::Value,
+        deployment: &Deployment,
+        context: &mut StepContext,
+    ) -> Result<(), ControlError> {
+        let databases: std::collections::BTreeMap<String, String> =
+            serde_json::from_value(output["mysql"]["databases"].clone()).unwrap_or_default();
+        let endpoint = match (
+            output["mysql"]["host"].as_str(),
+            output["mysql"]["port"].as_u64(),
+        ) {
+            (Some(host), Some(port)) => {
+                Some((host, u16::try_from(port).unwrap_or(3306), &databases))
+            }
+            _ => None,
+        };
+        context.placement = stackbox_core::infra::aws_placement(endpoint)?;
+        let stored = self
+            .cloud("cloud")?
+            .read_secrets(&deployment.client_id)
+            .await
+            .map_err(|problem| ControlError::Step {
+                step: "cloud".into(),
+                problem,
+            })?;
+        if let Some(secrets) = stored {
+            context.secrets = secrets;
+        }
+        Ok(())
+    }
+
     /// Undoes a failed create: its containers and networks go, its volumes stay. Other kinds
     /// leave the engine as the failed step left it (the engine step rolled its own part back).
     async fn compensate(&self, deployment: &Deployment, context: &StepContext) -> bool {
         if deployment.kind != DeploymentKind::Create {
             return false;
+        }
+        // A failed first deployment leaves nothing billable behind: its cloud resources go too
+        // (they hold no data yet).
+        let cloud_step_ran = deployment.steps.iter().any(|step| step.name == "cloud");
+        if cloud_step_ran {
+            if let Some(cloud) = &self.inner.config.cloud {
+                if cloud.destroy(&deployment.client_id).await.is_err() {
+                    return false;
+                }
+            }
         }
         let Some(docker) = context.docker.clone() else {
             return true; // nothing reached the engine
@@ -611,6 +782,9 @@ impl Control {
 struct StepContext {
     spec: ClientSpec,
     secrets: Secrets,
+    /// Where MySQL is and whether bundle files may hold secrets: local until the `cloud`
+    /// step says otherwise.
+    placement: Placement,
     docker: Option<DockerRuntime>,
 }
 

@@ -97,7 +97,8 @@ pub(crate) async fn refresh(
         return;
     }
     let Ok(spec) = record.spec() else { return };
-    let expected = stackbox_core::stack::service_names(&spec);
+    let expected =
+        stackbox_core::infra::expected_service_names(&spec, &control.inner.config.operator);
     let Ok(status) = lifecycle::status(docker, client, &expected).await else {
         return;
     };

@@ -153,6 +153,8 @@ async fn create_resume_stop_start_and_destroy_through_the_journal() {
         operator: operator(),
         max_parallel: 4,
         health_timeout: Some(Duration::from_secs(60)),
+        onboarding: Default::default(),
+        cloud: None,
     };
     let store = Store::open_data_dir(data.path()).await.unwrap();
     let key = MasterKey::generate().unwrap();

@@ -10,6 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
+use crate::infra::ProviderKind;
 use crate::plan::{App, Plan};
 
 /// The longest company name accepted, in characters.
@@ -34,6 +35,8 @@ pub struct ClientConfigFile {
     pub plan: Option<String>,
     pub admin_email: Option<String>,
     pub brand_color: Option<String>,
+    /// `local` or `aws`; when unset, the operator's `[infrastructure] provider`.
+    pub infrastructure: Option<String>,
     #[serde(default)]
     pub features: BTreeMap<String, bool>,
 }
@@ -48,6 +51,9 @@ pub struct ClientSpec {
     pub plan: Plan,
     pub admin_email: Email,
     pub brand_color: BrandColor,
+    /// The client's own infrastructure provider, overriding the operator's
+    /// (see [`crate::infra::effective_provider`]).
+    pub infrastructure: Option<ProviderKind>,
     /// Explicit `[features]` switches, kept so that a stored configuration reads as written.
     pub features: BTreeMap<App, bool>,
 }
@@ -107,6 +113,11 @@ impl ClientSpec {
             features.insert(app, enabled);
         }
         let client_id = file.client_id.as_deref().map(ClientId::parse).transpose()?;
+        let infrastructure = file
+            .infrastructure
+            .as_deref()
+            .map(|text| ProviderKind::parse("infrastructure", text))
+            .transpose()?;
         Ok(ClientSpec {
             client_id,
             company_name,
@@ -114,6 +125,7 @@ impl ClientSpec {
             plan,
             admin_email,
             brand_color,
+            infrastructure,
             features,
         })
     }
@@ -146,6 +158,12 @@ impl ClientSpec {
             "brand_color = {}\n",
             toml_string(self.brand_color.as_str())
         ));
+        if let Some(provider) = self.infrastructure {
+            out.push_str(&format!(
+                "infrastructure = {}\n",
+                toml_string(provider.key())
+            ));
+        }
         if !self.features.is_empty() {
             out.push_str("\n[features]\n");
             for (app, enabled) in &self.features {
@@ -713,6 +731,18 @@ calcom = true
         ] {
             assert!(ClientId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_infrastructure_provider_is_read_refused_when_unknown_and_round_trips() {
+        let spec = ClientSpec::from_toml(&format!("infrastructure = \"aws\"\n{EXAMPLE}")).unwrap();
+        assert_eq!(spec.infrastructure, Some(ProviderKind::Aws));
+        let id = ClientId::parse("smithrealestate-0000abcd").unwrap();
+        let again = ClientSpec::from_toml(&spec.to_toml(&id)).unwrap();
+        assert_eq!(again.infrastructure, Some(ProviderKind::Aws));
+        assert_eq!(ClientSpec::from_toml(EXAMPLE).unwrap().infrastructure, None);
+        let message = error_of(&format!("infrastructure = \"gcp\"\n{EXAMPLE}")).to_string();
+        assert!(message.starts_with("infrastructure: unknown"), "{message}");
     }
 
     #[test]

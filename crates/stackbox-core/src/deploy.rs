@@ -1087,6 +1087,181 @@ admin_email = "owner@acme-bakery.example"
         assert!(!format!("{mysql:?}").contains(root));
     }
 
+    /// Like [`desired_for`], with a placement; the same id and secrets.
+    fn desired_placed(spec: &ClientSpec, placement: &crate::stack::Placement) -> DesiredState {
+        let id = ClientId::parse("acmebakery-0000feed").unwrap();
+        let mut secrets = Secrets::new();
+        secrets.fill_missing(
+            &crate::secrets::SecretKey::needed_for(&spec.apps()),
+            &mut TestRandom(7),
+        );
+        let rendered = crate::render::render_placed(
+            spec,
+            &id,
+            &secrets,
+            &OperatorConfig::default(),
+            placement,
+        )
+        .unwrap();
+        desired_state(
+            &rendered.stack,
+            &secrets,
+            &rendered.bundle,
+            "/srv/stackbox/clients/x",
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    fn rds(host: &str, secrets_in_files: bool) -> crate::stack::Placement {
+        crate::stack::Placement {
+            mysql: crate::stack::MysqlPlacement::external(
+                host,
+                3306,
+                [
+                    (crate::plan::App::Espocrm, "acmebakery_0000feed_espocrm"),
+                    (crate::plan::App::Nextcloud, "acmebakery_0000feed_nextcloud"),
+                ],
+            )
+            .unwrap(),
+            secrets_in_files,
+        }
+    }
+
+    fn env_of<'a>(desired: &'a DesiredState, service: ServiceKind, name: &str) -> &'a str {
+        let prefix = format!("{name}=");
+        desired
+            .container(service)
+            .unwrap()
+            .env
+            .iter()
+            .find_map(|pair| pair.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{service:?} has no {name}"))
+    }
+
+    fn changed_services(a: &DesiredState, b: &DesiredState) -> Vec<ServiceKind> {
+        a.containers
+            .iter()
+            .filter(|x| b.container(x.service).map(|y| &y.config_hash) != Some(&x.config_hash))
+            .map(|x| x.service)
+            .collect()
+    }
+
+    #[test]
+    fn an_external_mysql_leaves_no_container_or_volume_and_its_apps_get_the_server_with_secrets() {
+        let local = desired_for(&OperatorConfig::default(), &spec());
+        let external = desired_placed(
+            &spec(),
+            &rds("db.abc123.eu-west-1.rds.amazonaws.com", false),
+        );
+        assert!(external.container(ServiceKind::Mysql).is_none());
+        assert!(external.volumes.iter().all(|v| !v.name.contains("mysql")));
+        assert!(external
+            .containers
+            .iter()
+            .all(|c| !c.depends_on.contains(&ServiceKind::Mysql)));
+        assert_eq!(
+            env_of(&external, ServiceKind::Espocrm, "ESPOCRM_DATABASE_HOST"),
+            "db.abc123.eu-west-1.rds.amazonaws.com"
+        );
+        assert_eq!(
+            env_of(&external, ServiceKind::Espocrm, "ESPOCRM_DATABASE_USER"),
+            "acmebakery_0000feed_espocrm"
+        );
+        // Secrets are resolved into the environment even though no file holds them.
+        assert_eq!(
+            env_of(&external, ServiceKind::Espocrm, "ESPOCRM_DATABASE_PASSWORD"),
+            env_of(&local, ServiceKind::Espocrm, "ESPOCRM_DATABASE_PASSWORD")
+        );
+        assert!(env_of(&external, ServiceKind::Espocrm, "ESPOCRM_DATABASE_PASSWORD").len() >= 24);
+        // Moving the databases replaces exactly the containers that use MySQL (the two that
+        // only had the internal network also join `web` to reach the server); the others stay.
+        assert_eq!(
+            changed_services(&local, &external),
+            vec![
+                ServiceKind::Mysql,
+                ServiceKind::Espocrm,
+                ServiceKind::EspocrmDaemon,
+                ServiceKind::Nextcloud,
+                ServiceKind::NextcloudCron,
+            ]
+        );
+        for service in [ServiceKind::EspocrmDaemon, ServiceKind::NextcloudCron] {
+            let networks: Vec<&str> = external
+                .container(service)
+                .unwrap()
+                .networks
+                .iter()
+                .map(|n| n.network.as_str())
+                .collect();
+            assert_eq!(
+                networks,
+                ["acmebakery-0000feed_web", "acmebakery-0000feed_data"],
+                "{service:?}"
+            );
+        }
+        // Still in dependency order without the local database.
+        let order: Vec<ServiceKind> = external.containers.iter().map(|c| c.service).collect();
+        for container in &external.containers {
+            let at = order.iter().position(|s| *s == container.service).unwrap();
+            for dependency in &container.depends_on {
+                assert!(order.iter().position(|s| s == dependency).unwrap() < at);
+            }
+        }
+    }
+
+    #[test]
+    fn another_external_server_replaces_only_the_apps_that_connect_to_it() {
+        let a = desired_placed(&spec(), &rds("db-a.example.net", false));
+        let b = desired_placed(&spec(), &rds("db-b.example.net", false));
+        assert_eq!(
+            changed_services(&a, &b),
+            vec![ServiceKind::Espocrm, ServiceKind::Nextcloud]
+        );
+    }
+
+    #[test]
+    fn keeping_secrets_out_of_files_changes_no_container() {
+        // `.env` is mounted by no container, so the placement of secrets alone recreates
+        // nothing; the containers get the same resolved secrets either way.
+        for mysql in [
+            crate::stack::MysqlPlacement::Local,
+            rds("db.example.net", true).mysql,
+        ] {
+            let with = desired_placed(
+                &spec(),
+                &crate::stack::Placement {
+                    mysql: mysql.clone(),
+                    secrets_in_files: true,
+                },
+            );
+            let without = desired_placed(
+                &spec(),
+                &crate::stack::Placement {
+                    mysql,
+                    secrets_in_files: false,
+                },
+            );
+            assert!(changed_services(&with, &without).is_empty());
+            assert_eq!(with.containers.len(), without.containers.len());
+        }
+    }
+
+    #[test]
+    fn the_local_database_gets_the_app_passwords_for_its_init_script() {
+        // The init scripts hold none, so the database containers carry them, and a rotated
+        // app password changes the database container's hash as the init file used to.
+        let desired = desired_for(&OperatorConfig::default(), &spec());
+        assert_eq!(
+            env_of(&desired, ServiceKind::Mysql, "ESPOCRM_DB_PASSWORD"),
+            env_of(&desired, ServiceKind::Espocrm, "ESPOCRM_DATABASE_PASSWORD")
+        );
+        assert_eq!(
+            env_of(&desired, ServiceKind::Postgres, "CALCOM_DB_PASSWORD").len(),
+            24
+        );
+    }
+
     #[test]
     fn a_missing_operator_variable_names_the_variable() {
         let operator = OperatorConfig::from_toml(

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::ImageCatalog;
 use crate::client::Email;
 use crate::error::CoreError;
+use crate::infra::{AlbTarget, AwsSettings, DbPlacement, HostedZonePolicy, ProviderKind};
 use crate::plan::{Plan, ServiceKind};
 
 /// The operator's settings, validated.
@@ -26,6 +27,15 @@ pub struct OperatorConfig {
     pub images: ImageCatalog,
     /// Overrides of the built-in limits, by plan and service.
     pub limit_overrides: BTreeMap<(Plan, ServiceKind), Limits>,
+    /// `[infrastructure] provider`: where clients' infrastructure comes from unless a client
+    /// says otherwise (`local` by default).
+    pub infrastructure: ProviderKind,
+    /// `[aws]`: the settings of the `aws` provider.
+    pub aws: AwsSettings,
+    /// `[onboarding]` with the environment over it: payments, mail, grace and retention.
+    /// Never serialized (it holds keys).
+    #[serde(skip)]
+    pub onboarding: crate::onboarding::OnboardingSettings,
 }
 
 impl Default for OperatorConfig {
@@ -38,6 +48,9 @@ impl Default for OperatorConfig {
             max_open_files: None,
             images: ImageCatalog::builtin(),
             limit_overrides: BTreeMap::new(),
+            infrastructure: ProviderKind::Local,
+            aws: AwsSettings::default(),
+            onboarding: crate::onboarding::OnboardingSettings::default(),
         }
     }
 }
@@ -265,11 +278,25 @@ impl OperatorConfig {
 
     /// Parses `stackbox.toml`.
     pub fn from_toml(text: &str, origin: &str) -> Result<OperatorConfig, CoreError> {
-        let file: OperatorFile = toml::from_str(text).map_err(|error| CoreError::Syntax {
+        OperatorConfig::from_toml_with_env(text, origin, &|_| None)
+    }
+
+    /// Parses `stackbox.toml` with the environment laid over the settings that may come from
+    /// it (`env` looks a variable up: the core reads no environment itself). An empty `text`
+    /// gives the defaults with the environment's settings.
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<OperatorConfig, CoreError> {
+        let mut file: OperatorFile = toml::from_str(text).map_err(|error| CoreError::Syntax {
             origin: origin.to_string(),
             message: error.to_string().trim_end().to_string(),
         })?;
-        file.validate()
+        let onboarding = std::mem::take(&mut file.onboarding);
+        let mut config = file.validate()?;
+        config.onboarding = crate::onboarding::OnboardingSettings::resolve(onboarding, env)?;
+        Ok(config)
     }
 }
 
@@ -289,6 +316,264 @@ struct OperatorFile {
     images: BTreeMap<String, String>,
     #[serde(default)]
     limits: BTreeMap<String, BTreeMap<String, LimitsFile>>,
+    #[serde(default)]
+    infrastructure: InfrastructureFile,
+    #[serde(default)]
+    aws: AwsFile,
+    #[serde(default)]
+    onboarding: crate::onboarding::OnboardingFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InfrastructureFile {
+    provider: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AwsFile {
+    region: Option<String>,
+    hosted_zone: Option<String>,
+    listener_arn: Option<String>,
+    vpc_id: Option<String>,
+    target: Option<String>,
+    target_port: Option<u16>,
+    health_check_path: Option<String>,
+    #[serde(default)]
+    db_placement: BTreeMap<String, String>,
+    db_engine: Option<String>,
+    db_engine_version: Option<String>,
+    db_instance_class: Option<String>,
+    db_allocated_storage_gib: Option<u32>,
+    shared_db_instance: Option<String>,
+    shared_db_master_secret: Option<String>,
+    db_subnet_group: Option<String>,
+    #[serde(default)]
+    db_security_groups: Vec<String>,
+    final_snapshot_on_destroy: Option<bool>,
+    certificate_wait_seconds: Option<u32>,
+    db_wait_seconds: Option<u32>,
+    db_connect_via: Option<String>,
+}
+
+/// An RDS identifier: a letter, then letters, digits and single hyphens, at most 63.
+fn is_rds_identifier(text: &str) -> bool {
+    text.len() <= 63
+        && text.starts_with(|c: char| c.is_ascii_alphabetic())
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !text.contains("--")
+        && !text.ends_with('-')
+}
+
+impl AwsFile {
+    fn validate(self) -> Result<AwsSettings, CoreError> {
+        let mut aws = AwsSettings::default();
+        if let Some(via) = &self.db_connect_via {
+            let parsed = via.rsplit_once(':').and_then(|(host, port)| {
+                let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+                is_name(host, ".-").then(|| (host.to_string(), port))
+            });
+            aws.db_connect_via = Some(parsed.ok_or_else(|| {
+                CoreError::invalid(
+                    "aws.db_connect_via",
+                    format!("{via:?} is not host:port, e.g. \"127.0.0.1:13306\" for a tunnel"),
+                )
+            })?);
+        }
+        if let Some(region) = self.region {
+            let parts: Vec<&str> = region.split('-').collect();
+            if parts.len() < 3
+                || !parts.iter().all(|p| !p.is_empty() && is_name(p, ""))
+                || region.chars().any(|c| c.is_ascii_uppercase())
+            {
+                return Err(CoreError::invalid(
+                    "aws.region",
+                    format!("{region:?} is not an AWS region; use a region such as \"eu-west-1\""),
+                ));
+            }
+            aws.region = Some(region);
+        }
+        aws.hosted_zone = match self.hosted_zone.as_deref().unwrap_or("existing") {
+            "existing" => HostedZonePolicy::Existing,
+            "create" => HostedZonePolicy::Create,
+            other => {
+                return Err(CoreError::invalid(
+                    "aws.hosted_zone",
+                    format!("unknown policy {other:?}; use \"existing\" or \"create\""),
+                ))
+            }
+        };
+        if let Some(arn) = self.listener_arn {
+            let parts: Vec<&str> = arn.splitn(6, ':').collect();
+            let valid = parts.len() == 6
+                && parts[0] == "arn"
+                && parts[2] == "elasticloadbalancing"
+                && parts[5].starts_with("listener/app/")
+                && is_name(&arn, ":/-_.");
+            if !valid {
+                return Err(CoreError::invalid(
+                    "aws.listener_arn",
+                    "must be the ARN of an Application Load Balancer listener \
+                     (arn:aws:elasticloadbalancing:REGION:ACCOUNT:listener/app/NAME/ID/ID)",
+                ));
+            }
+            aws.listener_arn = Some(arn);
+        }
+        if let Some(vpc) = self.vpc_id {
+            if !vpc
+                .strip_prefix("vpc-")
+                .is_some_and(|rest| is_name(rest, ""))
+            {
+                return Err(CoreError::invalid(
+                    "aws.vpc_id",
+                    "must be a VPC id such as \"vpc-0123456789abcdef0\"",
+                ));
+            }
+            aws.vpc_id = Some(vpc);
+        }
+        if let Some(target) = self.target {
+            aws.target = Some(AlbTarget::parse("aws.target", &target)?);
+        }
+        if let Some(port) = self.target_port {
+            if port == 0 {
+                return Err(CoreError::invalid("aws.target_port", "must be 1 to 65535"));
+            }
+            aws.target_port = port;
+        }
+        if let Some(path) = self.health_check_path {
+            if !path.starts_with('/')
+                || path.len() > 1024
+                || !path.chars().all(|c| c.is_ascii_graphic())
+            {
+                return Err(CoreError::invalid(
+                    "aws.health_check_path",
+                    "must be a URL path starting with / (printable ASCII, no spaces, at most 1024)",
+                ));
+            }
+            aws.health_check_path = path;
+        }
+        for (plan_key, placement) in self.db_placement {
+            let field = format!("aws.db_placement.{plan_key}");
+            let plan = Plan::from_key(&plan_key).ok_or_else(|| {
+                CoreError::invalid(
+                    &field,
+                    "unknown plan; use starter, professional or enterprise",
+                )
+            })?;
+            let placement = match placement.as_str() {
+                "dedicated" => DbPlacement::Dedicated,
+                "shared" => DbPlacement::Shared,
+                other => {
+                    return Err(CoreError::invalid(
+                        &field,
+                        format!("unknown placement {other:?}; use \"dedicated\" or \"shared\""),
+                    ))
+                }
+            };
+            aws.db_placement.insert(plan, placement);
+        }
+        if let Some(engine) = self.db_engine {
+            if engine != "mariadb" && engine != "mysql" {
+                return Err(CoreError::invalid(
+                    "aws.db_engine",
+                    format!("unknown engine {engine:?}; use \"mariadb\" or \"mysql\""),
+                ));
+            }
+            aws.db_engine = engine;
+        }
+        if let Some(version) = self.db_engine_version {
+            if !is_name(&version, ".") {
+                return Err(CoreError::invalid(
+                    "aws.db_engine_version",
+                    "must be an engine version such as \"11.4.5\"",
+                ));
+            }
+            aws.db_engine_version = Some(version);
+        }
+        if let Some(class) = self.db_instance_class {
+            if !class.starts_with("db.") || !is_name(&class, ".") {
+                return Err(CoreError::invalid(
+                    "aws.db_instance_class",
+                    "must be an RDS instance class such as \"db.t4g.micro\"",
+                ));
+            }
+            aws.db_instance_class = class;
+        }
+        if let Some(gib) = self.db_allocated_storage_gib {
+            if !(20..=65_536).contains(&gib) {
+                return Err(CoreError::invalid(
+                    "aws.db_allocated_storage_gib",
+                    "must be between 20 and 65536 (RDS's limits for MySQL and MariaDB)",
+                ));
+            }
+            aws.db_allocated_storage_gib = gib;
+        }
+        if let Some(instance) = self.shared_db_instance {
+            if !is_rds_identifier(&instance) {
+                return Err(CoreError::invalid(
+                    "aws.shared_db_instance",
+                    "must be an RDS instance identifier (a letter, then letters, digits and \
+                     single hyphens, at most 63)",
+                ));
+            }
+            aws.shared_db_instance = Some(instance);
+        }
+        if let Some(secret) = self.shared_db_master_secret {
+            if secret.len() > 2048 || !is_name(&secret, "/_+=.@-:") {
+                return Err(CoreError::invalid(
+                    "aws.shared_db_master_secret",
+                    "must be a Secrets Manager secret name or ARN",
+                ));
+            }
+            aws.shared_db_master_secret = Some(secret);
+        }
+        if let Some(group) = self.db_subnet_group {
+            if group.len() > 255 || !is_name(&group, "-_. ") {
+                return Err(CoreError::invalid(
+                    "aws.db_subnet_group",
+                    "must be a DB subnet group name",
+                ));
+            }
+            aws.db_subnet_group = Some(group);
+        }
+        for group in &self.db_security_groups {
+            if !group
+                .strip_prefix("sg-")
+                .is_some_and(|rest| is_name(rest, ""))
+            {
+                return Err(CoreError::invalid(
+                    "aws.db_security_groups",
+                    format!(
+                        "{group:?} is not a security group id such as \"sg-0123456789abcdef0\""
+                    ),
+                ));
+            }
+        }
+        aws.db_security_groups = self.db_security_groups;
+        if let Some(keep) = self.final_snapshot_on_destroy {
+            aws.final_snapshot_on_destroy = keep;
+        }
+        if let Some(seconds) = self.certificate_wait_seconds {
+            if !(1..=86_400).contains(&seconds) {
+                return Err(CoreError::invalid(
+                    "aws.certificate_wait_seconds",
+                    "must be between 1 and 86400",
+                ));
+            }
+            aws.certificate_wait_seconds = seconds;
+        }
+        if let Some(seconds) = self.db_wait_seconds {
+            if !(1..=86_400).contains(&seconds) {
+                return Err(CoreError::invalid(
+                    "aws.db_wait_seconds",
+                    "must be between 1 and 86400",
+                ));
+            }
+            aws.db_wait_seconds = seconds;
+        }
+        Ok(aws)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -457,6 +742,13 @@ impl OperatorFile {
             config.max_open_files = Some(limit);
         }
         config.images = config.images.with_overrides(&self.images)?;
+        if let Some(provider) = self.infrastructure.provider {
+            config.infrastructure = ProviderKind::parse("infrastructure.provider", &provider)?;
+        }
+        config.aws = self.aws.validate()?;
+        if config.infrastructure == ProviderKind::Aws {
+            config.aws.check_complete(None)?;
+        }
         for (plan_key, services) in self.limits {
             let plan = Plan::from_key(&plan_key).ok_or_else(|| {
                 CoreError::invalid(
@@ -582,6 +874,53 @@ memory_mib = 4096
             ("[images]\nmysql = \"mysql\"", "images.mysql"),
             ("[host]\nmax_open_files = 10", "host.max_open_files"),
             ("[ingress]\nedge_router = \"a b\"", "ingress.edge_router"),
+            (
+                "[infrastructure]\nprovider = \"gcp\"",
+                "infrastructure.provider",
+            ),
+            ("[infrastructure]\nprovider = \"aws\"", "aws.listener_arn"),
+            ("[aws]\nregion = \"Europe\"", "aws.region"),
+            (
+                "[aws]\nlistener_arn = \"arn:aws:s3:::bucket\"",
+                "aws.listener_arn",
+            ),
+            ("[aws]\nvpc_id = \"net-1\"", "aws.vpc_id"),
+            ("[aws]\ntarget = \"host\"", "aws.target"),
+            ("[aws]\nhosted_zone = \"maybe\"", "aws.hosted_zone"),
+            (
+                "[aws]\nhealth_check_path = \"health\"",
+                "aws.health_check_path",
+            ),
+            (
+                "[aws.db_placement]\ngold = \"shared\"",
+                "aws.db_placement.gold",
+            ),
+            (
+                "[aws.db_placement]\nstarter = \"own\"",
+                "aws.db_placement.starter",
+            ),
+            ("[aws]\ndb_engine = \"postgres\"", "aws.db_engine"),
+            (
+                "[aws]\ndb_instance_class = \"t4g.micro\"",
+                "aws.db_instance_class",
+            ),
+            (
+                "[aws]\ndb_allocated_storage_gib = 5",
+                "aws.db_allocated_storage_gib",
+            ),
+            (
+                "[aws]\nshared_db_instance = \"1db\"",
+                "aws.shared_db_instance",
+            ),
+            (
+                "[aws]\ndb_security_groups = [\"default\"]",
+                "aws.db_security_groups",
+            ),
+            (
+                "[aws]\ncertificate_wait_seconds = 0",
+                "aws.certificate_wait_seconds",
+            ),
+            ("[aws]\nunknown = 1", "stackbox.toml"),
         ] {
             let message = OperatorConfig::from_toml(text, "stackbox.toml")
                 .unwrap_err()
@@ -603,6 +942,56 @@ memory_mib = 4096
         let capped: Vec<u64> = stack.services.iter().filter_map(|s| s.nofile).collect();
         assert!(!capped.is_empty());
         assert!(capped.iter().all(|n| *n == 20000), "{capped:?}");
+    }
+
+    #[test]
+    fn aws_settings_are_read_and_default_to_the_local_provider() {
+        let defaults = OperatorConfig::from_toml("", "stackbox.toml").unwrap();
+        assert_eq!(defaults.infrastructure, ProviderKind::Local);
+        assert_eq!(
+            defaults.aws.placement(Plan::Enterprise),
+            DbPlacement::Dedicated
+        );
+        assert_eq!(defaults.aws.placement(Plan::Starter), DbPlacement::Shared);
+        assert!(defaults.aws.final_snapshot_on_destroy);
+        let config = OperatorConfig::from_toml(
+            r#"
+[infrastructure]
+provider = "aws"
+[aws]
+region = "eu-central-1"
+hosted_zone = "create"
+listener_arn = "arn:aws:elasticloadbalancing:eu-central-1:123456789012:listener/app/shared/50dc6c495c0c9188/f2f7dc8efc522ab2"
+vpc_id = "vpc-0123456789abcdef0"
+target = "i-0123456789abcdef0"
+target_port = 8080
+health_check_path = "/healthz"
+db_placement = { professional = "dedicated" }
+db_instance_class = "db.r6g.large"
+shared_db_instance = "stackbox-shared"
+shared_db_master_secret = "stackbox/shared-db-master"
+db_security_groups = ["sg-0123456789abcdef0"]
+final_snapshot_on_destroy = false
+certificate_wait_seconds = 60
+"#,
+            "stackbox.toml",
+        )
+        .unwrap();
+        assert_eq!(config.infrastructure, ProviderKind::Aws);
+        assert_eq!(config.aws.region.as_deref(), Some("eu-central-1"));
+        assert_eq!(config.aws.hosted_zone, HostedZonePolicy::Create);
+        assert_eq!(
+            config.aws.target,
+            Some(AlbTarget::Instance("i-0123456789abcdef0".into()))
+        );
+        assert_eq!(config.aws.target_port, 8080);
+        assert_eq!(
+            config.aws.placement(Plan::Professional),
+            DbPlacement::Dedicated
+        );
+        assert_eq!(config.aws.placement(Plan::Starter), DbPlacement::Shared);
+        assert!(!config.aws.final_snapshot_on_destroy);
+        assert_eq!(config.aws.certificate_wait_seconds, 60);
     }
 
     #[test]

@@ -7,7 +7,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::client::ClientId;
 use crate::plan::App;
+
+/// The name of the client's one secret in the secret store (AWS Secrets Manager): a JSON
+/// object of every secret keyed by its `.env` name. Named here so that the bundle's `.env`
+/// and the infrastructure adapter agree.
+pub fn secret_store_name(id: &ClientId) -> String {
+    format!("stackbox/{id}")
+}
 
 /// A source of cryptographically secure random bytes (the adapter uses `getrandom`).
 pub trait RandomSource {

@@ -8,10 +8,12 @@
 //! Each service's contract cites where it comes from; see also `shared/reference/app-contracts.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU16;
 
 use serde::Serialize;
 
 use crate::client::{ClientId, ClientSpec};
+use crate::error::CoreError;
 use crate::operator::{AcmeChallenge, Ingress, Limits, LogRotation, OperatorConfig};
 use crate::plan::{App, ServiceKind};
 use crate::secrets::SecretKey;
@@ -177,6 +179,232 @@ impl Stack {
     }
 }
 
+/// Where a client's databases and secrets live: one client spec renders for either.
+///
+/// The default is today's single-host stack: a local `mysql` container and the secrets in the
+/// bundle's `.env`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    pub mysql: MysqlPlacement,
+    /// Whether `.env` carries the secret values (for `docker-compose` by hand). With `false`
+    /// no bundle file holds a secret: they live in the secret store (AWS Secrets Manager) and
+    /// reach the containers only through the engine adapter's resolved environment.
+    pub secrets_in_files: bool,
+}
+
+impl Default for Placement {
+    fn default() -> Placement {
+        Placement {
+            mysql: MysqlPlacement::Local,
+            secrets_in_files: true,
+        }
+    }
+}
+
+impl Placement {
+    /// Every secret the client's bundle and containers need with this placement. An external
+    /// MySQL server has no root password in the stack: its users are made by the adapter that
+    /// owns the server, with the apps' own passwords. The infrastructure may need more than
+    /// this (a dedicated instance's master password): generate for both.
+    pub fn needed_secrets(&self, apps: &BTreeSet<App>) -> BTreeSet<SecretKey> {
+        let mut keys = SecretKey::needed_for(apps);
+        if !self.mysql.is_local() {
+            keys.remove(&SecretKey::MysqlRootPassword);
+        }
+        keys
+    }
+}
+
+/// Where the MySQL databases of EspoCRM, Nextcloud and Mailtrain are.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub enum MysqlPlacement {
+    /// The client's own `mysql` container (MariaDB) on its internal data network, with a
+    /// database and user per app named like the app (`espocrm`, …).
+    #[default]
+    Local,
+    /// An external server (Amazon RDS): no `mysql` container, volume or init script; the apps
+    /// connect to `host:port` with the database and user of `databases` (one name for both, so
+    /// that clients sharing a server stay apart) and the apps' generated passwords. Those
+    /// databases and users are made by the infrastructure adapter, not by the bundle.
+    External {
+        host: DatabaseHost,
+        port: NonZeroU16,
+        /// Per MySQL app; an app without an entry uses its own key (`espocrm`, …).
+        databases: BTreeMap<App, DatabaseName>,
+    },
+}
+
+/// The default MySQL port, left out of Nextcloud's `MYSQL_HOST`.
+pub const MYSQL_DEFAULT_PORT: u16 = 3306;
+
+impl MysqlPlacement {
+    /// An external server, validated: errors name `mysql.host`, `mysql.port` or
+    /// `mysql.databases.<app>`. `databases` gives each MySQL app's database and user name on
+    /// that server (the infrastructure adapter's names).
+    pub fn external<'a>(
+        host: &str,
+        port: u16,
+        databases: impl IntoIterator<Item = (App, &'a str)>,
+    ) -> Result<MysqlPlacement, CoreError> {
+        let host = DatabaseHost::parse(host)?;
+        let port = NonZeroU16::new(port).ok_or_else(|| {
+            CoreError::invalid(
+                "mysql.port",
+                "0 is not a port; give the server's port (3306 is MySQL's and RDS's default)",
+            )
+        })?;
+        let mut names = BTreeMap::new();
+        for (app, name) in databases {
+            let field = format!("mysql.databases.{}", app.key());
+            if crate::render::sql::mysql_apps(&BTreeSet::from([app])).is_empty() {
+                return Err(CoreError::invalid(
+                    field,
+                    format!("{} keeps no data in MySQL; remove this entry", app.title()),
+                ));
+            }
+            names.insert(app, DatabaseName::parse(&field, name)?);
+        }
+        Ok(MysqlPlacement::External {
+            host,
+            port,
+            databases: names,
+        })
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, MysqlPlacement::Local)
+    }
+
+    /// Host and port the apps connect to.
+    pub fn endpoint(&self) -> (String, u16) {
+        match self {
+            MysqlPlacement::Local => ("mysql".to_string(), MYSQL_DEFAULT_PORT),
+            MysqlPlacement::External { host, port, .. } => (host.to_string(), port.get()),
+        }
+    }
+
+    /// The database (and user) name of a MySQL app.
+    pub fn database(&self, app: App) -> String {
+        match self {
+            MysqlPlacement::External { databases, .. } => match databases.get(&app) {
+                Some(name) => name.as_str().to_string(),
+                None => app.key().to_string(),
+            },
+            MysqlPlacement::Local => app.key().to_string(),
+        }
+    }
+}
+
+/// A MySQL database and user name on an external server: `[a-z0-9_]`, starting with a letter,
+/// at most 32 characters (MySQL 8's limit for user names).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct DatabaseName(String);
+
+impl DatabaseName {
+    /// Validates `text`; errors name `field`.
+    pub fn parse(field: &str, text: &str) -> Result<DatabaseName, CoreError> {
+        let valid = !text.is_empty()
+            && text.len() <= 32
+            && text.starts_with(|c: char| c.is_ascii_lowercase())
+            && text
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if valid {
+            Ok(DatabaseName(text.to_string()))
+        } else {
+            Err(CoreError::invalid(
+                field,
+                format!(
+                    "{text:?} is not a database name StackBox uses: 1 to 32 characters of a-z, 0-9 \
+                     and _, starting with a letter"
+                ),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The host name (or IPv4 address) of an external database server, lower case.
+///
+/// Restricted to `[a-z0-9.-]` in DNS label form, so it needs no escaping in YAML, compose
+/// interpolation, `.env` or a shell.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct DatabaseHost(String);
+
+impl DatabaseHost {
+    pub fn parse(text: &str) -> Result<DatabaseHost, CoreError> {
+        let field = "mysql.host";
+        let host = text.trim().to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(CoreError::invalid(
+                field,
+                "is empty; give the database server's host name (an RDS endpoint such as \
+                 db.abc123.eu-west-1.rds.amazonaws.com)",
+            ));
+        }
+        if host.len() > 253 {
+            return Err(CoreError::invalid(
+                field,
+                "is longer than 253 characters, the limit of a DNS name",
+            ));
+        }
+        if let Some(bad) = host
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '.' || *c == '-'))
+        {
+            return Err(CoreError::invalid(
+                field,
+                format!(
+                    "contains {bad:?}; give a host name of letters, digits, dots and hyphens \
+                     (no scheme, port or path: the port is mysql.port)"
+                ),
+            ));
+        }
+        let labels: Vec<&str> = host.split('.').collect();
+        for label in &labels {
+            if label.is_empty()
+                || label.len() > 63
+                || label.starts_with('-')
+                || label.ends_with('-')
+            {
+                return Err(CoreError::invalid(
+                    field,
+                    format!(
+                        "{host:?} is not a DNS name: every dot-separated part must be 1 to 63 \
+                         letters, digits or hyphens, not starting or ending with a hyphen"
+                    ),
+                ));
+            }
+        }
+        let numeric = labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit()));
+        if numeric
+            && (labels.len() != 4
+                || labels
+                    .iter()
+                    .any(|l| l.len() > 3 || l.parse::<u16>().map_or(true, |n| n > 255)))
+        {
+            return Err(CoreError::invalid(
+                field,
+                format!("{host:?} is neither a host name nor an IPv4 address"),
+            ));
+        }
+        Ok(DatabaseHost(host))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DatabaseHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A client-facing address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceUrl {
@@ -227,12 +455,28 @@ pub fn hostnames(client: &ClientSpec) -> Vec<String> {
     hosts
 }
 
-/// The names of the services (containers) the client's plan and features give it.
+/// The names of the services (containers) the client's plan and features give it, with the
+/// default (local) placement.
 pub fn service_names(client: &ClientSpec) -> Vec<String> {
-    ServiceKind::for_apps(&client.apps())
+    service_names_placed(client, &Placement::default())
+}
+
+/// The names of the services (containers) of the client with this placement: an external
+/// MySQL server means no `mysql` container.
+pub fn service_names_placed(client: &ClientSpec, placement: &Placement) -> Vec<String> {
+    service_kinds(client, placement)
         .into_iter()
         .map(|kind| kind.name().to_string())
         .collect()
+}
+
+/// The services (containers) of the client with this placement, in [`ServiceKind`] order.
+pub fn service_kinds(client: &ClientSpec, placement: &Placement) -> Vec<ServiceKind> {
+    let mut kinds = ServiceKind::for_apps(&client.apps());
+    if !placement.mysql.is_local() {
+        kinds.retain(|kind| *kind != ServiceKind::Mysql);
+    }
+    kinds
 }
 
 /// The engine name of a client network.
@@ -240,14 +484,31 @@ pub fn network_name(id: &ClientId, key: &str) -> String {
     format!("{id}_{key}")
 }
 
-/// The desired stack of a client.
+/// The desired stack of a client with the default (local) placement.
 pub fn build(client: &ClientSpec, id: &ClientId, operator: &OperatorConfig) -> Stack {
+    build_placed(client, id, operator, &Placement::default())
+}
+
+/// The desired stack of a client with its databases placed as `placement` says.
+///
+/// With an external MySQL server there is no `mysql` service, volume or init script, the apps
+/// get the server's host and port and do not wait for a local database, and the containers
+/// that use it without a route out (EspoCRM's daemon, Nextcloud's cron) also join the `web`
+/// network, because `data` is internal and has no route to the server. `data` stays for
+/// Redis, PostgreSQL and the rest.
+pub fn build_placed(
+    client: &ClientSpec,
+    id: &ClientId,
+    operator: &OperatorConfig,
+    placement: &Placement,
+) -> Stack {
     let apps = client.apps();
-    let kinds = ServiceKind::for_apps(&apps);
+    let kinds = service_kinds(client, placement);
     let builder = Builder {
         client,
         id,
         operator,
+        placement,
     };
 
     let mut networks = vec![
@@ -314,6 +575,7 @@ struct Builder<'a> {
     client: &'a ClientSpec,
     id: &'a ClientId,
     operator: &'a OperatorConfig,
+    placement: &'a Placement,
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -424,6 +686,26 @@ impl Builder<'_> {
 
     fn wait_for(&self, service: &mut ServiceSpec, kinds: &[ServiceKind]) {
         service.depends_on.extend_from_slice(kinds);
+    }
+
+    /// The local database to wait for: none when MySQL is external (the infrastructure
+    /// phase has made it ready before any container starts).
+    fn mysql_dependency(&self) -> &'static [ServiceKind] {
+        if self.placement.mysql.is_local() {
+            &[ServiceKind::Mysql]
+        } else {
+            &[]
+        }
+    }
+
+    /// The networks of a container that only needs the data network and MySQL: with an
+    /// external server it also needs a route out, which the internal `data` network lacks.
+    fn data_networks(&self) -> Vec<&'static str> {
+        if self.placement.mysql.is_local() {
+            vec!["data"]
+        } else {
+            vec!["web", "data"]
+        }
     }
 
     fn service(&self, kind: ServiceKind) -> ServiceSpec {
@@ -571,6 +853,12 @@ impl Builder<'_> {
                 // Upgrades the system tables when the image's minor version moves on.
                 s.environment
                     .insert("MARIADB_AUTO_UPGRADE".into(), EnvValue::text("1"));
+                // The init script reads each app's password from here (under its `.env`
+                // name), so that no bundle file holds one.
+                for (_, _, key) in crate::render::sql::mysql_apps(&self.client.apps()) {
+                    s.environment
+                        .insert(key.env_name().into(), EnvValue::secret(key));
+                }
                 s.command = Some(strings(&[
                     "--character-set-server=utf8mb4",
                     "--collation-server=utf8mb4_unicode_ci",
@@ -583,9 +871,11 @@ impl Builder<'_> {
                         volume: "mysql-data",
                         target: "/var/lib/mysql",
                     },
+                    // A `.sh` that is not executable: the entrypoint sources it on the first
+                    // start, with its docker_process_sql (mariadb-docker docker-entrypoint.sh).
                     Mount::BundleFile {
-                        source: "config/mysql/init.sql",
-                        target: "/docker-entrypoint-initdb.d/10-stackbox.sql",
+                        source: crate::render::sql::MYSQL_INIT_FILE,
+                        target: "/docker-entrypoint-initdb.d/10-stackbox.sh",
                         read_only: true,
                     },
                 ];
@@ -632,15 +922,21 @@ impl Builder<'_> {
                     "POSTGRES_PASSWORD".into(),
                     EnvValue::secret(SecretKey::PostgresPassword),
                 );
+                // For the init script, as with MariaDB.
+                for (_, _, key) in crate::render::sql::postgres_apps(&self.client.apps()) {
+                    s.environment
+                        .insert(key.env_name().into(), EnvValue::secret(key));
+                }
                 s.mounts = vec![
                     // PostgreSQL 17 and older keep data here; 18 moved it (app-contracts).
                     Mount::Volume {
                         volume: "postgres-data",
                         target: "/var/lib/postgresql/data",
                     },
+                    // Sourced like MariaDB's (docker-library/postgres docker-entrypoint.sh).
                     Mount::BundleFile {
-                        source: "config/postgres/init.sql",
-                        target: "/docker-entrypoint-initdb.d/10-stackbox.sql",
+                        source: crate::render::sql::POSTGRES_INIT_FILE,
+                        target: "/docker-entrypoint-initdb.d/10-stackbox.sh",
                         read_only: true,
                     },
                 ];
@@ -674,11 +970,18 @@ impl Builder<'_> {
                 match kind {
                     ServiceKind::Espocrm => {
                         let env = &mut s.environment;
+                        // ESPOCRM_DATABASE_HOST and _PORT (espocrm-docker docker-entrypoint.sh,
+                        // passed to the installer): the local container or the external server.
+                        let (db_host, db_port) = self.placement.mysql.endpoint();
                         env.insert("ESPOCRM_DATABASE_PLATFORM".into(), EnvValue::text("Mysql"));
-                        env.insert("ESPOCRM_DATABASE_HOST".into(), EnvValue::text("mysql"));
-                        env.insert("ESPOCRM_DATABASE_PORT".into(), EnvValue::text("3306"));
-                        env.insert("ESPOCRM_DATABASE_NAME".into(), EnvValue::text("espocrm"));
-                        env.insert("ESPOCRM_DATABASE_USER".into(), EnvValue::text("espocrm"));
+                        env.insert("ESPOCRM_DATABASE_HOST".into(), EnvValue::text(db_host));
+                        env.insert(
+                            "ESPOCRM_DATABASE_PORT".into(),
+                            EnvValue::text(db_port.to_string()),
+                        );
+                        let db = self.placement.mysql.database(App::Espocrm);
+                        env.insert("ESPOCRM_DATABASE_NAME".into(), EnvValue::text(db.clone()));
+                        env.insert("ESPOCRM_DATABASE_USER".into(), EnvValue::text(db));
                         env.insert(
                             "ESPOCRM_DATABASE_PASSWORD".into(),
                             EnvValue::secret(SecretKey::EspocrmDbPassword),
@@ -710,12 +1013,13 @@ impl Builder<'_> {
                         ]));
                         s.command = Some(strings(&["apache2-foreground"]));
                         s.networks = vec!["web", "data"];
-                        self.wait_for(&mut s, &[ServiceKind::Mysql]);
+                        self.wait_for(&mut s, self.mysql_dependency());
                         self.route(&mut s, "espocrm", self.host(&domain.sub("crm")), 80, &[]);
                     }
                     ServiceKind::EspocrmDaemon => {
                         s.entrypoint = Some(strings(&["docker-daemon.sh"]));
-                        s.networks = vec!["data"];
+                        // Runs EspoCRM's jobs against the database.
+                        s.networks = self.data_networks();
                         self.wait_for(&mut s, &[ServiceKind::Espocrm]);
                     }
                     _ => {
@@ -736,16 +1040,26 @@ impl Builder<'_> {
                 if kind == ServiceKind::NextcloudCron {
                     // Same image and volume, background jobs (nextcloud/docker README).
                     s.entrypoint = Some(strings(&["/cron.sh"]));
-                    s.networks = vec!["data"];
+                    // cron.php uses the database and Redis.
+                    s.networks = self.data_networks();
                     s.healthcheck = check(&["CMD-SHELL", "grep -q crond /proc/1/cmdline"], 30);
                     self.wait_for(&mut s, &[ServiceKind::Nextcloud]);
                 } else {
                     let files = domain.sub("files");
                     let env = &mut s.environment;
                     // All four MYSQL_* plus both admin variables, or no unattended install.
-                    env.insert("MYSQL_HOST".into(), EnvValue::text("mysql"));
-                    env.insert("MYSQL_DATABASE".into(), EnvValue::text("nextcloud"));
-                    env.insert("MYSQL_USER".into(), EnvValue::text("nextcloud"));
+                    // MYSQL_HOST becomes Nextcloud's dbhost, which takes `host:port` for a
+                    // port other than the default (Nextcloud admin manual, config.php dbhost).
+                    let (db_host, db_port) = self.placement.mysql.endpoint();
+                    let db_host = if db_port == MYSQL_DEFAULT_PORT {
+                        db_host
+                    } else {
+                        format!("{db_host}:{db_port}")
+                    };
+                    env.insert("MYSQL_HOST".into(), EnvValue::text(db_host));
+                    let db = self.placement.mysql.database(App::Nextcloud);
+                    env.insert("MYSQL_DATABASE".into(), EnvValue::text(db.clone()));
+                    env.insert("MYSQL_USER".into(), EnvValue::text(db));
                     env.insert(
                         "MYSQL_PASSWORD".into(),
                         EnvValue::secret(SecretKey::NextcloudDbPassword),
@@ -790,7 +1104,8 @@ impl Builder<'_> {
                         ],
                         600,
                     );
-                    self.wait_for(&mut s, &[ServiceKind::Mysql, ServiceKind::Redis]);
+                    self.wait_for(&mut s, self.mysql_dependency());
+                    self.wait_for(&mut s, &[ServiceKind::Redis]);
                     let dav = format!("{}-nextcloud-dav", self.id);
                     let m = format!("traefik.http.middlewares.{dav}.redirectregex");
                     s.labels.insert(
@@ -981,10 +1296,12 @@ impl Builder<'_> {
                     "WWW_SECRET".into(),
                     EnvValue::secret(SecretKey::MailtrainWwwSecret),
                 );
-                env.insert("MYSQL_HOST".into(), EnvValue::text("mysql"));
-                env.insert("MYSQL_PORT".into(), EnvValue::text("3306"));
-                env.insert("MYSQL_DATABASE".into(), EnvValue::text("mailtrain"));
-                env.insert("MYSQL_USER".into(), EnvValue::text("mailtrain"));
+                let (db_host, db_port) = self.placement.mysql.endpoint();
+                env.insert("MYSQL_HOST".into(), EnvValue::text(db_host));
+                env.insert("MYSQL_PORT".into(), EnvValue::text(db_port.to_string()));
+                let db = self.placement.mysql.database(App::Mailtrain);
+                env.insert("MYSQL_DATABASE".into(), EnvValue::text(db.clone()));
+                env.insert("MYSQL_USER".into(), EnvValue::text(db));
                 env.insert(
                     "MYSQL_PASSWORD".into(),
                     EnvValue::secret(SecretKey::MailtrainDbPassword),
@@ -1012,13 +1329,10 @@ impl Builder<'_> {
                     ],
                     300,
                 );
+                self.wait_for(&mut s, self.mysql_dependency());
                 self.wait_for(
                     &mut s,
-                    &[
-                        ServiceKind::Mysql,
-                        ServiceKind::MailtrainRedis,
-                        ServiceKind::MailtrainMongo,
-                    ],
+                    &[ServiceKind::MailtrainRedis, ServiceKind::MailtrainMongo],
                 );
                 self.route(&mut s, "mailtrain", self.host(&trusted), 3000, &[]);
                 self.route(&mut s, "mailtrain-public", self.host(&public), 3004, &[]);
@@ -1047,5 +1361,153 @@ impl Builder<'_> {
         s.depends_on.sort();
         s.depends_on.dedup();
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(result: Result<MysqlPlacement, CoreError>) -> (String, String) {
+        match result {
+            Err(CoreError::InvalidField { field, problem }) => (field, problem),
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_rds_endpoint_and_an_ipv4_address_are_accepted_and_lower_cased() {
+        let placement = MysqlPlacement::external(
+            " DB.abc123.EU-WEST-1.rds.amazonaws.com ",
+            3306,
+            [(App::Mailtrain, "smith_e11f059b_mailtrain")],
+        )
+        .unwrap();
+        assert_eq!(
+            placement.endpoint(),
+            ("db.abc123.eu-west-1.rds.amazonaws.com".to_string(), 3306)
+        );
+        assert_eq!(
+            placement.database(App::Mailtrain),
+            "smith_e11f059b_mailtrain"
+        );
+        // An app without a name keeps its own (a dedicated server).
+        assert_eq!(placement.database(App::Espocrm), "espocrm");
+        let ip = MysqlPlacement::external("10.0.3.7", 3307, []).unwrap();
+        assert_eq!(ip.endpoint(), ("10.0.3.7".to_string(), 3307));
+    }
+
+    #[test]
+    fn a_bad_host_is_refused_naming_mysql_host() {
+        for host in [
+            "",
+            "mysql://db.example.net",
+            "db.example.net:3306",
+            "db.example.net/x",
+            "-db.example.net",
+            "db..example.net",
+            "db.example.net.",
+            "db_1.example.net",
+            "300.1.2.3",
+            "1.2.3",
+            "db example.net",
+            "db.example\n.net",
+            "$(reboot).example.net",
+        ] {
+            let (field, problem) = problem(MysqlPlacement::external(host, 3306, []));
+            assert_eq!(field, "mysql.host", "{host:?}");
+            assert!(!problem.is_empty());
+        }
+        let long = format!("{}.example.net", "a".repeat(64));
+        assert_eq!(
+            problem(MysqlPlacement::external(&long, 3306, [])).0,
+            "mysql.host"
+        );
+    }
+
+    #[test]
+    fn port_zero_is_refused_naming_mysql_port() {
+        let (field, problem) = problem(MysqlPlacement::external("db.example.net", 0, []));
+        assert_eq!(field, "mysql.port");
+        assert!(problem.contains("3306"), "{problem}");
+    }
+
+    #[test]
+    fn database_names_are_validated_per_app_and_only_for_mysql_apps() {
+        for bad in [
+            "",
+            "Espocrm",
+            "1espocrm",
+            "esp-crm",
+            "esp crm",
+            "a'b",
+            &"a".repeat(33),
+        ] {
+            let (field, _) = problem(MysqlPlacement::external(
+                "db.example.net",
+                3306,
+                [(App::Espocrm, bad)],
+            ));
+            assert_eq!(field, "mysql.databases.espocrm", "{bad:?}");
+        }
+        let (field, problem) = problem(MysqlPlacement::external(
+            "db.example.net",
+            3306,
+            [(App::Calcom, "calcom")],
+        ));
+        assert_eq!(field, "mysql.databases.calcom");
+        assert!(problem.contains("remove"), "{problem}");
+    }
+
+    #[test]
+    fn the_default_placement_is_a_local_database_and_secrets_in_files() {
+        let placement = Placement::default();
+        assert_eq!(placement.mysql, MysqlPlacement::Local);
+        assert!(placement.secrets_in_files);
+        let apps = crate::plan::Plan::Enterprise.apps();
+        assert_eq!(
+            placement.needed_secrets(&apps),
+            SecretKey::needed_for(&apps)
+        );
+        let external = Placement {
+            mysql: MysqlPlacement::external("db.example.net", 3306, []).unwrap(),
+            secrets_in_files: false,
+        };
+        let needed = external.needed_secrets(&apps);
+        assert!(!needed.contains(&SecretKey::MysqlRootPassword));
+        assert!(needed.contains(&SecretKey::EspocrmDbPassword));
+    }
+
+    #[test]
+    fn nextcloud_gets_host_colon_port_only_for_a_port_other_than_3306() {
+        let spec = ClientSpec::from_toml(
+            "company_name = \"X\"\ndomain = \"x.example.com\"\nplan = \"starter\"\nadmin_email = \"a@x.example.com\"\n",
+        )
+        .unwrap();
+        let id = ClientId::parse("x-00000001").unwrap();
+        let host_for = |port| {
+            let placement = Placement {
+                mysql: MysqlPlacement::external("db.example.net", port, []).unwrap(),
+                secrets_in_files: true,
+            };
+            let stack = build_placed(&spec, &id, &OperatorConfig::default(), &placement);
+            let nextcloud = stack.service(ServiceKind::Nextcloud).unwrap();
+            let espocrm = stack.service(ServiceKind::Espocrm).unwrap();
+            (
+                nextcloud.environment["MYSQL_HOST"].clone(),
+                espocrm.environment["ESPOCRM_DATABASE_PORT"].clone(),
+            )
+        };
+        assert_eq!(
+            host_for(3306),
+            (EnvValue::text("db.example.net"), EnvValue::text("3306"))
+        );
+        assert_eq!(
+            host_for(3307),
+            (
+                EnvValue::text("db.example.net:3307"),
+                EnvValue::text("3307")
+            )
+        );
     }
 }

@@ -5,8 +5,10 @@
 
 use stackbox_core::client::{ClientId, ClientSpec};
 use stackbox_core::operator::OperatorConfig;
-use stackbox_core::render::{render, Rendered, WritePolicy};
+use stackbox_core::plan::{App, ServiceKind};
+use stackbox_core::render::{render, render_placed, Rendered, WritePolicy};
 use stackbox_core::secrets::{SecretKey, Secrets, TestRandom};
+use stackbox_core::stack::{EnvValue, MysqlPlacement, Placement};
 
 fn example(plan: &str) -> ClientSpec {
     let text = std::fs::read_to_string(format!(
@@ -112,23 +114,294 @@ fn only_the_certificate_store_is_create_only_and_secret_files_are_private() {
     }
 }
 
+const RDS_HOST: &str = "stackbox-shared.c9akciq32xyz.eu-west-1.rds.amazonaws.com";
+
+/// The AWS placement: MySQL on a shared RDS instance with the adapter's per-client names,
+/// secrets in the secret store only.
+fn rds_placement() -> Placement {
+    Placement {
+        mysql: MysqlPlacement::external(
+            RDS_HOST,
+            3306,
+            [
+                (App::Espocrm, "smithrealesta_e11f059b_espocrm"),
+                (App::Nextcloud, "smithrealesta_e11f059b_nextcloud"),
+                (App::Mailtrain, "smithrealesta_e11f059b_mailtrain"),
+            ],
+        )
+        .unwrap(),
+        secrets_in_files: false,
+    }
+}
+
+fn render_example_placed(spec: &ClientSpec, placement: &Placement) -> Rendered {
+    let id = ClientId::new(&spec.company_name, 0xe11f059b);
+    render_placed(
+        spec,
+        &id,
+        &secrets_for(spec),
+        &OperatorConfig::default(),
+        placement,
+    )
+    .unwrap()
+}
+
+/// Every bundle file (by path) that contains one of the secret values, with the secret's name.
+fn files_holding_secrets(rendered: &Rendered, secrets: &Secrets) -> Vec<(String, &'static str)> {
+    let mut found = Vec::new();
+    for (path, file) in &rendered.bundle.files {
+        let text = String::from_utf8_lossy(&file.contents);
+        for (key, value) in secrets.iter() {
+            if text.contains(value) {
+                found.push((path.clone(), key.env_name()));
+            }
+        }
+    }
+    found
+}
+
 #[test]
-fn compose_file_holds_no_secret_value() {
-    let spec = example("enterprise");
-    let secrets = secrets_for(&spec);
-    let rendered = render_example(&spec, &OperatorConfig::default());
-    let compose = rendered.bundle.text("docker-compose.yml").unwrap();
-    for (key, value) in secrets.iter() {
+fn professional_bundle_on_rds_without_secret_files_matches_snapshots() {
+    let rendered = render_example_placed(&example("professional"), &rds_placement());
+    // Only the compose file and .env differ from the local professional bundle; the others
+    // are covered by its snapshots and compared here byte for byte.
+    let local = render_example(&example("professional"), &OperatorConfig::default());
+    let mut expected: Vec<&String> = local
+        .bundle
+        .files
+        .keys()
+        .filter(|path| !path.starts_with("config/mysql/"))
+        .collect();
+    expected.sort();
+    let paths: Vec<&String> = rendered.bundle.files.keys().collect();
+    assert_eq!(paths, expected);
+    for path in paths {
+        if path != "docker-compose.yml" && path != ".env" {
+            assert_eq!(
+                rendered.bundle.files[path], local.bundle.files[path],
+                "{path}"
+            );
+        }
+    }
+    insta::assert_snapshot!(
+        "professional_rds__docker-compose.yml",
+        rendered.bundle.text("docker-compose.yml").unwrap()
+    );
+    insta::assert_snapshot!(
+        "professional_rds__env",
+        rendered.bundle.text(".env").unwrap()
+    );
+}
+
+#[test]
+fn external_mysql_leaves_out_the_mysql_service_volume_and_files() {
+    for plan in ["starter", "professional", "enterprise"] {
+        let rendered = render_example_placed(&example(plan), &rds_placement());
+        let stack = &rendered.stack;
+        assert!(stack.service(ServiceKind::Mysql).is_none(), "{plan}");
         assert!(
-            !compose.contains(value),
-            "{} leaked into docker-compose.yml",
-            key.env_name()
+            stack.volumes.iter().all(|v| !v.key.contains("mysql")),
+            "{plan}"
         );
-        assert!(rendered
-            .bundle
-            .text(".env")
+        assert!(
+            rendered
+                .bundle
+                .files
+                .keys()
+                .all(|p| !p.starts_with("config/mysql/")),
+            "{plan}"
+        );
+        for service in &stack.services {
+            assert!(
+                !service.depends_on.contains(&ServiceKind::Mysql),
+                "{plan}: {} waits for a mysql that is not there",
+                service.kind.name()
+            );
+        }
+        let compose = rendered.bundle.text("docker-compose.yml").unwrap();
+        assert!(!compose.contains("\n  mysql:"), "{plan}");
+        assert!(!compose.contains("mysql-data"), "{plan}");
+        // The internal data network stays for Redis, PostgreSQL and the rest.
+        let data = stack.networks.iter().find(|n| n.key == "data").unwrap();
+        assert!(data.internal);
+        assert!(stack
+            .service(ServiceKind::Redis)
             .unwrap()
-            .contains(&format!("{}={value}\n", key.env_name())));
+            .networks
+            .contains(&"data"));
+        let names = stackbox_core::stack::service_names_placed(&example(plan), &rds_placement());
+        let built: Vec<String> = stack
+            .services
+            .iter()
+            .map(|s| s.kind.name().to_string())
+            .collect();
+        assert_eq!(names, built, "{plan}");
+        assert!(!names.contains(&"mysql".to_string()));
+    }
+    // The local default still lists it.
+    assert!(stackbox_core::stack::service_names(&example("starter")).contains(&"mysql".to_string()));
+}
+
+#[test]
+fn apps_connect_to_the_external_server_with_their_own_database_and_user() {
+    let rendered = render_example_placed(&example("enterprise"), &rds_placement());
+    let env = |kind: ServiceKind, name: &str| {
+        rendered.stack.service(kind).unwrap().environment[name].clone()
+    };
+    let text = EnvValue::text;
+    assert_eq!(
+        env(ServiceKind::Espocrm, "ESPOCRM_DATABASE_HOST"),
+        text(RDS_HOST)
+    );
+    assert_eq!(
+        env(ServiceKind::Espocrm, "ESPOCRM_DATABASE_PORT"),
+        text("3306")
+    );
+    assert_eq!(
+        env(ServiceKind::Espocrm, "ESPOCRM_DATABASE_NAME"),
+        text("smithrealesta_e11f059b_espocrm")
+    );
+    assert_eq!(
+        env(ServiceKind::Espocrm, "ESPOCRM_DATABASE_USER"),
+        text("smithrealesta_e11f059b_espocrm")
+    );
+    assert_eq!(
+        env(ServiceKind::Espocrm, "ESPOCRM_DATABASE_PASSWORD"),
+        EnvValue::secret(SecretKey::EspocrmDbPassword)
+    );
+    assert_eq!(env(ServiceKind::Nextcloud, "MYSQL_HOST"), text(RDS_HOST));
+    assert_eq!(
+        env(ServiceKind::Nextcloud, "MYSQL_DATABASE"),
+        text("smithrealesta_e11f059b_nextcloud")
+    );
+    assert_eq!(
+        env(ServiceKind::Nextcloud, "MYSQL_USER"),
+        text("smithrealesta_e11f059b_nextcloud")
+    );
+    assert_eq!(env(ServiceKind::Mailtrain, "MYSQL_HOST"), text(RDS_HOST));
+    assert_eq!(env(ServiceKind::Mailtrain, "MYSQL_PORT"), text("3306"));
+    assert_eq!(
+        env(ServiceKind::Mailtrain, "MYSQL_USER"),
+        text("smithrealesta_e11f059b_mailtrain")
+    );
+    // The containers that reach the database but had only the internal network get a route.
+    for kind in [ServiceKind::EspocrmDaemon, ServiceKind::NextcloudCron] {
+        assert_eq!(
+            rendered.stack.service(kind).unwrap().networks,
+            ["web", "data"]
+        );
+    }
+    // No MySQL root password is needed: the adapter owns the server.
+    let mut secrets = secrets_for(&example("enterprise"));
+    let mut without_root = Secrets::new();
+    for (key, value) in secrets.iter() {
+        if key != SecretKey::MysqlRootPassword {
+            without_root.insert(key, value.to_string());
+        }
+    }
+    let id = ClientId::new(&example("enterprise").company_name, 0xe11f059b);
+    render_placed(
+        &example("enterprise"),
+        &id,
+        &without_root,
+        &OperatorConfig::default(),
+        &rds_placement(),
+    )
+    .unwrap();
+    // But every secret a container uses is still required.
+    secrets = without_root;
+    let mut missing = Secrets::new();
+    for (key, value) in secrets.iter() {
+        if key != SecretKey::EspocrmDbPassword {
+            missing.insert(key, value.to_string());
+        }
+    }
+    let error = render_placed(
+        &example("enterprise"),
+        &id,
+        &missing,
+        &OperatorConfig::default(),
+        &rds_placement(),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("ESPOCRM_DB_PASSWORD"), "{error}");
+}
+
+#[test]
+fn without_secret_files_no_bundle_file_holds_a_secret_value() {
+    for plan in ["starter", "professional", "enterprise"] {
+        let spec = example(plan);
+        let secrets = secrets_for(&spec);
+        for mysql in [MysqlPlacement::Local, rds_placement().mysql] {
+            let placement = Placement {
+                mysql,
+                secrets_in_files: false,
+            };
+            let rendered = render_example_placed(&spec, &placement);
+            assert_eq!(files_holding_secrets(&rendered, &secrets), vec![], "{plan}");
+            // .env says where the secrets are and which ones compose needs, without values.
+            let env = rendered.bundle.text(".env").unwrap();
+            let id = ClientId::new(&spec.company_name, 0xe11f059b);
+            assert!(
+                env.contains(&format!("AWS Secrets Manager, secret stackbox/{id}")),
+                "{env}"
+            );
+            for key in rendered.stack.secrets() {
+                assert!(env.contains(&format!("#   {}\n", key.env_name())), "{env}");
+                assert!(!env.contains(&format!("\n{}=", key.env_name())), "{env}");
+            }
+            assert!(stackbox_core::render::env::parse_secrets(env)
+                .unwrap()
+                .iter()
+                .next()
+                .is_none());
+        }
+    }
+}
+
+#[test]
+fn with_secret_files_only_env_holds_secret_values() {
+    // The database init scripts read the app passwords from the container's environment:
+    // .env is the one file with secrets, and it holds every one.
+    for plan in ["starter", "professional", "enterprise"] {
+        let spec = example(plan);
+        let secrets = secrets_for(&spec);
+        let rendered = render_example(&spec, &OperatorConfig::default());
+        let holding = files_holding_secrets(&rendered, &secrets);
+        assert!(
+            holding.iter().all(|(path, _)| path == ".env"),
+            "{plan}: {holding:?}"
+        );
+        assert_eq!(holding.len(), secrets.iter().count(), "{plan}");
+        let env = rendered.bundle.text(".env").unwrap();
+        for (key, value) in secrets.iter() {
+            assert!(env.contains(&format!("{}={value}\n", key.env_name())));
+        }
+        // Explicitly the default placement: the same bundle.
+        assert_eq!(
+            render_example_placed(&spec, &Placement::default()).bundle,
+            rendered.bundle
+        );
+    }
+}
+
+#[test]
+fn database_init_scripts_are_shell_files_the_entrypoints_source() {
+    let rendered = render_example(&example("enterprise"), &OperatorConfig::default());
+    for (path, target) in [
+        ("config/mysql/init.sh", "mysql"),
+        ("config/postgres/init.sh", "postgres"),
+    ] {
+        let file = &rendered.bundle.files[path];
+        // Not executable: the entrypoints source it, which defines docker_process_sql.
+        assert_eq!(file.mode & 0o111, 0, "{path}");
+        let kind = ServiceKind::from_name(target).unwrap();
+        let service = rendered.stack.service(kind).unwrap();
+        assert!(service.mounts.iter().any(|m| matches!(
+            m,
+            stackbox_core::stack::Mount::BundleFile { source, target, read_only: true }
+                if *source == path && target.starts_with("/docker-entrypoint-initdb.d/") && target.ends_with(".sh")
+        )));
     }
 }
 

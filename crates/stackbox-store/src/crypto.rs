@@ -18,6 +18,7 @@ use stackbox_core::secrets::{SecretKey, Secrets};
 use zeroize::Zeroizing;
 
 use crate::error::StoreError;
+use crate::model::{MailBody, MailId};
 
 /// The environment variable that may hold the master key (see [`MasterKey::parse`]).
 pub const MASTER_KEY_ENV: &str = "STACKBOX_MASTER_KEY";
@@ -237,26 +238,9 @@ pub(crate) fn seal_secrets(
                 problem: error.to_string(),
             })?,
         );
-    let mut nonce = [0u8; NONCE_BYTES];
-    getrandom::fill(&mut nonce)?;
-    let aad = associated_data(client);
-    let ciphertext = key
-        .cipher()
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: &plaintext,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| StoreError::Encrypt {
-            client: client.clone(),
-        })?;
-    let mut blob = Vec::with_capacity(1 + NONCE_BYTES + ciphertext.len());
-    blob.push(SEALED_FORMAT_V1);
-    blob.extend_from_slice(&nonce);
-    blob.extend_from_slice(&ciphertext);
-    Ok(blob)
+    seal_blob(key, &plaintext, &associated_data(client))?.ok_or_else(|| StoreError::Encrypt {
+        client: client.clone(),
+    })
 }
 
 /// Opens a blob sealed by [`seal_secrets`] for the same client with the same key.
@@ -268,23 +252,7 @@ pub(crate) fn open_secrets(
     let decrypt_error = || StoreError::Decrypt {
         client: client.clone(),
     };
-    let (format, rest) = blob.split_first().ok_or_else(decrypt_error)?;
-    if *format != SEALED_FORMAT_V1 || rest.len() < NONCE_BYTES {
-        return Err(decrypt_error());
-    }
-    let (nonce, ciphertext) = rest.split_at(NONCE_BYTES);
-    let aad = associated_data(client);
-    let plaintext = Zeroizing::new(
-        key.cipher()
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| decrypt_error())?,
-    );
+    let plaintext = open_blob(key, blob, &associated_data(client)).ok_or_else(decrypt_error)?;
     let format_error = |problem: String| StoreError::SecretsFormat {
         client: client.clone(),
         problem,
@@ -299,6 +267,95 @@ pub(crate) fn open_secrets(
         secrets.insert(key, value);
     }
     Ok(secrets)
+}
+
+/// Seals `plaintext` under `aad`: format byte, random nonce, ciphertext and tag. `None` only
+/// if the cipher refuses (a message too long for it).
+fn seal_blob(key: &MasterKey, plaintext: &[u8], aad: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut nonce = [0u8; NONCE_BYTES];
+    getrandom::fill(&mut nonce)?;
+    let Ok(ciphertext) = key.cipher().encrypt(
+        XNonce::from_slice(&nonce),
+        Payload {
+            msg: plaintext,
+            aad,
+        },
+    ) else {
+        return Ok(None);
+    };
+    let mut blob = Vec::with_capacity(1 + NONCE_BYTES + ciphertext.len());
+    blob.push(SEALED_FORMAT_V1);
+    blob.extend_from_slice(&nonce);
+    blob.extend_from_slice(&ciphertext);
+    Ok(Some(blob))
+}
+
+/// Opens a blob sealed by [`seal_blob`] under the same key and `aad`; `None` if it does not
+/// authenticate (another key, another `aad`, or altered bytes).
+fn open_blob(key: &MasterKey, blob: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let (format, rest) = blob.split_first()?;
+    if *format != SEALED_FORMAT_V1 || rest.len() < NONCE_BYTES {
+        return None;
+    }
+    let (nonce, ciphertext) = rest.split_at(NONCE_BYTES);
+    key.cipher()
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// A mail's bodies as sealed: one JSON object, so text and HTML cannot be swapped or cut.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MailPlaintext<'a> {
+    #[serde(borrow)]
+    text: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    html: std::borrow::Cow<'a, str>,
+}
+
+/// The associated data of a mail's sealed bodies: the format and the mail id, so a blob copied
+/// to another mail's row does not open.
+fn mail_associated_data(mail: &MailId) -> Vec<u8> {
+    format!("stackbox mail v{SEALED_FORMAT_V1}\0{mail}").into_bytes()
+}
+
+/// Seals a mail's text and HTML bodies (the mail id as associated data).
+pub(crate) fn seal_mail(
+    key: &MasterKey,
+    mail: &MailId,
+    text: &str,
+    html: &str,
+) -> Result<Vec<u8>, StoreError> {
+    let plaintext = Zeroizing::new(
+        serde_json::to_vec(&MailPlaintext {
+            text: text.into(),
+            html: html.into(),
+        })
+        .map_err(|_| StoreError::EncryptMail { mail: mail.clone() })?,
+    );
+    seal_blob(key, &plaintext, &mail_associated_data(mail))?
+        .ok_or_else(|| StoreError::EncryptMail { mail: mail.clone() })
+}
+
+/// Opens a mail's bodies sealed by [`seal_mail`] for the same mail with the same key.
+pub(crate) fn open_mail(
+    key: &MasterKey,
+    mail: &MailId,
+    blob: &[u8],
+) -> Result<MailBody, StoreError> {
+    let failed = || StoreError::DecryptMail { mail: mail.clone() };
+    let plaintext = open_blob(key, blob, &mail_associated_data(mail)).ok_or_else(failed)?;
+    let parsed: MailPlaintext<'_> = serde_json::from_slice(&plaintext).map_err(|_| failed())?;
+    Ok(MailBody::new(
+        parsed.text.into_owned(),
+        parsed.html.into_owned(),
+    ))
 }
 
 /// The prefix of every API token, so a leaked one is recognisable (and secret scanners can
@@ -331,6 +388,27 @@ pub(crate) fn looks_like_token(text: &str) -> bool {
 /// to be looked up.
 pub(crate) fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
+}
+
+const LINK_TOKEN_RANDOM_BYTES: usize = 32;
+const LINK_TOKEN_LENGTH: usize = 43;
+
+/// A new credential link token: 32 random bytes in unpadded Base64url (256 bits), with no
+/// prefix so it reads as one path segment of a URL.
+pub(crate) fn new_link_token() -> Result<Zeroizing<String>, StoreError> {
+    let mut bytes = Zeroizing::new([0u8; LINK_TOKEN_RANDOM_BYTES]);
+    getrandom::fill(bytes.as_mut_slice())?;
+    let mut token = Zeroizing::new(String::with_capacity(LINK_TOKEN_LENGTH));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes.as_slice(), &mut token);
+    Ok(token)
+}
+
+/// Whether the text has a link token's shape; anything else is not looked up.
+pub(crate) fn looks_like_link_token(text: &str) -> bool {
+    text.len() == LINK_TOKEN_LENGTH
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Random lowercase hex digits from the OS CSPRNG.

@@ -9,7 +9,10 @@ use std::path::PathBuf;
 
 use stackbox_core::client::ClientId;
 
-use crate::model::{DeploymentId, DeploymentStatus, StepStatus, TokenId, TokenRole};
+use crate::model::{
+    DeploymentId, DeploymentStatus, MailId, MailStatus, SignupId, SignupStatus, StepStatus,
+    TokenId, TokenRole,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -182,6 +185,65 @@ pub enum StoreError {
 
     #[error("the decrypted secrets of client {client} are not readable: {problem}")]
     SecretsFormat { client: ClientId, problem: String },
+
+    #[error("{field} is not acceptable: {problem}")]
+    InvalidValue {
+        field: &'static str,
+        problem: String,
+    },
+
+    #[error(
+        "a sign-up's configuration must not name a client_id ({client}): StackBox assigns the \
+         id when the sign-up is provisioned; remove client_id"
+    )]
+    SignupClientIdGiven { client: ClientId },
+
+    #[error("sign-up {signup} was not found")]
+    SignupNotFound { signup: SignupId },
+
+    #[error(
+        "sign-up {signup} is {from} and cannot become {to} (allowed: pending or expired to paid, \
+         paid to provisioned, pending to expired; a checkout session is set while pending)"
+    )]
+    SignupTransition {
+        signup: SignupId,
+        from: SignupStatus,
+        to: SignupStatus,
+    },
+
+    #[error("checkout session {session} already belongs to sign-up {owner}")]
+    CheckoutSessionTaken { session: String, owner: SignupId },
+
+    #[error("client {client} has no billing record; store one with upsert_billing first")]
+    BillingNotFound { client: ClientId },
+
+    #[error("subscription {subscription} already belongs to client {owner}")]
+    SubscriptionTaken {
+        subscription: String,
+        owner: ClientId,
+    },
+
+    #[error("mail {mail} was not found")]
+    MailNotFound { mail: MailId },
+
+    #[error(
+        "mail {mail} is {from} and cannot become {to} (allowed: sending to sent, pending or \
+         failed; pending to failed; failed to pending through requeue_mail)"
+    )]
+    MailTransition {
+        mail: MailId,
+        from: MailStatus,
+        to: MailStatus,
+    },
+
+    #[error(
+        "cannot decrypt mail {mail}: the master key is not the one it was encrypted with, or \
+         the stored data was altered or copied from another mail"
+    )]
+    DecryptMail { mail: MailId },
+
+    #[error("cannot encrypt mail {mail}")]
+    EncryptMail { mail: MailId },
 }
 
 fn token_scope_problem(role: TokenRole) -> &'static str {

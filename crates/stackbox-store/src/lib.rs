@@ -1,5 +1,6 @@
-//! The control plane's durable state: clients, their encrypted secrets, the deployment journal
-//! and API tokens.
+//! The control plane's durable state: clients, their encrypted secrets, the deployment journal,
+//! API tokens, and onboarding (sign-ups, Stripe events, billing, the mail outbox and one-time
+//! credential links).
 //!
 //! # Backends
 //!
@@ -48,8 +49,16 @@
 //!   records the key's fingerprint on first use and refuses another key afterwards.
 //! - Tokens are stored as SHA-256 hashes only and compared in constant time.
 //!
-//! The schema is `migrations/0001_initial.sql`: `clients`, `client_secrets`, `deployments`,
-//! `deployment_steps`, `tokens`, `store_meta`, and the runner's `stackbox_schema`.
+//! - Onboarding (see `onboarding.rs`): a sign-up is claimed for provisioning by exactly one
+//!   caller; a Stripe event id is recorded once; a mail's dedupe key is queued once, a due
+//!   mail is claimed by one sender at a time (a lease; a crashed sender's mail is taken over
+//!   when the lease runs out), and its bodies are sealed like secrets (the mail id as
+//!   associated data); a credential link is consumed once, and only its SHA-256 is stored.
+//!
+//! The schema is `migrations/0001_initial.sql` (`clients`, `client_secrets`, `deployments`,
+//! `deployment_steps`, `tokens`, `store_meta`) and `migrations/0002_onboarding.sql`
+//! (`signups`, `stripe_events`, `billing`, `outbox`, `credential_links`), with the runner's
+//! `stackbox_schema`.
 //!
 //! Nothing here logs, and no `Debug` or error message contains a secret, a token or the key.
 
@@ -71,9 +80,11 @@ use subtle::ConstantTimeEq;
 pub use crypto::{MasterKey, MASTER_KEY_ENV, TOKEN_PREFIX};
 pub use error::StoreError;
 pub use model::{
-    ClientFilter, ClientPage, ClientRecord, ClientState, Deployment, DeploymentId, DeploymentKind,
-    DeploymentStatus, FinishedDeployment, FinishedStep, NewToken, PlaintextToken, Step, StepStatus,
-    Timestamp, TokenId, TokenInfo, TokenRecord, TokenRole,
+    Billing, BillingChange, BillingStatus, BillingTransition, ClientFilter, ClientPage,
+    ClientRecord, ClientState, Deployment, DeploymentId, DeploymentKind, DeploymentStatus,
+    FinishedDeployment, FinishedStep, MailBody, MailId, MailRecord, MailStatus, NewMail, NewToken,
+    OutboxMail, PlaintextToken, Signup, SignupId, SignupStatus, Step, StepStatus, Timestamp,
+    TokenId, TokenInfo, TokenRecord, TokenRole,
 };
 
 use model::StepChange;
@@ -121,6 +132,12 @@ impl std::fmt::Debug for Store {
 
 /// Calls the same function of `sql.rs` on whichever backend the store has.
 macro_rules! on_backend {
+    ($store:expr, $module:ident :: $function:ident($($argument:expr),* $(,)?)) => {
+        match &$store.pool {
+            Pool::Sqlite(pool) => sqlite::$module::$function(pool, $($argument),*).await,
+            Pool::Postgres(pool) => postgres::$module::$function(pool, $($argument),*).await,
+        }
+    };
     ($store:expr, $function:ident($($argument:expr),* $(,)?)) => {
         match &$store.pool {
             Pool::Sqlite(pool) => sqlite::sql::$function(pool, $($argument),*).await,
@@ -128,6 +145,11 @@ macro_rules! on_backend {
         }
     };
 }
+
+// After `on_backend!`, which its `impl Store` uses.
+mod onboarding;
+
+pub use onboarding::{MAX_DEDUPE_KEY_CHARS, MAX_EXTERNAL_ID_CHARS, MAX_SUBJECT_CHARS};
 
 /// Where a store lives, parsed from what `Store::open` was given.
 enum Location {
@@ -191,12 +213,17 @@ fn redact_url(url: &str) -> String {
 /// A new deployment id: creation time (48 bits of milliseconds, enough until the year 10889)
 /// then 64 random bits.
 pub(crate) fn new_deployment_id(now: Timestamp) -> Result<DeploymentId, StoreError> {
-    let millis = now.unix_millis().clamp(0, 0xffff_ffff_ffff);
-    Ok(DeploymentId::from_trusted(format!(
-        "{}{millis:012x}{}",
+    Ok(DeploymentId::from_trusted(time_ordered_id(
         DeploymentId::PREFIX,
-        crypto::random_hex(8)?
-    )))
+        now,
+    )?))
+}
+
+/// `prefix`, 12 hex digits of `now` in milliseconds, then 16 random hex digits: the form of
+/// deployment, sign-up and mail ids, which sort by creation time.
+pub(crate) fn time_ordered_id(prefix: &str, now: Timestamp) -> Result<String, StoreError> {
+    let millis = now.unix_millis().clamp(0, 0xffff_ffff_ffff);
+    Ok(format!("{prefix}{millis:012x}{}", crypto::random_hex(8)?))
 }
 
 fn checked_limit(limit: u32) -> Result<u32, StoreError> {
@@ -309,6 +336,24 @@ impl Store {
     ) -> Result<ClientPage, StoreError> {
         let limit = checked_limit(limit)?;
         on_backend!(self, list_clients(filter, after, limit))
+    }
+
+    /// Replaces a client's configuration (a plan change, a new brand colour), keeping its
+    /// id, state, secrets and history; returns the record as stored. A domain another client
+    /// uses fails with [`StoreError::DomainTaken`]; a configuration pinned to another id with
+    /// [`StoreError::ClientIdMismatch`]; a missing client with [`StoreError::ClientNotFound`].
+    pub async fn update_client_spec(
+        &self,
+        id: &ClientId,
+        spec: &ClientSpec,
+    ) -> Result<ClientRecord, StoreError> {
+        if let Some(spec_id) = spec.client_id.as_ref().filter(|spec_id| *spec_id != id) {
+            return Err(StoreError::ClientIdMismatch {
+                id: id.clone(),
+                spec_id: spec_id.clone(),
+            });
+        }
+        on_backend!(self, update_client_spec(id, spec, Timestamp::now()))
     }
 
     /// Records a client's state and why (`None` clears the reason).

@@ -20,11 +20,18 @@ impl Migration {
 }
 
 /// Every migration, in order. Add new ones at the end; never edit a released one.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "onboarding",
+        sql: include_str!("../migrations/0002_onboarding.sql"),
+    },
+];
 
 /// Created before anything else, on both engines.
 pub(crate) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS stackbox_schema (

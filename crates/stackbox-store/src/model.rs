@@ -1,10 +1,10 @@
 //! What the store holds: timestamps, ids, the closed sets of states and statuses, and records.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use stackbox_core::client::{ClientId, ClientSpec, CompanyName, Domain};
+use stackbox_core::client::{ClientId, ClientSpec, CompanyName, Domain, Email};
 use stackbox_core::plan::Plan;
 
 use crate::error::StoreError;
@@ -32,6 +32,13 @@ impl Timestamp {
 
     pub fn unix_millis(self) -> i64 {
         self.0
+    }
+
+    /// This time plus `duration` (a grace period, a lease, a link's lifetime), saturating
+    /// rather than overflowing.
+    pub fn plus(self, duration: Duration) -> Timestamp {
+        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(millis))
     }
 
     /// Seconds from `earlier` to `self`; never negative (a clock stepped back reads as zero).
@@ -149,6 +156,24 @@ hex_id!(
     "tok_",
     16,
     "token id"
+);
+
+hex_id!(
+    /// A sign-up's id: `sgn_`, 12 hex digits of its creation time in milliseconds, then 16
+    /// random hex digits (like a deployment id). Safe to show: it grants nothing by itself.
+    SignupId,
+    "sgn_",
+    28,
+    "sign-up id"
+);
+
+hex_id!(
+    /// A queued mail's id: `mail_`, 12 hex digits of its creation time in milliseconds, then
+    /// 16 random hex digits, so ids sort in the order mails were queued.
+    MailId,
+    "mail_",
+    28,
+    "mail id"
 );
 
 /// Declares a closed set of lowercase names stored as TEXT.
@@ -278,6 +303,241 @@ text_enum!(
         Client = "client",
     }
 );
+
+text_enum!(
+    /// Where a sign-up stands: `pending` until paid, `paid` while its client is provisioned,
+    /// then `provisioned`; `expired` when it was abandoned before paying.
+    SignupStatus {
+        Pending = "pending",
+        Paid = "paid",
+        Provisioned = "provisioned",
+        Expired = "expired",
+    }
+);
+
+text_enum!(
+    /// Where a client's subscription stands.
+    BillingStatus {
+        /// Paid up.
+        Active = "active",
+        /// A payment failed; the client runs until `suspend_at`.
+        PastDue = "past_due",
+        /// Stopped for want of payment; data kept. A paid invoice makes it active again.
+        Suspended = "suspended",
+        /// The subscription ended; the data is destroyed at `destroy_at`.
+        Cancelled = "cancelled",
+    }
+);
+
+text_enum!(
+    /// Where a queued mail stands. A mail moves pending → sending → sent, or back to pending
+    /// for a retry, or to failed; a `sending` mail whose lease ran out is claimed again.
+    MailStatus {
+        Pending = "pending",
+        Sending = "sending",
+        Sent = "sent",
+        Failed = "failed",
+    }
+);
+
+/// A sign-up from the public form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signup {
+    pub id: SignupId,
+    /// Where to write to the buyer.
+    pub email: Email,
+    /// The validated configuration as `ClientSpec::to_toml` writes it, without `client_id`.
+    pub spec_toml: String,
+    pub plan: Plan,
+    pub status: SignupStatus,
+    /// The payment provider's checkout session, once one was opened.
+    pub checkout_session_id: Option<String>,
+    /// Set when the sign-up is paid.
+    pub customer_id: Option<String>,
+    pub subscription_id: Option<String>,
+    /// Set when the sign-up is provisioned.
+    pub client_id: Option<ClientId>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Signup {
+    /// Parses the stored configuration (its `client_id` is `None`).
+    pub fn spec(&self) -> Result<ClientSpec, StoreError> {
+        ClientSpec::from_toml(&self.spec_toml)
+            .map_err(|error| StoreError::corrupt("signups", "spec", error))
+    }
+}
+
+/// A client's subscription. [`crate::Store::upsert_billing`] writes every field but
+/// `updated_at`, which the store sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Billing {
+    pub client_id: ClientId,
+    pub customer_id: String,
+    pub subscription_id: String,
+    pub plan: Plan,
+    pub status: BillingStatus,
+    /// The first failed payment of the current arrears.
+    pub payment_failed_at: Option<Timestamp>,
+    /// When a `past_due` client is suspended if it has not paid by then.
+    pub suspend_at: Option<Timestamp>,
+    pub cancelled_at: Option<Timestamp>,
+    /// When a `cancelled` client's data is destroyed.
+    pub destroy_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+}
+
+impl Billing {
+    /// A new, paid-up subscription (what a completed checkout gives).
+    pub fn active(
+        client_id: ClientId,
+        customer_id: &str,
+        subscription_id: &str,
+        plan: Plan,
+    ) -> Billing {
+        Billing {
+            client_id,
+            customer_id: customer_id.to_string(),
+            subscription_id: subscription_id.to_string(),
+            plan,
+            status: BillingStatus::Active,
+            payment_failed_at: None,
+            suspend_at: None,
+            cancelled_at: None,
+            destroy_at: None,
+            updated_at: Timestamp(0),
+        }
+    }
+}
+
+/// What happened to a subscription; [`crate::Store::set_billing_status`] applies it where it
+/// makes sense and leaves the subscription unchanged where it does not (see each variant), so
+/// a redelivered or late event is harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BillingChange {
+    /// A payment failed: `active` → `past_due`, with `payment_failed_at` now and this
+    /// `suspend_at`. A client already `past_due` keeps its first failure and deadline (Stripe
+    /// retries an invoice several times; each retry must not restart the grace period);
+    /// `suspended` and `cancelled` are unchanged.
+    PaymentFailed { suspend_at: Timestamp },
+    /// The grace period ran out: `past_due` → `suspended`. Only from `past_due`, so a payment
+    /// that arrived in the meantime wins and nothing is stopped.
+    Suspend,
+    /// An invoice was paid: `past_due` or `suspended` → `active`, clearing
+    /// `payment_failed_at` and `suspend_at`. `cancelled` is unchanged (an ended subscription
+    /// does not come back; a new one is stored with `upsert_billing`).
+    Paid,
+    /// The subscription ended: → `cancelled`, with `cancelled_at` now and this `destroy_at`.
+    /// A client already `cancelled` keeps its first date and deadline.
+    Cancelled { destroy_at: Timestamp },
+    /// The subscription moved to another plan; the status is unchanged.
+    Plan(Plan),
+}
+
+/// What [`crate::Store::set_billing_status`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingTransition {
+    /// The status before the change.
+    pub previous: BillingStatus,
+    /// The subscription as stored now.
+    pub billing: Billing,
+    /// Whether anything was written: `false` when the change did not apply (a repeated
+    /// failure, a late suspension after a payment).
+    pub changed: bool,
+}
+
+/// A mail to queue. The bodies usually hold one-time links, so `Debug` leaves them out and
+/// the store keeps them sealed.
+#[derive(Clone)]
+pub struct NewMail {
+    /// What makes this mail the same mail, such as `welcome:<client id>`: a second mail with
+    /// the same key is not queued. At most [`crate::MAX_DEDUPE_KEY_CHARS`] characters.
+    pub dedupe_key: String,
+    pub client_id: Option<ClientId>,
+    pub recipient: Email,
+    /// One line, without control characters.
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl fmt::Debug for NewMail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewMail")
+            .field("dedupe_key", &self.dedupe_key)
+            .field("client_id", &self.client_id)
+            .field("recipient", &self.recipient)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A mail's decrypted bodies, wiped from memory when dropped. `Debug` shows neither.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MailBody {
+    text: zeroize::Zeroizing<String>,
+    html: zeroize::Zeroizing<String>,
+}
+
+impl MailBody {
+    pub(crate) fn new(text: String, html: String) -> MailBody {
+        MailBody {
+            text: zeroize::Zeroizing::new(text),
+            html: zeroize::Zeroizing::new(html),
+        }
+    }
+
+    /// The plain-text body.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The HTML body.
+    pub fn html(&self) -> &str {
+        &self.html
+    }
+}
+
+impl fmt::Debug for MailBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MailBody(<redacted>)")
+    }
+}
+
+/// A mail claimed for sending by [`crate::Store::claim_due_mail`], with its bodies. Report
+/// the outcome with `mark_mail_sent`, `mark_mail_retry` or `mark_mail_failed` before
+/// `lease_until`, or another sender takes it over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMail {
+    pub id: MailId,
+    pub dedupe_key: String,
+    pub client_id: Option<ClientId>,
+    pub recipient: Email,
+    pub subject: String,
+    pub body: MailBody,
+    /// Including this one: 1 on the first try.
+    pub attempts: i64,
+    pub lease_until: Timestamp,
+    pub created_at: Timestamp,
+}
+
+/// A queued mail without its bodies, for listings and checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailRecord {
+    pub id: MailId,
+    pub dedupe_key: String,
+    pub client_id: Option<ClientId>,
+    pub recipient: Email,
+    pub subject: String,
+    pub status: MailStatus,
+    pub attempts: i64,
+    pub next_attempt_at: Timestamp,
+    pub lease_until: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub sent_at: Option<Timestamp>,
+}
 
 /// A stored client.
 #[derive(Debug, Clone, PartialEq)]
@@ -457,8 +717,9 @@ pub struct NewToken {
     pub token: PlaintextToken,
 }
 
-/// A token's plaintext (`sbx_` and 43 Base64url characters). `Debug` hides it and there is no
-/// `Display`, so it can only reach output through an explicit [`PlaintextToken::expose`].
+/// A token's plaintext: an API token (`sbx_` and 43 Base64url characters) or a credential
+/// link's token (43 Base64url characters). `Debug` hides it and there is no `Display`, so it
+/// can only reach output through an explicit [`PlaintextToken::expose`].
 pub struct PlaintextToken(zeroize::Zeroizing<String>);
 
 impl PlaintextToken {

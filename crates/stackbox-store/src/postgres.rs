@@ -15,6 +15,18 @@ pub(crate) type Db = sqlx::Postgres;
 #[path = "sql.rs"]
 pub(crate) mod sql;
 
+/// The onboarding queries (sign-ups, Stripe events, billing, the outbox, credential links),
+/// compiled here like [`sql`].
+// Deliberately the same file as `sqlite::onboarding_sql`; see the crate docs.
+#[allow(clippy::duplicate_mod)]
+#[path = "onboarding_sql.rs"]
+pub(crate) mod onboarding_sql;
+
+/// Claiming rows (the mail outbox): a claimer skips the rows another one has locked instead of
+/// waiting for them, and the claiming `UPDATE` re-checks each row's status, so two claimers
+/// never take the same row.
+pub(crate) const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
+
 /// Reading a deployment's status with this suffix locks its row until the transaction ends,
 /// which serializes step changes and `finish` on one deployment (READ COMMITTED alone would
 /// let two of them read the same status).

@@ -20,15 +20,19 @@ use crate::model::{
     TokenId, TokenInfo, TokenRecord, TokenRole,
 };
 
-type Pool = sqlx::Pool<Db>;
-type Row = <Db as sqlx::Database>::Row;
+pub(super) type Pool = sqlx::Pool<Db>;
+pub(super) type Row = <Db as sqlx::Database>::Row;
 type Connection = <Db as sqlx::Database>::Connection;
 
 // ---------------------------------------------------------------------------------------------
 // Reading rows
 
 /// One column, decoded; a value of the wrong type means the database was changed by hand.
-fn get<'r, T>(row: &'r Row, table: &'static str, column: &'static str) -> Result<T, StoreError>
+pub(super) fn get<'r, T>(
+    row: &'r Row,
+    table: &'static str,
+    column: &'static str,
+) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, Db> + sqlx::Type<Db>,
 {
@@ -36,7 +40,7 @@ where
         .map_err(|error| StoreError::corrupt(table, column, error))
 }
 
-fn get_client_id(
+pub(super) fn get_client_id(
     row: &Row,
     table: &'static str,
     column: &'static str,
@@ -45,11 +49,15 @@ fn get_client_id(
     ClientId::parse(&text).map_err(|error| StoreError::corrupt(table, column, error))
 }
 
-fn get_time(row: &Row, table: &'static str, column: &'static str) -> Result<Timestamp, StoreError> {
+pub(super) fn get_time(
+    row: &Row,
+    table: &'static str,
+    column: &'static str,
+) -> Result<Timestamp, StoreError> {
     Ok(Timestamp::from_unix_millis(get(row, table, column)?))
 }
 
-fn get_optional_time(
+pub(super) fn get_optional_time(
     row: &Row,
     table: &'static str,
     column: &'static str,
@@ -59,7 +67,7 @@ fn get_optional_time(
 }
 
 /// A closed-set value (state, status, kind, role) stored as its name.
-fn get_name<T>(
+pub(super) fn get_name<T>(
     row: &Row,
     table: &'static str,
     column: &'static str,
@@ -70,13 +78,13 @@ fn get_name<T>(
         .ok_or_else(|| StoreError::corrupt(table, column, format!("unknown value {text:?}")))
 }
 
-fn is_unique_violation(error: &sqlx::Error) -> bool {
+pub(super) fn is_unique_violation(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .is_some_and(|error| error.is_unique_violation())
 }
 
-fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
+pub(super) fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .is_some_and(|error| error.is_foreign_key_violation())
@@ -361,6 +369,46 @@ pub(crate) async fn list_clients(
         None
     };
     Ok(ClientPage { clients, next })
+}
+
+/// Replaces a client's configuration (and the columns taken from it), keeping its state.
+pub(crate) async fn update_client_spec(
+    pool: &Pool,
+    id: &ClientId,
+    spec: &ClientSpec,
+    now: Timestamp,
+) -> Result<ClientRecord, StoreError> {
+    let row = sqlx::query(concat!(
+        "UPDATE clients SET domain = $2, company_name = $3, plan = $4, spec = $5, \
+         updated_at = $6 WHERE id = $1 RETURNING ",
+        client_columns!()
+    ))
+    .bind(id.as_str())
+    .bind(spec.domain.as_str())
+    .bind(spec.company_name.as_str())
+    .bind(spec.plan.key())
+    .bind(spec.to_toml(id))
+    .bind(now.unix_millis())
+    .fetch_optional(pool)
+    .await;
+    match row {
+        Ok(Some(row)) => client_from_row(&row),
+        Ok(None) => Err(StoreError::ClientNotFound { client: id.clone() }),
+        Err(error) if is_unique_violation(&error) => {
+            match client_by_domain(pool, &spec.domain).await? {
+                Some(owner) if owner.id != *id => Err(StoreError::DomainTaken {
+                    domain: spec.domain.as_str().to_string(),
+                    owner: owner.id,
+                }),
+                _ => Err(StoreError::database("changing a client's configuration")(
+                    error,
+                )),
+            }
+        }
+        Err(error) => Err(StoreError::database("changing a client's configuration")(
+            error,
+        )),
+    }
 }
 
 pub(crate) async fn set_client_state(

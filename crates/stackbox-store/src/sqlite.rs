@@ -17,6 +17,18 @@ pub(crate) type Db = sqlx::Sqlite;
 #[path = "sql.rs"]
 pub(crate) mod sql;
 
+/// The onboarding queries (sign-ups, Stripe events, billing, the outbox, credential links),
+/// compiled here like [`sql`].
+// Deliberately the same file as `postgres::onboarding_sql`; see the crate docs.
+#[allow(clippy::duplicate_mod)]
+#[path = "onboarding_sql.rs"]
+pub(crate) mod onboarding_sql;
+
+/// SQLite has no row locks, and needs none: one `UPDATE … RETURNING` statement holds the
+/// database's one write lock from its read to its write, so two claimers never take the same
+/// row.
+pub(crate) const SKIP_LOCKED: &str = "";
+
 /// SQLite has no row locks: `BEGIN IMMEDIATE` (see [`begin_write`]) already holds the
 /// database's one write lock for the whole transaction.
 pub(crate) const FOR_UPDATE: &str = "";

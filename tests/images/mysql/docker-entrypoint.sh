@@ -7,9 +7,14 @@
 #   (default %), MARIADB_DATABASE, MARIADB_USER, MARIADB_PASSWORD as upstream (MYSQL_* accepted).
 #   Installs the system tables, starts a temporary server without networking, sets the root
 #   password, creates the `healthcheck` user whose password goes into
-#   /var/lib/mysql/.my-healthcheck.cnf, then runs /docker-entrypoint-initdb.d/*.sql (.sql.gz,
-#   .sql.xz, .sql.zst, .sh) once, as root. A failed first start leaves no half-initialised data
-#   directory behind (the next start initialises again). Time zone tables are not loaded.
+#   /var/lib/mysql/.my-healthcheck.cnf, then processes /docker-entrypoint-initdb.d/* once, as
+#   upstream's docker_process_init_files does: *.sql (.sql.gz, .sql.xz, .sql.zst) through
+#   docker_process_sql (root over the socket, MYSQL_DATABASE as default database); *.sh run when
+#   executable, else *sourced* into this shell, where docker_process_sql
+#   ([--dont-use-mysql-root-password] [mariadb options], SQL on stdin) and the MARIADB_*/MYSQL_*
+#   variables are available, as upstream. A failed first start (an init file's error or `exit`
+#   included) leaves no half-initialised data directory behind (the next start initialises
+#   again). Time zone tables are not loaded.
 # - Later starts: MARIADB_AUTO_UPGRADE=1 runs mariadb-upgrade when the server version differs
 #   from the one recorded in mysql_upgrade_info.
 # - Finally `exec mariadbd --user=mysql OPTIONS`: PID 1 is the server, which shuts down on SIGTERM.
@@ -38,13 +43,15 @@ file_env() {
     unset "$file_var"
 }
 
-# MARIADB_X, else MYSQL_X, else DEFAULT.
+# MARIADB_X, else MYSQL_X, else DEFAULT; both exported with that value, as upstream, so init
+# scripts can use either.
 mariadb_env() {
     local name=$1 def=${2:-}
     file_env "MARIADB_$name"
     file_env "MYSQL_$name"
     local m="MARIADB_$name" y="MYSQL_$name"
     export "MARIADB_$name"="${!m:-${!y:-$def}}"
+    export "MYSQL_$name"="${!m}"
 }
 
 sql_escape() {
@@ -85,8 +92,35 @@ root_sql() {
     mariadb --protocol=socket --socket="$SOCKET" -uroot "${ROOT_AUTH[@]}" --binary-mode "$@"
 }
 
+# Upstream's client for init files: root over the socket, MYSQL_DATABASE first so that the
+# caller's --database wins.
+docker_exec_client() {
+    if [ -n "${MYSQL_DATABASE:-}" ]; then
+        set -- --database="$MYSQL_DATABASE" "$@"
+    fi
+    mariadb --protocol=socket -uroot -hlocalhost --socket="$SOCKET" "$@"
+}
+
+# Upstream's docker_process_sql: SQL on stdin, as root with MARIADB_ROOT_PASSWORD (through
+# MYSQL_PWD, never on a command line) unless --dont-use-mysql-root-password comes first.
+# Sourced init scripts pass it options.
+# shellcheck disable=SC2120
+docker_process_sql() {
+    if [ '--dont-use-mysql-root-password' = "${1:-}" ]; then
+        shift
+        MYSQL_PWD='' docker_exec_client "$@"
+    else
+        MYSQL_PWD=$MARIADB_ROOT_PASSWORD docker_exec_client "$@"
+    fi
+}
+
+# Upstream's docker_process_init_files, one file at a time.
 process_init_file() {
+    # Upstream keeps this array for older scripts that call "${mysql[@]}".
+    # shellcheck disable=SC2034
+    mysql=(docker_process_sql)
     local f=$1
+    # shellcheck disable=SC2119
     case "$f" in
         *.sh)
             if [ -x "$f" ]; then
@@ -98,10 +132,10 @@ process_init_file() {
                 . "$f"
             fi
             ;;
-        *.sql) log "$0: running $f" && root_sql "${DB_ARG[@]}" <"$f" ;;
-        *.sql.gz) log "$0: running $f" && gunzip -c "$f" | root_sql "${DB_ARG[@]}" ;;
-        *.sql.xz) log "$0: running $f" && xzcat "$f" | root_sql "${DB_ARG[@]}" ;;
-        *.sql.zst) log "$0: running $f" && zstd -dc "$f" | root_sql "${DB_ARG[@]}" ;;
+        *.sql) log "$0: running $f" && docker_process_sql <"$f" ;;
+        *.sql.gz) log "$0: running $f" && gunzip -c "$f" | docker_process_sql ;;
+        *.sql.xz) log "$0: running $f" && xzcat "$f" | docker_process_sql ;;
+        *.sql.zst) log "$0: running $f" && zstd -dc "$f" | docker_process_sql ;;
         *) log "$0: ignoring $f" ;;
     esac
 }
@@ -182,8 +216,6 @@ initialise() {
     chown mysql:mysql "$DATADIR/.my-healthcheck.cnf"
     chmod 0600 "$DATADIR/.my-healthcheck.cnf"
 
-    DB_ARG=()
-    if [ -n "$MARIADB_DATABASE" ]; then DB_ARG=(--database="$MARIADB_DATABASE"); fi
     local f
     for f in /docker-entrypoint-initdb.d/*; do
         process_init_file "$f"

@@ -8,10 +8,13 @@
 #   POSTGRES_HOST_AUTH_METHOD=trust; POSTGRES_USER (default postgres), POSTGRES_DB (default
 #   POSTGRES_USER), POSTGRES_INITDB_ARGS as upstream. initdb, then listen_addresses='*' and
 #   `host all all all scram-sha-256` (POSTGRES_HOST_AUTH_METHOD) for network clients; a
-#   temporary server that listens on no TCP port runs /docker-entrypoint-initdb.d/*.sql
-#   (.sql.gz, .sql.xz, .sql.zst, .sh) once with psql -v ON_ERROR_STOP=1, so
-#   `pg_isready -h 127.0.0.1` only passes once they ran. A failed first start leaves an empty
-#   PGDATA (the next start initialises again).
+#   temporary server that listens on no TCP port processes /docker-entrypoint-initdb.d/* once,
+#   as upstream's docker_process_init_files: *.sql (.sql.gz, .sql.xz, .sql.zst) through
+#   docker_process_sql (psql -v ON_ERROR_STOP=1 as POSTGRES_USER on POSTGRES_DB); *.sh run when
+#   executable, else *sourced* into this shell, where docker_process_sql ([psql options], SQL
+#   on stdin or -f) and the POSTGRES_* variables are available, as upstream. So
+#   `pg_isready -h 127.0.0.1` only passes once they ran. A failed first start (an init file's
+#   error or `exit` included) leaves an empty PGDATA (the next start initialises again).
 # - Finally exec postgres: PID 1 is the server (the image's stop signal is SIGINT, a fast shutdown).
 set -Eeo pipefail
 shopt -s nullglob
@@ -50,12 +53,21 @@ if [ "$1" = postgres ] && [ "$(id -u)" = 0 ]; then
     exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" "$@"
 fi
 
-psql_init() {
-    psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc \
-        --dbname "$POSTGRES_DB" "$@"
+# Upstream's docker_process_sql: SQL on stdin (or -f FILE), over the local socket (PGHOST and
+# PGHOSTADDR cleared) as POSTGRES_USER on POSTGRES_DB; later --dbname options win.
+docker_process_sql() {
+    local query_runner=(psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc)
+    if [ -n "$POSTGRES_DB" ]; then
+        query_runner+=(--dbname "$POSTGRES_DB")
+    fi
+    PGHOST='' PGHOSTADDR='' "${query_runner[@]}" "$@"
 }
 
+# Upstream's docker_process_init_files, one file at a time.
 process_init_file() {
+    # Upstream keeps this array for older scripts that call "${psql[@]}".
+    # shellcheck disable=SC2034
+    psql=(docker_process_sql)
     local f=$1
     case "$f" in
         *.sh)
@@ -68,10 +80,10 @@ process_init_file() {
                 . "$f"
             fi
             ;;
-        *.sql) log "running $f" && psql_init -f "$f" ;;
-        *.sql.gz) log "running $f" && gunzip -c "$f" | psql_init ;;
-        *.sql.xz) log "running $f" && xzcat "$f" | psql_init ;;
-        *.sql.zst) log "running $f" && zstd -dc "$f" | psql_init ;;
+        *.sql) log "running $f" && docker_process_sql -f "$f" ;;
+        *.sql.gz) log "running $f" && gunzip -c "$f" | docker_process_sql ;;
+        *.sql.xz) log "running $f" && xzcat "$f" | docker_process_sql ;;
+        *.sql.zst) log "running $f" && zstd -dc "$f" | docker_process_sql ;;
         *) log "ignoring $f" ;;
     esac
 }

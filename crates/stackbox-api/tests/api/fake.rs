@@ -59,7 +59,15 @@ pub struct Fake {
     live: Mutex<Option<mpsc::UnboundedSender<DeploymentEvent>>>,
     /// Every `ListQuery` the API passed on.
     pub list_queries: Mutex<Vec<ListQuery>>,
+    /// Every webhook delivery passed on: (signature header, body).
+    pub webhooks: Mutex<Vec<(Option<String>, Vec<u8>)>>,
+    /// Every sign-up passed on.
+    pub signups: Mutex<Vec<ClientSpec>>,
 }
+
+/// The one signature header the fake accepts, and the one credentials token it knows.
+pub const GOOD_SIGNATURE: &str = "t=1,v1=good";
+pub const GOOD_LINK: &str = "gooD-link_0123456789abcdefghijklmnopqrstuvw";
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -91,6 +99,8 @@ impl Fake {
             tokens_unavailable: AtomicBool::new(false),
             live: Mutex::new(None),
             list_queries: Mutex::new(Vec::new()),
+            webhooks: Mutex::new(Vec::new()),
+            signups: Mutex::new(Vec::new()),
         };
         for (client, domain, plan, state) in [
             (
@@ -432,5 +442,52 @@ impl ControlPlane for Fake {
             DurationHistogram::from_samples([1.0]),
         );
         Ok(snapshot)
+    }
+
+    async fn signup(&self, spec: ClientSpec) -> Result<stackbox_api::SignupAccepted, ControlError> {
+        if let Some(error) = lock(&self.fail_next).take() {
+            return Err(error);
+        }
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        lock(&self.signups).push(spec);
+        Ok(stackbox_api::SignupAccepted {
+            signup_id: format!("sgn_{n:028}"),
+            checkout_url: format!("https://checkout.stripe.com/c/pay/cs_test_{n}"),
+        })
+    }
+
+    async fn stripe_webhook(
+        &self,
+        signature: Option<String>,
+        body: Vec<u8>,
+    ) -> Result<stackbox_api::WebhookOutcome, ControlError> {
+        lock(&self.webhooks).push((signature.clone(), body));
+        if signature.as_deref() != Some(GOOD_SIGNATURE) {
+            return Err(ControlError::BadRequest(
+                "the signature does not match the body".into(),
+            ));
+        }
+        if let Some(error) = lock(&self.fail_next).take() {
+            return Err(error);
+        }
+        Ok(stackbox_api::WebhookOutcome::Processed)
+    }
+
+    async fn credentials_page(
+        &self,
+        token: String,
+        reveal: bool,
+    ) -> Result<stackbox_api::HtmlPage, ControlError> {
+        Ok(if token == GOOD_LINK {
+            stackbox_api::HtmlPage {
+                status: 200,
+                html: format!("<p>{}</p>", if reveal { "revealed" } else { "confirm" }),
+            }
+        } else {
+            stackbox_api::HtmlPage {
+                status: 410,
+                html: "<p>gone</p>".into(),
+            }
+        })
     }
 }

@@ -4,6 +4,7 @@
 mod fake;
 mod in_process;
 mod metrics;
+mod onboarding;
 mod openapi;
 mod socket;
 
@@ -164,6 +165,33 @@ impl Api {
     ) -> Reply {
         self.send(method, uri, Some(authorization.to_string()), body)
             .await
+    }
+
+    /// A request with these headers and raw body.
+    pub async fn router_request(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(Body::from(body)).expect("request"))
+            .await
+            .expect("the router is infallible");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
     }
 
     pub async fn get(&self, uri: &str, token: Option<&str>) -> Reply {

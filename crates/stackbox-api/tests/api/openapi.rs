@@ -9,7 +9,7 @@ use crate::fake::{CLIENT_A, DEPLOYMENT_A, OPERATOR};
 use crate::Api;
 
 /// Every route the server has: (method, OpenAPI path).
-const ROUTES: [(&str, &str); 12] = [
+const ROUTES: [(&str, &str); 16] = [
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -22,7 +22,15 @@ const ROUTES: [(&str, &str); 12] = [
     ("post", "/v1/clients/{id}/redeploy"),
     ("get", "/v1/deployments/{id}"),
     ("get", "/v1/deployments/{id}/events"),
+    ("post", "/v1/signup"),
+    ("post", "/v1/webhooks/stripe"),
+    ("get", "/welcome/{token}"),
+    ("post", "/welcome/{token}"),
 ];
+
+/// `/v1` routes that take no bearer token: the sign-up (rate-limited) and Stripe's webhook
+/// (authenticated by its signature).
+const PUBLIC_V1: [&str; 2] = ["/v1/signup", "/v1/webhooks/stripe"];
 
 fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
     match value {
@@ -63,7 +71,8 @@ async fn the_document_lists_every_route_and_only_those() {
         for (method, operation) in item.as_object().expect("path item") {
             documented.insert((method.clone(), path.clone()));
             let secured = operation["security"] == serde_json::json!([{"bearer": []}]);
-            assert_eq!(secured, path.starts_with("/v1/"), "{method} {path}");
+            let needs_token = path.starts_with("/v1/") && !PUBLIC_V1.contains(&path.as_str());
+            assert_eq!(secured, needs_token, "{method} {path}");
             let responses = operation["responses"].as_object().expect("responses");
             assert!(!responses.is_empty(), "{method} {path}");
             for (status, response) in responses {
@@ -74,7 +83,7 @@ async fn the_document_lists_every_route_and_only_those() {
                     "{method} {path} {status} has no description"
                 );
             }
-            if path.starts_with("/v1/") {
+            if needs_token {
                 assert!(responses.contains_key("401"), "{method} {path}");
                 assert!(responses.contains_key("500"), "{method} {path}");
             }
@@ -133,6 +142,7 @@ async fn the_document_lists_every_route_and_only_those() {
             "client_id",
             "company_name",
             "domain",
+            "infrastructure",
             "plan",
             "admin_email",
             "brand_color",
@@ -179,11 +189,24 @@ async fn every_documented_route_is_served() {
                 "/v1/deployments/{id}",
                 &format!("/v1/deployments/{DEPLOYMENT_A}"),
             );
+        let uri = uri.replace("{token}", crate::fake::GOOD_LINK);
         let uri = if method == "delete" {
             format!("{uri}?confirm={CLIENT_A}")
         } else {
             uri
         };
+        if path == "/v1/webhooks/stripe" {
+            let reply = api
+                .router_request(
+                    "POST",
+                    &uri,
+                    &[("stripe-signature", crate::fake::GOOD_SIGNATURE)],
+                    b"{}".to_vec(),
+                )
+                .await;
+            assert!(reply.status.is_success(), "{uri}: {}", reply.text());
+            continue;
+        }
         let body = Some((
             "application/json",
             serde_json::to_vec(&crate::new_client("served.example.com")).expect("JSON"),

@@ -10,8 +10,8 @@ use serde::Serialize;
 use crate::client::{ClientId, ClientSpec};
 use crate::error::CoreError;
 use crate::operator::OperatorConfig;
-use crate::secrets::{SecretKey, Secrets};
-use crate::stack::{self, ServiceUrl, Stack};
+use crate::secrets::Secrets;
+use crate::stack::{self, Placement, ServiceUrl, Stack};
 
 pub mod clickhouse;
 pub mod compose;
@@ -25,9 +25,8 @@ pub mod yaml;
 
 /// Mode of files that hold secrets (`.env`) or certificates (`acme.json`).
 pub const MODE_SECRET: u32 = 0o600;
-/// Mode of other files. Files read by a container's non-root user (the database init
-/// scripts) must be world-readable inside the container; on the host they are protected
-/// by the client folder's mode 0700.
+/// Mode of other files, none of which holds a secret. Files read by a container's non-root
+/// user (the database init scripts) must be world-readable inside the container.
 pub const MODE_PUBLIC: u32 = 0o644;
 
 /// How the adapter treats an existing file at the same path.
@@ -85,15 +84,34 @@ pub struct Rendered {
 /// The name of the stored client configuration inside a bundle.
 pub const CLIENT_FILE: &str = "client.toml";
 
-/// Renders every file of a client's bundle.
+/// Renders every file of a client's bundle with the default (local) placement.
 pub fn render(
     client: &ClientSpec,
     id: &ClientId,
     secrets: &Secrets,
     operator: &OperatorConfig,
 ) -> Result<Rendered, CoreError> {
-    let stack = stack::build(client, id, operator);
-    for key in SecretKey::needed_for(&client.apps())
+    render_placed(client, id, secrets, operator, &Placement::default())
+}
+
+/// Renders every file of a client's bundle with its databases and secrets placed as
+/// `placement` says.
+///
+/// The secret values are in `.env` only when `placement.secrets_in_files`; no other file
+/// ever holds one (the database init scripts read them from the database container's
+/// environment). Every secret the stack needs must still be given: they are checked here and
+/// the engine adapter resolves them into the containers' environment.
+pub fn render_placed(
+    client: &ClientSpec,
+    id: &ClientId,
+    secrets: &Secrets,
+    operator: &OperatorConfig,
+    placement: &Placement,
+) -> Result<Rendered, CoreError> {
+    let stack = stack::build_placed(client, id, operator, placement);
+    let apps = client.apps();
+    for key in placement
+        .needed_secrets(&apps)
         .into_iter()
         .chain(stack.secrets())
     {
@@ -103,10 +121,17 @@ pub fn render(
             });
         }
     }
-    let apps = client.apps();
     let mut bundle = Bundle::default();
-    bundle.add("docker-compose.yml", compose::render(&stack), MODE_PUBLIC);
-    bundle.add(".env", env::render(client, id, secrets), MODE_SECRET);
+    let (compose_file, env_file) = if placement.secrets_in_files {
+        (compose::render(&stack), env::render(client, id, secrets))
+    } else {
+        (
+            compose::render_without_secret_files(&stack),
+            env::render_without_secrets(client, id, &stack.secrets()),
+        )
+    };
+    bundle.add("docker-compose.yml", compose_file, MODE_PUBLIC);
+    bundle.add(".env", env_file, MODE_SECRET);
     bundle.add(CLIENT_FILE, client.to_toml(id), MODE_PUBLIC);
     bundle.add(
         "config/traefik/traefik.yml",
@@ -119,17 +144,19 @@ pub fn render(
         MODE_PUBLIC,
     );
     bundle.add("website/index.html", html::render(client), MODE_PUBLIC);
+    // Mode 0644 and never executable: the images' entrypoints source a non-executable `.sh`,
+    // which is what gives the script their docker_process_sql.
     if stack.service(crate::plan::ServiceKind::Mysql).is_some() {
         bundle.add(
-            "config/mysql/init.sql",
-            sql::mysql_init(id, &apps, secrets),
+            sql::MYSQL_INIT_FILE,
+            sql::mysql_init(id, &apps),
             MODE_PUBLIC,
         );
     }
     if stack.service(crate::plan::ServiceKind::Postgres).is_some() {
         bundle.add(
-            "config/postgres/init.sql",
-            sql::postgres_init(id, &apps, secrets),
+            sql::POSTGRES_INIT_FILE,
+            sql::postgres_init(id, &apps),
             MODE_PUBLIC,
         );
     }

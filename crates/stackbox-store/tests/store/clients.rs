@@ -20,6 +20,7 @@ on_both_engines!(
     a_page_limit_of_zero_is_refused_and_large_limits_are_capped,
     deleting_a_client_removes_its_secrets_tokens_and_deployments,
     deleting_a_client_with_an_unfinished_deployment_is_refused,
+    updating_a_configuration_replaces_it_and_keeps_the_clients_state,
 );
 
 async fn an_inserted_client_reads_back_by_id_and_by_domain(db: &TestDb) {
@@ -365,4 +366,68 @@ async fn deleting_a_client_with_an_unfinished_deployment_is_refused(db: &TestDb)
         .await
         .unwrap();
     store.delete_client(&client.id).await.unwrap();
+}
+
+async fn updating_a_configuration_replaces_it_and_keeps_the_clients_state(db: &TestDb) {
+    let store = db.open().await;
+    let client = add_client(&store, 1, "starter", ClientState::Running).await;
+    let neighbour = add_client(&store, 2, "starter", ClientState::Running).await;
+    store
+        .set_client_state(&client.id, ClientState::Degraded, Some("calcom unhealthy"))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // A plan change, as a subscription update makes it.
+    let upgraded = spec("Client 1 Renamed", "client1.example.com", "enterprise");
+    let record = store
+        .update_client_spec(&client.id, &upgraded)
+        .await
+        .unwrap();
+    assert_eq!(record.plan, Plan::Enterprise);
+    assert_eq!(record.company_name.as_str(), "Client 1 Renamed");
+    assert_eq!(record.spec_toml, upgraded.to_toml(&client.id));
+    assert_eq!(record.state, ClientState::Degraded);
+    assert_eq!(record.state_reason.as_deref(), Some("calcom unhealthy"));
+    assert_eq!(record.created_at, client.created_at);
+    assert!(record.updated_at > client.updated_at);
+    assert_eq!(store.client(&client.id).await.unwrap(), Some(record));
+    let filtered = store
+        .list_clients(
+            ClientFilter {
+                plan: Some(Plan::Enterprise),
+                ..ClientFilter::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(filtered.clients.len(), 1);
+    // Another client's domain, another id, or no client at all: refused, nothing changed.
+    let error = store
+        .update_client_spec(
+            &client.id,
+            &spec("Client 1", neighbour.domain.as_str(), "starter"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::DomainTaken { owner, .. } if *owner == neighbour.id),
+        "{error:?}"
+    );
+    let mut pinned = spec("Client 1", "client1.example.com", "starter");
+    pinned.client_id = Some(neighbour.id.clone());
+    assert!(matches!(
+        store.update_client_spec(&client.id, &pinned).await,
+        Err(StoreError::ClientIdMismatch { .. })
+    ));
+    let missing = client_id("missing", 3);
+    assert!(matches!(
+        store.update_client_spec(&missing, &upgraded).await,
+        Err(StoreError::ClientNotFound { client }) if client == missing
+    ));
+    assert_eq!(
+        store.client(&client.id).await.unwrap().unwrap().plan,
+        Plan::Enterprise
+    );
 }

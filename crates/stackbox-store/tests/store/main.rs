@@ -3,8 +3,12 @@
 
 mod harness;
 
+mod billing;
 mod clients;
+mod credential_links;
 mod deployments;
+mod outbox;
 mod schema;
 mod secrets;
+mod signups;
 mod tokens;

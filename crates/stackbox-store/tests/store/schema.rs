@@ -1,12 +1,17 @@
-use stackbox_store::{ClientState, Store, StoreError};
+use sha2::{Digest, Sha256};
+use stackbox_core::plan::Plan;
+use stackbox_store::{Billing, ClientState, DeploymentStatus, Store, StoreError};
 
-use crate::harness::{add_client, assert_path_mode, on_both_engines, Engine, TestDb};
+use crate::harness::{
+    add_client, assert_path_mode, client_id, on_both_engines, spec, Engine, TestDb,
+};
 
 on_both_engines!(
     reopening_the_store_reruns_migrations_harmlessly_and_keeps_the_data,
     two_servers_opening_one_new_database_at_once_both_succeed,
     a_database_migrated_by_a_newer_stackbox_is_refused,
     a_migration_changed_after_it_was_applied_is_refused,
+    a_version_1_database_is_migrated_to_version_2_keeping_its_data,
 );
 
 async fn reopening_the_store_reruns_migrations_harmlessly_and_keeps_the_data(db: &TestDb) {
@@ -15,7 +20,7 @@ async fn reopening_the_store_reruns_migrations_harmlessly_and_keeps_the_data(db:
     store.close().await;
     for _ in 0..2 {
         let store = db.open().await;
-        assert_eq!(store.schema_versions().await.unwrap(), vec![1]);
+        assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2]);
         assert_eq!(
             store.client(&client.id).await.unwrap(),
             Some(client.clone())
@@ -27,8 +32,8 @@ async fn reopening_the_store_reruns_migrations_harmlessly_and_keeps_the_data(db:
 async fn two_servers_opening_one_new_database_at_once_both_succeed(db: &TestDb) {
     let (first, second) = tokio::join!(Store::open(&db.url), Store::open(&db.url));
     let (first, second) = (first.unwrap(), second.unwrap());
-    assert_eq!(first.schema_versions().await.unwrap(), vec![1]);
-    assert_eq!(second.schema_versions().await.unwrap(), vec![1]);
+    assert_eq!(first.schema_versions().await.unwrap(), vec![1, 2]);
+    assert_eq!(second.schema_versions().await.unwrap(), vec![1, 2]);
 }
 
 async fn a_database_migrated_by_a_newer_stackbox_is_refused(db: &TestDb) {
@@ -45,7 +50,7 @@ async fn a_database_migrated_by_a_newer_stackbox_is_refused(db: &TestDb) {
             error,
             StoreError::SchemaTooNew {
                 found: 999,
-                known: 1
+                known: 2
             }
         ),
         "{error:?}"
@@ -131,4 +136,68 @@ async fn a_postgres_connection_error_shows_the_url_without_its_password() {
     let message = error.to_string();
     assert!(!message.contains("hunter2-not-shown"), "{message}");
     assert!(message.contains(":***@"), "{message}");
+}
+
+/// The first migration exactly as released, and the runner's table as it creates it: what a
+/// database left by the release before onboarding holds.
+const MIGRATION_0001: &str = include_str!("../../migrations/0001_initial.sql");
+const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS stackbox_schema (
+    version BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    checksum BYTEA NOT NULL,
+    applied_at BIGINT NOT NULL
+)";
+
+async fn a_version_1_database_is_migrated_to_version_2_keeping_its_data(db: &TestDb) {
+    // Builds the database the previous release left, by hand (that release's runner cannot
+    // be run from here): its schema, its version row, and data in each kind of table.
+    if let Some(path) = &db.sqlite_path {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::File::create(path).unwrap();
+    }
+    let id = client_id("legacy", 1);
+    let spec_toml = spec("Legacy Ltd", "legacy.example.com", "professional").to_toml(&id);
+    db.raw_execute(&format!(
+        "{SCHEMA_TABLE};\n{MIGRATION_0001}\n\
+         INSERT INTO stackbox_schema (version, name, checksum, applied_at) \
+         VALUES (1, 'initial', {}, 1700000000000);\n\
+         INSERT INTO clients (id, domain, company_name, plan, spec, state, state_reason, \
+         created_at, updated_at) VALUES ('{id}', 'legacy.example.com', 'Legacy Ltd', \
+         'professional', '{}', 'running', NULL, 1700000000000, 1700000000000);\n\
+         INSERT INTO deployments (id, client_id, kind, status, created_at, started_at, \
+         finished_at) VALUES ('dep_018bcfe56800aaaaaaaaaaaaaaaa', '{id}', 'create', \
+         'succeeded', 1700000000000, 1700000000001, 1700000000002);",
+        db.bytes_literal(&Sha256::digest(MIGRATION_0001.as_bytes())),
+        spec_toml.replace('\'', "''"),
+    ))
+    .await;
+
+    let store = db.open().await;
+    assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2]);
+    let client = store
+        .client(&id)
+        .await
+        .unwrap()
+        .expect("the client survives");
+    assert_eq!(client.state, ClientState::Running);
+    assert_eq!(client.plan, Plan::Professional);
+    assert_eq!(client.spec_toml, spec_toml);
+    let deployments = store.deployments_of_client(&id, 10).await.unwrap();
+    assert_eq!(deployments.len(), 1);
+    assert_eq!(deployments[0].status, DeploymentStatus::Succeeded);
+    // The new tables work for the old client.
+    let billing = store
+        .upsert_billing(&Billing::active(
+            id.clone(),
+            "cus_legacy",
+            "sub_legacy",
+            Plan::Professional,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(store.billing(&id).await.unwrap(), Some(billing));
+    store.close().await;
+    // And the applied version 1 is still the released one: reopening accepts it.
+    let store = db.open().await;
+    assert_eq!(store.schema_versions().await.unwrap(), vec![1, 2]);
 }
