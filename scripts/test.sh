@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need, then checks
-# formatting, lints and runs every test tier (unit, snapshot, real tools, CLI end to end).
+# formatting, lints and runs every test tier (unit, snapshot, real tools, CLI end to end), the
+# AWS provider against moto's server and e-mail against a real SMTP server (both on loopback,
+# started by the tests themselves).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,10 +23,12 @@ export CARGO_TERM_COLOR=never
 export INSTA_UPDATE=no
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# --all-features: the AWS provider (the binary's `aws` feature, off in the default build because
+# the SDK takes minutes to compile) is linted and tested too, against moto's server.
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test --workspace --all-features --locked 2>&1 | tee "$log"
 # One plain closing line with the totals of every test binary (cargo's own last line is the
 # doc-test run, which has no tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

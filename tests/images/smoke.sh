@@ -10,9 +10,9 @@
 #      a restart;
 #   4. the website answers with the company name at the nginx container's address on the web
 #      network;
-#   5. each app user of config/mysql/init.sql logs into MariaDB from another container on the data
+#   5. each app user of config/mysql/init.sh logs into MariaDB from another container on the data
 #      network with its password from .env, and is refused another app's database; the same for
-#      the roles of config/postgres/init.sql on PostgreSQL;
+#      the roles of config/postgres/init.sh on PostgreSQL;
 #   6. every container stops within $SMOKE_STOP_SECONDS (default 3) of SIGTERM;
 #   7. `docker-compose down -v` (anything else attached to the client's networks, such as an edge
 #      router, is disconnected first) and nothing of the client may remain.
@@ -124,7 +124,7 @@ run_on() {
 }
 
 check_mariadb_users() {
-    local sql=$bundle/config/mysql/init.sql image users user password other
+    local sql=$bundle/config/mysql/init.sh image users user password other
     [ -f "$sql" ] || return 0
     image=$(sed -n 's/^mysql = "\(.*\)"$/\1/p' "$catalog")
     mapfile -t users < <(sed -n "s/^CREATE USER IF NOT EXISTS '\([a-z]*\)'@'%'.*/\1/p" "$sql")
@@ -132,7 +132,8 @@ check_mariadb_users() {
     for user in "${users[@]}"; do
         password=$(envvar "$bundle" "${user^^}_DB_PASSWORD")
         [ -n "$password" ] || fail "no ${user^^}_DB_PASSWORD in .env"
-        grep -qF "'$user'@'%' IDENTIFIED BY '$password'" "$sql" || fail "init.sql and .env disagree on $user"
+        # The script takes the password from the container's environment, never holds it.
+        ! grep -qF "$password" "$sql" || fail "init.sh holds the password of $user"
         run_on "${project}_data" "$image" env MYSQL_PWD="$password" mariadb --no-defaults -h mysql \
             -u "$user" -D "$user" -N -B -e 'SELECT CURRENT_USER()' >/dev/null ||
             fail "MariaDB user $user cannot log into $user"
@@ -148,10 +149,11 @@ check_mariadb_users() {
 }
 
 check_postgres_roles() {
-    local sql=$bundle/config/postgres/init.sql image roles role password other
+    local sql=$bundle/config/postgres/init.sh image roles role password other
     [ -f "$sql" ] || return 0
     image=$(sed -n 's/^postgres = "\(.*\)"$/\1/p' "$catalog")
     mapfile -t roles < <(sed -n "s/^ALTER ROLE \([a-z]*\) WITH LOGIN PASSWORD .*/\1/p" "$sql")
+    ! grep -qF "PASSWORD '" "$sql" || fail "init.sh holds a literal password"
     [ ${#roles[@]} -gt 0 ] || fail "no app roles in $sql"
     for role in "${roles[@]}"; do
         password=$(envvar "$bundle" "${role^^}_DB_PASSWORD")

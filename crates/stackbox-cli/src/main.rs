@@ -213,6 +213,8 @@ struct Common {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "aws")]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let json = match &cli.command {
         Command::Render { json, .. } | Command::Plans { json } => *json,
