@@ -67,6 +67,8 @@ pub struct MetricsSnapshot {
     pub deployment_duration: DurationHistogram,
     /// Durations of finished steps, by step name.
     pub step_duration: BTreeMap<String, DurationHistogram>,
+    /// Mail in the outbox by status (`pending`, `sending`, `sent`, `failed`); a gauge.
+    pub mail_by_status: BTreeMap<&'static str, u64>,
 }
 
 /// Why the control plane refused or failed a request. The API maps each variant to one status.

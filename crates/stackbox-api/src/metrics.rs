@@ -120,6 +120,9 @@ impl DurationHistogram {
 }
 
 /// Renders a snapshot in the text exposition format.
+/// The outbox statuses, each written (0 when absent) so every series exists from the start.
+pub const MAIL_STATUSES: [&str; 4] = ["pending", "sending", "sent", "failed"];
+
 pub fn render(snapshot: &MetricsSnapshot) -> String {
     let mut out = String::new();
 
@@ -135,6 +138,22 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
             &mut out,
             "stackbox_clients",
             &[("state", state.as_str())],
+            &value.to_string(),
+        );
+    }
+
+    family(
+        &mut out,
+        "stackbox_mail",
+        "gauge",
+        "Mail in the outbox by status (pending, sending, sent, failed): failed mail needs the operator.",
+    );
+    for status in MAIL_STATUSES {
+        let value = snapshot.mail_by_status.get(status).copied().unwrap_or(0);
+        sample(
+            &mut out,
+            "stackbox_mail",
+            &[("status", status)],
             &value.to_string(),
         );
     }

@@ -607,6 +607,19 @@ impl ControlPlane for Served {
                 .observe(step.finished_at.seconds_since(step.started_at));
         }
         snapshot.step_duration = steps;
+        for (status, count) in self
+            .store
+            .count_mail_by_status()
+            .await
+            .map_err(store_error)?
+        {
+            if let Some(name) = stackbox_api::MAIL_STATUSES
+                .into_iter()
+                .find(|name| *name == status.as_str())
+            {
+                snapshot.mail_by_status.insert(name, count);
+            }
+        }
         Ok(snapshot)
     }
 

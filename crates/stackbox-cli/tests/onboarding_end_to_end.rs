@@ -707,6 +707,12 @@ fn signup_payment_webhooks_and_welcome_mail_from_checkout_to_destroy() {
         })
         .collect();
     assert_eq!(ids.len(), 6);
+    let metrics = http.request("GET", "/metrics", &[], "").body;
+    assert!(
+        metrics.contains("stackbox_mail{status=\"sent\"} 6\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("stackbox_mail{status=\"failed\"} 0\n"));
     let log = std::fs::read_to_string(&server_log).unwrap_or_default();
     for secret in [STRIPE_KEY, WEBHOOK_SECRET] {
         assert!(!log.contains(secret), "the server log shows {secret}");

@@ -428,6 +428,8 @@ impl ControlPlane for Fake {
             .insert(DeploymentOutcome::Failed, 1);
         snapshot.deployment_duration =
             DurationHistogram::from_samples([12.0, 45.5, 61.0, 300.0, 4000.0]);
+        snapshot.mail_by_status.insert("sent", 5);
+        snapshot.mail_by_status.insert("failed", 1);
         snapshot.step_duration.insert(
             "render".to_string(),
             DurationHistogram::from_samples([0.01, 0.02, 0.3]),

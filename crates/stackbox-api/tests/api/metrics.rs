@@ -287,12 +287,21 @@ async fn metrics_parse_as_prometheus_text() {
         ("stackbox_deployments_total", "counter"),
         ("stackbox_deployment_duration_seconds", "histogram"),
         ("stackbox_step_duration_seconds", "histogram"),
+        ("stackbox_mail", "gauge"),
     ];
     assert_eq!(families.keys().map(String::as_str).collect::<Vec<_>>(), {
         let mut names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
         names.sort();
         names
     });
+    assert!(
+        text.contains("stackbox_mail{status=\"failed\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stackbox_mail{status=\"pending\"} 0\n"),
+        "{text}"
+    );
     for (name, kind) in expected {
         let family = &families[name];
         assert_eq!(family.kind.as_deref(), Some(kind), "{name}");
