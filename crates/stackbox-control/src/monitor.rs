@@ -46,14 +46,20 @@ async fn handle(
         return;
     };
     let mut reason = None;
-    if event.action == "health_status: unhealthy" {
+    // A deployment of the client (a stop, a destroy, a redeploy) owns its containers: a
+    // restart in the middle of it would race its own stops and removals.
+    let owned_by_deployment = control.quiet_generation(&client).is_none();
+    if event.action == "health_status: unhealthy" && !owned_by_deployment {
         let now = Instant::now();
         let recent = failures.entry(event.container.clone()).or_default();
         recent.retain(|t| now.duration_since(*t) < WINDOW);
         recent.push(now);
         if recent.len() <= RESTARTS {
             let _ = docker.stop_container(&event.container).await;
-            let _ = docker.start_container(&event.container).await;
+            // A deployment that began while the container stopped decides what runs.
+            if control.quiet_generation(&client).is_some() {
+                let _ = docker.start_container(&event.container).await;
+            }
         } else {
             reason = Some(format!(
                 "service {} keeps failing its health check ({} restarts in {} minutes)",
