@@ -42,6 +42,9 @@ pub fn render_without_secrets(
          # object keyed by the names below).\n"
     );
     settings(&mut out, client, id);
+    if referenced.is_empty() {
+        return out;
+    }
     out.push_str(&format!(
         "\n# Secrets are not in this file. To run the bundle with docker-compose by hand, export\n\
          # these from secret {store} first:\n"
