@@ -166,6 +166,21 @@ mod with_aws {
         Ok(Some(Arc::new(AwsCloud(infra))))
     }
 
+    /// Ctrl-C or SIGTERM.
+    async fn cancelled() {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+
     fn runtime() -> Result<tokio::runtime::Runtime> {
         Ok(tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -256,7 +271,30 @@ mod with_aws {
                 }
                 InfraArgs::Apply { config, json } => {
                     let request = request_for(&infra, operator, &config).await?;
-                    let outcome = infra.apply(&request, &printer(json)).await?;
+                    // Ctrl-C or SIGTERM cancels: a phase that started from nothing is undone
+                    // (destroy finds what it made by tag); one that converged existing
+                    // resources leaves them for the next apply, since undoing would take a
+                    // working client's infrastructure away.
+                    let fresh =
+                        infra.plan(&request).await?.actions.iter().all(|a| {
+                            matches!(a.kind, stackbox_core::infra::InfraActionKind::Create)
+                        });
+                    let print = printer(json);
+                    let outcome = tokio::select! {
+                        outcome = infra.apply(&request, &print) => outcome?,
+                        _ = cancelled() => {
+                            if fresh {
+                                eprintln!("cancelled: removing what this run made");
+                                infra.destroy(&request.client, &print).await?;
+                                bail!("cancelled; nothing of {} is left on AWS", request.client);
+                            }
+                            bail!(
+                                "cancelled; {}'s resources are as far as the run got: run \
+                                 `stackbox infra apply` again to converge them",
+                                request.client
+                            );
+                        }
+                    };
                     let summary = outcome_json(&outcome);
                     if json {
                         println!("{}", json!({ "result": summary }));

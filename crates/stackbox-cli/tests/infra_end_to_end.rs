@@ -1033,3 +1033,69 @@ fn serve_deploys_an_aws_client_with_the_cloud_step_first_and_delete_removes_ever
     assert_eq!(bed.secret(&format!("stackbox/{id}"))["exists"], false);
     assert!(!bundle.exists(), "the bundle is left: {bundle:?}");
 }
+
+#[test]
+fn a_cancelled_first_apply_is_undone_and_leaves_nothing_of_the_client() {
+    use std::io::{BufRead, BufReader};
+    let bed = bed();
+    let dir = tempfile::tempdir().unwrap();
+    let operator = dir.path().join("stackbox.toml");
+    std::fs::write(
+        &operator,
+        format!(
+            "[infrastructure]\nprovider = \"aws\"\n{}",
+            bed.aws_section()
+        ),
+    )
+    .unwrap();
+    let id = "cancelled-6a7b8c9d";
+    let domain = "cancelled.example.com";
+    let config = dir.path().join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "client_id = \"{id}\"\ncompany_name = \"Cancelled\"\ndomain = \"{domain}\"\n\
+             plan = \"starter\"\nadmin_email = \"owner@{domain}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stackbox"));
+    command
+        .arg("--operator")
+        .arg(&operator)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["infra", "apply"])
+        .arg(&config)
+        .env_remove("STACKBOX_OPERATOR_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    bed.aws_env(&mut command);
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Cancel once the run has made something (the certificate step is done).
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.starts_with("certificate") && line.contains("done") {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("created")),
+        "nothing was made before the cancel: {seen:?}"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "{seen:?}\n{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("cancelled")), "{rest:?}");
+    let left = resources(&bed.inventory(id, domain));
+    assert!(left.is_empty(), "left after the cancel: {left:?}");
+    assert!(bed.mysql_of(id).is_empty());
+}
