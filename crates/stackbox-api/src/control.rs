@@ -207,6 +207,16 @@ pub trait ControlPlane: Send + Sync + 'static {
         async { Err(ControlError::NotFound) }
     }
 
+    /// `POST /v1/clients/{id}/welcome` (operator): the welcome e-mail again, with a new
+    /// one-time link; earlier links stop working. `Conflict` when no mail server is set up.
+    fn resend_welcome(
+        &self,
+        id: &ClientId,
+    ) -> impl Future<Output = Result<(), ControlError>> + Send {
+        let _ = id;
+        async { Err(ControlError::NotFound) }
+    }
+
     /// `GET` (`reveal = false`) and `POST` (`reveal = true`) `/welcome/{token}`: the one-time
     /// page with a client's admin credentials. The token is passed as written in the URL.
     fn credentials_page(
@@ -293,6 +303,7 @@ pub(crate) trait DynControl: Send + Sync + 'static {
         token: String,
         reveal: bool,
     ) -> BoxFuture<'_, Result<HtmlPage, ControlError>>;
+    fn resend_welcome<'a>(&'a self, id: &'a ClientId) -> BoxFuture<'a, Result<(), ControlError>>;
 }
 
 impl<C: ControlPlane> DynControl for C {
@@ -364,5 +375,8 @@ impl<C: ControlPlane> DynControl for C {
         reveal: bool,
     ) -> BoxFuture<'_, Result<HtmlPage, ControlError>> {
         Box::pin(ControlPlane::credentials_page(self, token, reveal))
+    }
+    fn resend_welcome<'a>(&'a self, id: &'a ClientId) -> BoxFuture<'a, Result<(), ControlError>> {
+        Box::pin(ControlPlane::resend_welcome(self, id))
     }
 }

@@ -124,6 +124,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(stop_client))
         .routes(routes!(start_client))
         .routes(routes!(redeploy_client))
+        .routes(routes!(resend_welcome))
         .routes(routes!(get_deployment))
         .routes(routes!(deployment_events))
         .routes(routes!(crate::onboarding::signup))
@@ -383,6 +384,44 @@ async fn start_client(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     client_action(state, caller, id, ClientAction::Start).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{id}/welcome",
+    tag = "clients",
+    summary = "Send the welcome e-mail again, with a new one-time link to the password.",
+    description = "For an owner who lost the e-mail or whose link expired or was used: earlier \
+        links stop working, and the new e-mail goes through the outbox like the first.",
+    params(("id" = String, Path, description = "The client id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = Object, description = "Queued."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client."),
+        (status = 409, body = ErrorBody, description = "No mail server is configured."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn resend_welcome(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let id = client_id(id)?;
+    state
+        .control
+        .resend_welcome(&id)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "client_id": id.as_str(), "welcome": "queued" })),
+    )
+        .into_response())
 }
 
 #[utoipa::path(

@@ -61,6 +61,17 @@ pub struct DeployArgs<'a> {
 
 /// Renders (or reuses) the bundle and converges the engine to it.
 pub fn deploy(operator: &OperatorConfig, spec: &ClientSpec, args: DeployArgs) -> Result<()> {
+    // A client on AWS needs the cloud phase before its containers (its databases are on RDS,
+    // its secrets in Secrets Manager): that is the control plane's pipeline, not this command.
+    if stackbox_core::infra::effective_provider(spec, operator)
+        == stackbox_core::infra::ProviderKind::Aws
+    {
+        anyhow::bail!(
+            "infrastructure: this client is on the aws provider, whose databases and secrets \
+             live on AWS; deploy it through `stackbox serve` (POST /v1/clients, or `stackbox \
+             --server URL deploy`), or set infrastructure = \"local\" to run it all on this host"
+        );
+    }
     // The engine first: when none answers, nothing is written.
     let rt = runtime()?;
     let docker = rt.block_on(DockerRuntime::connect())?;

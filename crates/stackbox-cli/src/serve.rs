@@ -246,6 +246,9 @@ fn control_error(error: stackbox_control::ControlError) -> ControlError {
             ControlError::Unavailable("the pipeline worker has stopped".into())
         }
         stackbox_control::ControlError::OnboardingDisabled => ControlError::NotFound,
+        error @ stackbox_control::ControlError::MailDisabled => {
+            ControlError::Conflict(error.to_string())
+        }
         stackbox_control::ControlError::BadWebhook(problem) => ControlError::BadRequest(problem),
         stackbox_control::ControlError::Invalid { field, problem } => {
             ControlError::Invalid { field, problem }
@@ -651,6 +654,10 @@ impl ControlPlane for Served {
             stackbox_control::WebhookResult::Duplicate => stackbox_api::WebhookOutcome::Duplicate,
             stackbox_control::WebhookResult::Ignored => stackbox_api::WebhookOutcome::Ignored,
         })
+    }
+
+    async fn resend_welcome(&self, id: &ClientId) -> Result<(), ControlError> {
+        self.control.resend_welcome(id).await.map_err(control_error)
     }
 
     async fn credentials_page(

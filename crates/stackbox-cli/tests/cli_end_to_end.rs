@@ -317,3 +317,27 @@ fn status_and_destroy_reject_a_malformed_client_id() {
         assert!(err.contains("is not a client id"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_local_deploy_of_a_client_on_aws_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("client.toml");
+    std::fs::write(
+        &path,
+        "company_name = \"Cloudy\"\ndomain = \"cloudy.example.com\"\nplan = \"starter\"\n\
+         admin_email = \"a@cloudy.example.com\"\ninfrastructure = \"aws\"\n",
+    )
+    .unwrap();
+    let root = dir.path().join("out");
+    let output = stackbox(&[
+        "deploy",
+        path.to_str().unwrap(),
+        "--out",
+        root.to_str().unwrap(),
+    ]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("infrastructure:"), "{stderr}");
+    assert!(stderr.contains("stackbox serve"), "{stderr}");
+    assert!(!root.exists(), "nothing may be written");
+}

@@ -603,6 +603,30 @@ fn signup_payment_webhooks_and_welcome_mail_from_checkout_to_destroy() {
     assert_eq!(http.request("POST", &link, &[], "").status, 410);
     assert_eq!(http.request("GET", &link, &[], "").status, 410);
 
+    // The operator sends the welcome again: a new link that works, the old one stays dead.
+    let auth = format!("Bearer {token}");
+    let reply = http.request(
+        "POST",
+        &format!("/v1/clients/{client}/welcome"),
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let again = wait_for_mails(&mail_dir, 2, Duration::from_secs(30)).remove(1);
+    let at = again.find(&link_prefix).expect("the new one-time link");
+    let new_token: String = again[at + link_prefix.len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    assert_ne!(new_token, token_part);
+    let renewed = http.request("POST", &format!("/welcome/{new_token}"), &[], "");
+    assert_eq!(renewed.status, 200, "{}", renewed.body);
+    assert!(
+        renewed.body.contains(&password),
+        "the same password, shown again once"
+    );
+    assert_eq!(http.request("POST", &link, &[], "").status, 410);
+
     // A failed payment: the owner is told, the grace period (2 s) runs out, the client stops.
     let failed = event(
         "evt_invoice_failed_1",
@@ -620,17 +644,17 @@ fn signup_payment_webhooks_and_welcome_mail_from_checkout_to_destroy() {
         Some("stopped"),
         Duration::from_secs(60),
     );
-    let all = wait_for_mails(&mail_dir, 3, Duration::from_secs(30));
+    let all = wait_for_mails(&mail_dir, 4, Duration::from_secs(30));
     assert!(
-        subject(&all[1]).to_lowercase().contains("payment"),
-        "{}",
-        subject(&all[1])
-    );
-    assert!(
-        subject(&all[2]).to_lowercase().contains("suspend")
-            || subject(&all[2]).to_lowercase().contains("paused"),
+        subject(&all[2]).to_lowercase().contains("payment"),
         "{}",
         subject(&all[2])
+    );
+    assert!(
+        subject(&all[3]).to_lowercase().contains("suspend")
+            || subject(&all[3]).to_lowercase().contains("paused"),
+        "{}",
+        subject(&all[3])
     );
     assert!(containers_of(&client)
         .iter()
@@ -652,7 +676,7 @@ fn signup_payment_webhooks_and_welcome_mail_from_checkout_to_destroy() {
         Some("running"),
         Duration::from_secs(120),
     );
-    wait_for_mails(&mail_dir, 4, Duration::from_secs(30));
+    wait_for_mails(&mail_dir, 5, Duration::from_secs(30));
 
     // A plan change adds the plan's services, keeping the data.
     let upgraded = event(
@@ -679,7 +703,7 @@ fn signup_payment_webhooks_and_welcome_mail_from_checkout_to_destroy() {
         assert!(Instant::now() < deadline, "no upgrade: {detail}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    wait_for_mails(&mail_dir, 5, Duration::from_secs(30));
+    wait_for_mails(&mail_dir, 6, Duration::from_secs(30));
 
     // Cancelled: stopped at once, told so, destroyed after the retention period (4 s).
     let deleted = event(
@@ -694,10 +718,10 @@ fn signup_payment_webhooks_and_welcome_mail_from_checkout_to_destroy() {
         "{:?}",
         containers_of(&client)
     );
-    let all = wait_for_mails(&mail_dir, 6, Duration::from_secs(30));
-    let last = subject(&all[5]).to_lowercase();
+    let all = wait_for_mails(&mail_dir, 7, Duration::from_secs(30));
+    let last = subject(&all[6]).to_lowercase();
     assert!(last.contains("ended") || last.contains("cancel"), "{last}");
-    // Every message went out once: six distinct Message-IDs.
+    // Every message went out once: seven distinct Message-IDs.
     let ids: std::collections::BTreeSet<String> = all
         .iter()
         .filter_map(|m| {
@@ -706,10 +730,10 @@ fn signup_payment_webhooks_and_welcome_mail_from_checkout_to_destroy() {
                 .map(String::from)
         })
         .collect();
-    assert_eq!(ids.len(), 6);
+    assert_eq!(ids.len(), 7);
     let metrics = http.request("GET", "/metrics", &[], "").body;
     assert!(
-        metrics.contains("stackbox_mail{status=\"sent\"} 6\n"),
+        metrics.contains("stackbox_mail{status=\"sent\"} 7\n"),
         "{metrics}"
     );
     assert!(metrics.contains("stackbox_mail{status=\"failed\"} 0\n"));

@@ -70,6 +70,8 @@ pub enum ControlError {
     WorkerGone,
     #[error("{field}: {problem}")]
     Invalid { field: String, problem: String },
+    #[error("no mail server (STACKBOX_SMTP_URL, STACKBOX_MAIL_FROM) is configured on this server")]
+    MailDisabled,
     #[error("sign-ups are not taken here: no payment provider is configured")]
     OnboardingDisabled,
     #[error("webhook refused: {0}")]

@@ -633,6 +633,30 @@ impl Control {
         client: &ClientId,
         spec: &ClientSpec,
     ) -> Result<serde_json::Value, ControlError> {
+        self.welcome(client, spec, false).await
+    }
+
+    /// Sends the welcome e-mail again with a new one-time link (the owner lost the first, or
+    /// it expired or was used); every earlier link stops working.
+    pub async fn resend_welcome(&self, client: &ClientId) -> Result<(), ControlError> {
+        if self.onboarding().mailer.is_none() || self.onboarding().settings.public_url.is_none() {
+            return Err(ControlError::MailDisabled);
+        }
+        let Some(record) = self.store().client(client).await? else {
+            return Err(ControlError::UnknownClient {
+                client: client.clone(),
+            });
+        };
+        self.welcome(client, &record.spec()?, true).await?;
+        Ok(())
+    }
+
+    async fn welcome(
+        &self,
+        client: &ClientId,
+        spec: &ClientSpec,
+        again: bool,
+    ) -> Result<serde_json::Value, ControlError> {
         let settings = &self.onboarding().settings;
         if self.onboarding().mailer.is_none() {
             return Ok(serde_json::json!({ "welcome": "not sent: no mail server configured" }));
@@ -640,7 +664,12 @@ impl Control {
         let Some(public_url) = &settings.public_url else {
             return Ok(serde_json::json!({ "welcome": "not sent: no public URL configured" }));
         };
-        let dedupe_key = format!("welcome:{client}");
+        let dedupe_key = if again {
+            self.store().revoke_credential_links(client).await?;
+            format!("welcome:{client}:{}", Timestamp::now().unix_millis())
+        } else {
+            format!("welcome:{client}")
+        };
         let ttl = seconds(settings.credentials_link_seconds);
         let token = self.store().create_credential_link(client, ttl).await?;
         let link = format!("{public_url}/welcome/{}", token.expose());

@@ -477,6 +477,12 @@ impl Store {
     pub async fn delete_expired_credential_links(&self, now: Timestamp) -> Result<u64, StoreError> {
         on_backend!(self, onboarding_sql::delete_expired_credential_links(now))
     }
+
+    /// Deletes every link of a client (before a new one is sent, so that only the newest
+    /// works); returns how many.
+    pub async fn revoke_credential_links(&self, client: &ClientId) -> Result<u64, StoreError> {
+        on_backend!(self, onboarding_sql::revoke_credential_links(client))
+    }
 }
 
 /// The client of a looked-up link, after comparing the stored hash in constant time (as tokens

@@ -866,3 +866,15 @@ pub(crate) async fn delete_expired_credential_links(
         .map_err(StoreError::database("deleting expired credential links"))?;
     Ok(affected(&deleted))
 }
+
+pub(crate) async fn revoke_credential_links(
+    pool: &Pool,
+    client: &ClientId,
+) -> Result<u64, StoreError> {
+    let deleted = sqlx::query("DELETE FROM credential_links WHERE client_id = $1")
+        .bind(client.as_str())
+        .execute(pool)
+        .await
+        .map_err(StoreError::database("revoking credential links"))?;
+    Ok(affected(&deleted))
+}

@@ -475,6 +475,15 @@ impl ControlPlane for Fake {
         Ok(stackbox_api::WebhookOutcome::Processed)
     }
 
+    async fn resend_welcome(&self, id: &ClientId) -> Result<(), ControlError> {
+        self.injected()?;
+        if lock(&self.clients).contains_key(id) {
+            Ok(())
+        } else {
+            Err(ControlError::NotFound)
+        }
+    }
+
     async fn credentials_page(
         &self,
         token: String,

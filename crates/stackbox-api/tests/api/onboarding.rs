@@ -198,3 +198,32 @@ async fn credentials_page_is_html_kept_out_of_caches_referrers_and_frames() {
             .expect(404);
     }
 }
+
+#[tokio::test]
+async fn resending_the_welcome_is_for_operators_on_known_clients() {
+    let api = Api::new();
+    let uri = format!("/v1/clients/{}/welcome", crate::fake::CLIENT_A);
+    let reply = api
+        .call("POST", &uri, Some(crate::fake::OPERATOR), None)
+        .await;
+    reply.expect(202);
+    assert_eq!(reply.json()["welcome"], "queued");
+    api.call("POST", &uri, Some(crate::fake::TOKEN_A), None)
+        .await
+        .expect(403);
+    api.call("POST", &uri, None, None).await.expect(401);
+    api.call(
+        "POST",
+        "/v1/clients/nobody-00000000/welcome",
+        Some(crate::fake::OPERATOR),
+        None,
+    )
+    .await
+    .expect(404);
+    *api.fake.fail_next.lock().unwrap() = Some(ControlError::Conflict(
+        "no mail server is configured".into(),
+    ));
+    api.call("POST", &uri, Some(crate::fake::OPERATOR), None)
+        .await
+        .expect(409);
+}

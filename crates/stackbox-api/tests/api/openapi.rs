@@ -9,7 +9,7 @@ use crate::fake::{CLIENT_A, DEPLOYMENT_A, OPERATOR};
 use crate::Api;
 
 /// Every route the server has: (method, OpenAPI path).
-const ROUTES: [(&str, &str); 16] = [
+const ROUTES: [(&str, &str); 17] = [
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -20,6 +20,7 @@ const ROUTES: [(&str, &str); 16] = [
     ("post", "/v1/clients/{id}/stop"),
     ("post", "/v1/clients/{id}/start"),
     ("post", "/v1/clients/{id}/redeploy"),
+    ("post", "/v1/clients/{id}/welcome"),
     ("get", "/v1/deployments/{id}"),
     ("get", "/v1/deployments/{id}/events"),
     ("post", "/v1/signup"),

@@ -13,7 +13,33 @@ on_both_engines!(
     concurrent_uses_of_one_credential_link_have_exactly_one_winner,
     wrong_malformed_and_orphan_credential_links_are_refused,
     deleting_a_client_removes_its_billing_and_credential_links,
+    revoking_a_clients_credential_links_leaves_other_clients_links,
 );
+
+async fn revoking_a_clients_credential_links_leaves_other_clients_links(db: &TestDb) {
+    let store = db.open().await;
+    let first = add_client(&store, 1, "starter", ClientState::Running).await;
+    let second = add_client(&store, 2, "starter", ClientState::Running).await;
+    let old = store.create_credential_link(&first.id, TTL).await.unwrap();
+    let older = store.create_credential_link(&first.id, TTL).await.unwrap();
+    let other = store.create_credential_link(&second.id, TTL).await.unwrap();
+    assert_eq!(store.revoke_credential_links(&first.id).await.unwrap(), 2);
+    let now = Timestamp::now();
+    for token in [old.expose(), older.expose()] {
+        assert_eq!(
+            store.consume_credential_link(token, now).await.unwrap(),
+            None
+        );
+    }
+    assert_eq!(
+        store
+            .consume_credential_link(other.expose(), now)
+            .await
+            .unwrap(),
+        Some(second.id.clone())
+    );
+    assert_eq!(store.revoke_credential_links(&first.id).await.unwrap(), 0);
+}
 
 const TTL: Duration = Duration::from_secs(7 * 86_400);
 
