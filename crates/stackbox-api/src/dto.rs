@@ -353,6 +353,12 @@ pub struct StepView {
     /// What went wrong, for people (never an internal error text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the step did, as journaled: files written, networks and volumes, services
+    /// created or kept, the AWS resources made (names and ARNs), the welcome e-mail queued.
+    /// Never a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<serde_json::Value>,
 }
 
 /// `GET /v1/deployments/{id}`.

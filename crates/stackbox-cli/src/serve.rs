@@ -292,6 +292,7 @@ fn step_view(step: &stackbox_store::Step) -> StepView {
         started_at: step.started_at.map(time),
         finished_at: step.finished_at.map(time),
         error: step.error.clone(),
+        output: step.output.clone(),
     }
 }
 

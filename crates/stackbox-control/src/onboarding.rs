@@ -444,7 +444,20 @@ impl Control {
         if store.client(&id).await?.is_none() {
             spec.client_id = Some(id.clone());
             let plan = spec.plan;
-            self.create_client(spec).await?;
+            match self.create_client(spec.clone()).await {
+                Ok(_) => {}
+                // Two sign-ups for one domain both paid: the second cannot be provisioned.
+                // Answering an error would make Stripe redeliver for days to no end; the
+                // buyer is told instead, and the operator's log says what to refund.
+                Err(ControlError::DomainTaken { domain, owner }) => {
+                    tracing::error!(signup = %signup_id, %domain, %owner, customer, subscription, "a paid sign-up's domain was taken in the meantime: not provisioned; refund or move it");
+                    let email = notify::domain_unavailable(&spec);
+                    self.queue_mail(format!("domain-taken:{signup_id}"), None, email)
+                        .await?;
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            }
             tracing::info!(client = %id, signup = %signup_id, plan = plan.key(), "paid sign-up provisioned");
         }
         if store.billing(&id).await?.is_none() {

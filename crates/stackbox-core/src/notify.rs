@@ -271,6 +271,29 @@ pub fn suspended(spec: &ClientSpec) -> Email {
     )
 }
 
+/// A paid sign-up whose domain another client took in the meantime: nothing was set up.
+pub fn domain_unavailable(spec: &ClientSpec) -> Email {
+    let company = spec.company_name.as_str();
+    let style = Style::of(&spec.brand_color);
+    let domain = spec.domain.as_str();
+    let lines = [
+        format!(
+            "Thank you for signing up {company}. We could not set up your services: the address \
+             {domain} was taken by another sign-up just before yours was completed."
+        ),
+        "Nothing has been set up for you. Please contact your provider: they will refund the \
+         payment or set your services up under another address."
+            .to_string(),
+    ];
+    simple(
+        spec,
+        &style,
+        format!("{company}: we could not set up your services"),
+        "We could not set up your services",
+        &lines,
+    )
+}
+
 /// The services run again after a suspension.
 pub fn resumed(spec: &ClientSpec) -> Email {
     let company = spec.company_name.as_str();

@@ -143,6 +143,15 @@ fn suspended_email_matches_snapshot() {
 }
 
 #[test]
+fn domain_unavailable_email_names_the_domain_and_what_happens_next() {
+    let email = notify::domain_unavailable(&professional());
+    assert_well_formed(&email);
+    assert!(email.text.contains("obrien.example.com"));
+    assert!(email.text.contains("refund"));
+    insta::assert_snapshot!("domain_unavailable", snapshot_text(&email));
+}
+
+#[test]
 fn resumed_email_matches_snapshot() {
     let email = notify::resumed(&professional());
     assert_well_formed(&email);

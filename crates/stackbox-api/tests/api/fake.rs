@@ -83,6 +83,7 @@ fn step(name: &str, status: StepStatus, started: Option<i64>, finished: Option<i
         started_at: started.map(at),
         finished_at: finished.map(at),
         error: None,
+        output: None,
     }
 }
 
