@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod support;
+use support::{containers_of, free_port, repo_root};
+
 const REGION: &str = "eu-west-1";
 /// The shared instance's master login, in its Secrets Manager secret and in MariaDB alike.
 const ADMIN_USER: &str = "sbadmin";
@@ -33,18 +36,6 @@ const ADMIN_PASSWORD: &str = "AdminPassw0rd";
 /// What the ALB forwards to (moto registers any address).
 const TARGET: &str = "10.0.1.15";
 const EDGE: &str = "stackbox-infra-test-edge";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn wait_for_port(port: u16, what: &str, child: &mut Child) {
     let start = Instant::now();
@@ -621,17 +612,7 @@ impl Server {
              builds the local test images",
         );
         let data = tempfile::tempdir().unwrap();
-        let hard_limit = Command::new("sh")
-            .args(["-c", "ulimit -Hn"])
-            .output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or(1 << 20);
+        let hard_limit = support::hard_open_files_limit();
         let operator = data.path().join("stackbox.toml");
         // The operator's default stays `local`: the client asks for aws itself, and the [aws]
         // section is what gives the server its cloud adapter.
@@ -770,47 +751,8 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new("docker").args(["rm", "-f", EDGE]).output();
-        for id in &self.made {
-            let filter = format!("label=io.stackbox.client={id}");
-            for (list, remove) in [
-                (["ps", "-aq"].as_slice(), ["rm", "-f"].as_slice()),
-                (&["network", "ls", "-q"], &["network", "rm"]),
-                (&["volume", "ls", "-q"], &["volume", "rm"]),
-            ] {
-                let mut args = list.to_vec();
-                args.extend(["--filter", &filter]);
-                let Ok(out) = Command::new("docker").args(&args).output() else {
-                    continue;
-                };
-                for object in String::from_utf8_lossy(&out.stdout).lines() {
-                    let mut args = remove.to_vec();
-                    args.push(object);
-                    let _ = Command::new("docker").args(&args).output();
-                }
-            }
-        }
+        support::remove_from_engine(EDGE, &self.made);
     }
-}
-
-fn containers_of(id: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=io.stackbox.client={id}"),
-            "--format",
-            "{{.Names}} {{.State}}",
-        ])
-        .output()
-        .unwrap();
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    names.sort();
-    names
 }
 
 fn step_names(view: &Value) -> Vec<String> {

@@ -15,21 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod support;
+use support::{containers_of, free_port, repo_root};
+
 const EDGE: &str = "stackbox-onboarding-test-edge";
 const STRIPE_KEY: &str = "sk_test_onboarding_e2e";
 const WEBHOOK_SECRET: &str = "whsec_onboarding_e2e";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// A child process killed when dropped (with its stdout kept open, so that a late write of
 /// the child does not fail on a closed pipe).
@@ -264,49 +255,12 @@ fn wait_for_state(http: &Http, token: &str, id: &str, want: Option<&str>, limit:
     }
 }
 
-fn containers_of(id: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=io.stackbox.client={id}"),
-            "--format",
-            "{{.Names}} {{.State}}",
-        ])
-        .output()
-        .unwrap();
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    names.sort();
-    names
-}
-
 /// Removes a client's engine objects if the test fails half-way.
 struct EngineCleanup(std::cell::RefCell<Vec<String>>);
 
 impl Drop for EngineCleanup {
     fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", EDGE]).output();
-        for id in self.0.borrow().iter() {
-            let filter = format!("label=io.stackbox.client={id}");
-            for (list, remove) in [
-                (["ps", "-aq"].as_slice(), ["rm", "-f"].as_slice()),
-                (&["network", "ls", "-q"], &["network", "rm"]),
-                (&["volume", "ls", "-q"], &["volume", "rm"]),
-            ] {
-                let mut args = list.to_vec();
-                args.extend(["--filter", &filter]);
-                let out = Command::new("docker").args(&args).output().unwrap();
-                for object in String::from_utf8_lossy(&out.stdout).lines() {
-                    let mut args = remove.to_vec();
-                    args.push(object);
-                    let _ = Command::new("docker").args(&args).output();
-                }
-            }
-        }
+        support::remove_from_engine(EDGE, &self.0.borrow());
     }
 }
 
@@ -317,17 +271,7 @@ fn signup_payment_webhooks_and_welcome_mail_from_checkout_to_destroy() {
          builds the local test images",
     );
     let data = tempfile::tempdir().unwrap();
-    let hard_limit = Command::new("sh")
-        .args(["-c", "ulimit -Hn"])
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or(1 << 20);
+    let hard_limit = support::hard_open_files_limit();
     let operator = data.path().join("stackbox.toml");
     std::fs::write(
         &operator,

@@ -12,6 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::containers_of;
+
 const EDGE: &str = "stackbox-serve-test-edge";
 
 struct Server {
@@ -31,17 +34,7 @@ impl Server {
              builds the local test images",
         );
         let data = tempfile::tempdir().unwrap();
-        let hard_limit = Command::new("sh")
-            .args(["-c", "ulimit -Hn"])
-            .output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or(1 << 20);
+        let hard_limit = support::hard_open_files_limit();
         let operator = data.path().join("stackbox.toml");
         std::fs::write(
             &operator,
@@ -169,45 +162,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill_hard();
-        let _ = Command::new("docker").args(["rm", "-f", EDGE]).output();
-        for id in self.made.borrow().iter() {
-            let filter = format!("label=io.stackbox.client={id}");
-            for (list, remove) in [
-                (["ps", "-aq"].as_slice(), ["rm", "-f"].as_slice()),
-                (&["network", "ls", "-q"], &["network", "rm"]),
-                (&["volume", "ls", "-q"], &["volume", "rm"]),
-            ] {
-                let mut args = list.to_vec();
-                args.extend(["--filter", &filter]);
-                let out = Command::new("docker").args(&args).output().unwrap();
-                for object in String::from_utf8_lossy(&out.stdout).lines() {
-                    let mut args = remove.to_vec();
-                    args.push(object);
-                    let _ = Command::new("docker").args(&args).output();
-                }
-            }
-        }
+        support::remove_from_engine(EDGE, &self.made.borrow());
     }
-}
-
-fn containers_of(id: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=io.stackbox.client={id}"),
-            "--format",
-            "{{.Names}} {{.State}}",
-        ])
-        .output()
-        .unwrap();
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(String::from)
-        .collect();
-    names.sort();
-    names
 }
 
 fn client_body(company: &str, domain: &str) -> String {

@@ -1,0 +1,82 @@
+//! What the binary's end-to-end tests share: free ports, the repository root, the engine's view
+//! of a client, and removing a client's engine objects after a failed test. Each test file is
+//! its own crate and uses part of it.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// This host's hard open-files limit, for the operator's `[host] max_open_files` (a sandboxed
+/// dockerd cannot raise containers above it).
+pub fn hard_open_files_limit() -> u64 {
+    Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(1 << 20)
+}
+
+/// `name state` of each of the client's containers, sorted.
+pub fn containers_of(id: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=io.stackbox.client={id}"),
+            "--format",
+            "{{.Names}} {{.State}}",
+        ])
+        .output()
+        .unwrap();
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Removes the edge router and every container, network and volume of these clients: what a
+/// test that failed half-way leaves on the engine.
+pub fn remove_from_engine(edge: &str, clients: &[String]) {
+    let _ = Command::new("docker").args(["rm", "-f", edge]).output();
+    for id in clients {
+        let filter = format!("label=io.stackbox.client={id}");
+        for (list, remove) in [
+            (["ps", "-aq"].as_slice(), ["rm", "-f"].as_slice()),
+            (&["network", "ls", "-q"], &["network", "rm"]),
+            (&["volume", "ls", "-q"], &["volume", "rm"]),
+        ] {
+            let mut args = list.to_vec();
+            args.extend(["--filter", &filter]);
+            let Ok(out) = Command::new("docker").args(&args).output() else {
+                continue;
+            };
+            for object in String::from_utf8_lossy(&out.stdout).lines() {
+                let mut args = remove.to_vec();
+                args.push(object);
+                let _ = Command::new("docker").args(&args).output();
+            }
+        }
+    }
+}
