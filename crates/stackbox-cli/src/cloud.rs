@@ -28,6 +28,23 @@ pub fn infra(_: &OperatorConfig, _: &Path, _: InfraArgs) -> Result<()> {
     anyhow::bail!("{NOT_BUILT}")
 }
 
+/// `stackbox destroy`'s AWS part: `None` when AWS is not configured.
+#[cfg(not(feature = "aws"))]
+pub fn destroy_client(
+    operator: &OperatorConfig,
+    _: &stackbox_core::client::ClientId,
+    _: bool,
+) -> Result<Option<usize>> {
+    if operator.infrastructure == stackbox_core::infra::ProviderKind::Aws
+        || operator.aws.listener_arn.is_some()
+    {
+        anyhow::bail!(
+            "the operator file configures AWS, whose resources destroy must remove: {NOT_BUILT}"
+        );
+    }
+    Ok(None)
+}
+
 /// What `stackbox infra` was asked (read only by the `aws` build).
 #[cfg_attr(not(feature = "aws"), allow(dead_code))]
 pub enum InfraArgs {
@@ -46,7 +63,7 @@ pub enum InfraArgs {
 }
 
 #[cfg(feature = "aws")]
-pub use with_aws::{adapter, infra};
+pub use with_aws::{adapter, destroy_client, infra};
 
 #[cfg(feature = "aws")]
 mod with_aws {
@@ -236,6 +253,23 @@ mod with_aws {
                 );
             }
         }
+    }
+
+    /// `stackbox destroy`'s AWS part: every resource tagged with the client, when the operator
+    /// configured AWS (`None` otherwise); how many were removed.
+    pub fn destroy_client(
+        operator: &OperatorConfig,
+        id: &ClientId,
+        json: bool,
+    ) -> Result<Option<usize>> {
+        if !wanted(operator) {
+            return Ok(None);
+        }
+        runtime()?.block_on(async {
+            let infra = AwsInfra::from_env(&operator.aws).await?;
+            let removed = infra.destroy(id, &printer(json)).await?;
+            Ok(Some(removed.resources.len()))
+        })
     }
 
     pub fn infra(operator: &OperatorConfig, _data_dir: &Path, args: InfraArgs) -> Result<()> {

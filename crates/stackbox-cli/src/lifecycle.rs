@@ -224,7 +224,13 @@ pub fn start(operator: &OperatorConfig, id: &str, args: DeployArgs) -> Result<()
     deploy(operator, &spec, args)
 }
 
-pub fn status(root: &Path, id: Option<&str>, all: bool, json: bool) -> Result<()> {
+pub fn status(
+    operator: &OperatorConfig,
+    root: &Path,
+    id: Option<&str>,
+    all: bool,
+    json: bool,
+) -> Result<()> {
     let rt = runtime()?;
     match (id, all) {
         (Some(id), false) => {
@@ -233,7 +239,7 @@ pub fn status(root: &Path, id: Option<&str>, all: bool, json: bool) -> Result<()
             let stored = store.load(&id)?;
             let expected: Vec<String> = stored
                 .as_ref()
-                .map(|s| stackbox_core::stack::service_names(&s.spec))
+                .map(|s| stackbox_core::infra::expected_service_names(&s.spec, operator))
                 .unwrap_or_default();
             let status = rt.block_on(async {
                 let docker = DockerRuntime::connect().await?;
@@ -435,20 +441,27 @@ pub fn destroy(
     let store = BundleStore::new(root);
     let lock = store.lock_client(&id)?;
     let removed = remove_from_engine(operator, &id, true, json)?;
+    // With AWS configured, the client's AWS resources go too (found by its tag; none is
+    // fine). Before the bundle, so that a failure here leaves something to retry with.
+    let cloud_removed = crate::cloud::destroy_client(operator, &id, json)?;
     drop(lock);
     let bundle: PathBuf = store.client_dir(&id);
     let had_bundle = store.remove_client(&id)?;
     if json {
         println!(
             "{}",
-            json!({"event": "result", "success": true, "client_id": id.as_str(), "removed": removed, "bundle_removed": had_bundle})
+            json!({"event": "result", "success": true, "client_id": id.as_str(), "removed": removed, "aws_removed": cloud_removed, "bundle_removed": had_bundle})
         );
     } else {
         println!(
-            "Client {id} destroyed: {} containers, {} networks, {} volumes{}.",
+            "Client {id} destroyed: {} containers, {} networks, {} volumes{}{}.",
             removed.containers.len(),
             removed.networks.len(),
             removed.volumes.len(),
+            match cloud_removed {
+                Some(n) => format!(", {n} AWS resources"),
+                None => String::new(),
+            },
             if had_bundle {
                 format!(" and the bundle {}", bundle.display())
             } else {

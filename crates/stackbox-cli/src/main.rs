@@ -395,6 +395,7 @@ fn run(cli: Cli) -> Result<()> {
             all,
             common,
         } => lifecycle::status(
+            &operator,
             &root_of(&common, &operator),
             client_id.as_deref(),
             all,

@@ -1041,3 +1041,53 @@ fn a_cancelled_first_apply_is_undone_and_leaves_nothing_of_the_client() {
     assert!(left.is_empty(), "left after the cancel: {left:?}");
     assert!(bed.mysql_of(id).is_empty());
 }
+
+#[test]
+fn the_local_destroy_command_also_removes_the_clients_aws_resources() {
+    let bed = bed();
+    let dir = tempfile::tempdir().unwrap();
+    let operator = dir.path().join("stackbox.toml");
+    std::fs::write(
+        &operator,
+        format!(
+            "[infrastructure]\nprovider = \"aws\"\n{}",
+            bed.aws_section()
+        ),
+    )
+    .unwrap();
+    let id = "localdestroy-1c2d3e4f";
+    let domain = "localdestroy.example.com";
+    let config = dir.path().join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "client_id = \"{id}\"\ncompany_name = \"Local Destroy\"\ndomain = \"{domain}\"\n\
+             plan = \"starter\"\nadmin_email = \"owner@{domain}\"\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let output = infra(&operator, &data, &["apply", config.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(!resources(&bed.inventory(id, domain)).is_empty());
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stackbox"));
+    command
+        .arg("--operator")
+        .arg(&operator)
+        .args(["destroy", id, "--yes", "--json", "--out"])
+        .arg(dir.path().join("bundles"))
+        .env_remove("STACKBOX_OPERATOR_CONFIG")
+        .env_remove("STACKBOX_SERVER");
+    bed.aws_env(&mut command);
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let result = last_json(&output);
+    assert!(
+        result["aws_removed"].as_u64().is_some_and(|n| n > 0),
+        "{result}"
+    );
+    let left = resources(&bed.inventory(id, domain));
+    assert!(left.is_empty(), "left after destroy: {left:?}");
+    assert!(bed.mysql_of(id).is_empty());
+}
