@@ -639,12 +639,9 @@ impl Control {
             }
             "notify" => {
                 // The welcome e-mail, once per client (the outbox's dedupe key): a redeploy
-                // or a resumed step does not send it again.
-                if deployment.kind == DeploymentKind::Create {
-                    self.queue_welcome(id, &context.spec).await
-                } else {
-                    Ok(json!({ "welcome": "sent with the first deployment" }))
-                }
+                // or a resumed step does not send it again, and a client whose first
+                // deployment failed gets it when a redeploy first makes it healthy.
+                self.queue_welcome(id, &context.spec).await
             }
             "cloud" => {
                 let cloud = self.cloud(step)?;

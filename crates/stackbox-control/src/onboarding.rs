@@ -681,7 +681,13 @@ impl Control {
             self.store().revoke_credential_links(client).await?;
             format!("welcome:{client}:{}", Timestamp::now().unix_millis())
         } else {
-            format!("welcome:{client}")
+            let key = format!("welcome:{client}");
+            // Queued by an earlier deployment: no second link either.
+            let earlier = self.store().mails_of_client(client).await?;
+            if earlier.iter().any(|mail| mail.dedupe_key == key) {
+                return Ok(serde_json::json!({ "welcome": "queued before" }));
+            }
+            key
         };
         let ttl = seconds(settings.credentials_link_seconds);
         let token = self.store().create_credential_link(client, ttl).await?;
