@@ -24,6 +24,8 @@ pub enum Resource {
     Client,
     Deployment,
     Route,
+    /// Sign-ups and the payment webhook on a server without a payment provider.
+    Onboarding,
 }
 
 /// An error the API answers with.
@@ -148,6 +150,11 @@ impl ApiError {
             ApiError::NotFound(Resource::Deployment) => {
                 ("not_found", "no such deployment".to_string(), None)
             }
+            ApiError::NotFound(Resource::Onboarding) => (
+                "not_found",
+                "sign-ups and payments are not enabled on this server".to_string(),
+                None,
+            ),
             ApiError::NotFound(Resource::Route) => (
                 "not_found",
                 "no such route; see /openapi.json".to_string(),

@@ -187,7 +187,7 @@ pub(crate) async fn signup(
                     state.limiter.undo(key);
                 }
             }
-            return Err(ApiError::from_control(error, Resource::Route));
+            return Err(ApiError::from_control(error, Resource::Onboarding));
         }
     };
     tracing::info!(signup = %accepted.signup_id, "sign-up accepted");
@@ -232,7 +232,7 @@ pub(crate) async fn stripe_webhook(
         .control
         .stripe_webhook(signature, body.to_vec())
         .await
-        .map_err(|error| ApiError::from_control(error, Resource::Route))?;
+        .map_err(|error| ApiError::from_control(error, Resource::Onboarding))?;
     let outcome = match outcome {
         WebhookOutcome::Processed => "processed",
         WebhookOutcome::Duplicate => "duplicate",

@@ -93,9 +93,17 @@ async fn signup_is_limited_per_email_address_with_retry_after() {
 async fn signup_errors_of_the_control_plane_map_to_their_status() {
     let api = Api::new();
     *api.fake.fail_next.lock().unwrap() = Some(ControlError::NotFound);
-    api.post_json("/v1/signup", None, &signup_body("a@shop.example"))
-        .await
-        .expect(404);
+    let reply = api
+        .post_json("/v1/signup", None, &signup_body("a@shop.example"))
+        .await;
+    reply.expect(404);
+    assert!(
+        reply
+            .text()
+            .contains("sign-ups and payments are not enabled"),
+        "{}",
+        reply.text()
+    );
     *api.fake.fail_next.lock().unwrap() = Some(ControlError::Unavailable("stripe down".into()));
     let reply = api
         .post_json("/v1/signup", None, &signup_body("b@shop.example"))
