@@ -140,6 +140,7 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
             control,
             store,
             operator: operator_for_cloud,
+            docker: tokio::sync::Mutex::new(None),
             outcome_floor: std::sync::Mutex::new(BTreeMap::new()),
             token_cache: std::sync::Mutex::new(HashMap::new()),
             list_cache: std::sync::Mutex::new(HashMap::new()),
@@ -195,6 +196,10 @@ struct Served {
     control: Control,
     store: Store,
     operator: OperatorConfig,
+    /// One engine connection for live health, made on first use (connecting negotiates the
+    /// API version, a round trip per request otherwise); an engine that did not answer is
+    /// asked again next time.
+    docker: tokio::sync::Mutex<Option<DockerRuntime>>,
     /// The highest count seen per outcome: a destroy removes the client's deployment rows,
     /// and a Prometheus counter must not go down while the process runs.
     outcome_floor: std::sync::Mutex<BTreeMap<DeploymentOutcome, u64>>,
@@ -297,6 +302,14 @@ fn step_view(step: &stackbox_store::Step) -> StepView {
 }
 
 impl Served {
+    async fn docker(&self) -> Option<DockerRuntime> {
+        let mut slot = self.docker.lock().await;
+        if slot.is_none() {
+            *slot = DockerRuntime::connect().await.ok();
+        }
+        slot.clone()
+    }
+
     async fn list_clients_from_store(
         &self,
         query: ListQuery,
@@ -426,7 +439,7 @@ impl ControlPlane for Served {
         // Live health from the engine: one list query (and restart counts). An engine that
         // does not answer leaves the list empty rather than failing the request.
         let mut health = Vec::new();
-        if let Ok(docker) = DockerRuntime::connect().await {
+        if let Some(docker) = self.docker().await {
             if let Ok(status) = lifecycle::status(&docker, id, &expected).await {
                 for service in status.services {
                     health.push(ServiceHealth {

@@ -495,7 +495,23 @@ impl Control {
             });
         }
         let outcome = store.set_billing_status(&billing.client_id, change).await?;
-        let actions = consequences(input, core_status(outcome.previous), outcome.changed);
+        let mut actions = consequences(input, core_status(outcome.previous), outcome.changed);
+        // A delivery that finds its change already made may be the redelivery of one that
+        // failed after the change and before its notice was queued: queue the notice again.
+        // Its dedupe key comes from the stored state (one per arrears, one per cancellation),
+        // so a notice already queued is not queued twice.
+        if !outcome.changed {
+            let status = outcome.billing.status;
+            match input {
+                BillingInput::PaymentFailed if status == BillingStatus::PastDue => {
+                    actions.push(BillingAction::Notify(Notice::PaymentFailed));
+                }
+                BillingInput::SubscriptionDeleted if status == BillingStatus::Cancelled => {
+                    actions.push(BillingAction::Notify(Notice::Cancelled));
+                }
+                _ => {}
+            }
+        }
         self.carry_out(&outcome.billing, &actions, cause).await
     }
 
@@ -582,26 +598,39 @@ impl Control {
             return Ok(());
         };
         let spec = record.spec()?;
+        // What makes a notice the same notice: the arrears it is about (every retry of a
+        // failed invoice is one "payment failed"), the cancellation, else the event.
+        let since = |at: Option<Timestamp>| {
+            at.map(|t| t.unix_millis().to_string())
+                .unwrap_or_else(|| cause.to_string())
+        };
         let (key, email) = match notice {
             Notice::PaymentFailed => {
                 let until = billing.suspend_at.map(human_date).unwrap_or_default();
                 (
-                    "payment-failed",
+                    format!("payment-failed:{}", since(billing.payment_failed_at)),
                     notify::payment_failed(&spec, &until, None),
                 )
             }
-            Notice::Suspended => ("suspended", notify::suspended(&spec)),
-            Notice::Resumed => ("resumed", notify::resumed(&spec)),
+            Notice::Suspended => (
+                format!("suspended:{}", since(billing.payment_failed_at)),
+                notify::suspended(&spec),
+            ),
+            Notice::Resumed => (format!("resumed:{cause}"), notify::resumed(&spec)),
             Notice::Cancelled => {
                 let until = billing.destroy_at.map(human_date).unwrap_or_default();
-                ("cancelled", notify::cancelled(&spec, &until))
+                (
+                    format!("cancelled:{}", since(billing.cancelled_at)),
+                    notify::cancelled(&spec, &until),
+                )
             }
-            Notice::PlanChanged { from, to } => {
-                ("plan-changed", notify::plan_changed(&spec, from, to))
-            }
+            Notice::PlanChanged { from, to } => (
+                format!("plan-changed:{}:{cause}", to.key()),
+                notify::plan_changed(&spec, from, to),
+            ),
         };
         self.queue_mail(
-            format!("{key}:{}:{cause}", billing.client_id),
+            format!("{key}@{}", billing.client_id),
             Some(&billing.client_id),
             email,
         )

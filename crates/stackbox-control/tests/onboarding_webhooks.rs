@@ -329,12 +329,62 @@ async fn webhooks_are_verified_idempotent_scoped_and_survive_a_domain_race() {
         "another master key must not open the secrets"
     );
 
-    // Mail: the lost race and the plan change, each once.
+    // Stripe retries a failing invoice: each attempt is its own event, but the owner hears
+    // of the arrears once. A cancellation delivered twice (two event ids) is one notice too.
+    for attempt in 1..=2 {
+        let failed = event(
+            &format!("evt_failed_{attempt}"),
+            "invoice.payment_failed",
+            false,
+            serde_json::json!({ "id": "in_1", "object": "invoice", "customer": "cus_1",
+                                "subscription": "sub_1", "attempt_count": attempt }),
+        );
+        let (header, body) = signed(&failed);
+        assert_eq!(
+            control.stripe_webhook(Some(&header), &body).await.unwrap(),
+            WebhookResult::Processed
+        );
+    }
+    assert_eq!(
+        store.billing(&client).await.unwrap().unwrap().status,
+        BillingStatus::PastDue
+    );
+    for delivery in 1..=2 {
+        // The first one queues a stop; the second must find the client idle.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store
+            .deployments_of_client(&client, 1)
+            .await
+            .unwrap()
+            .first()
+            .is_some_and(|d| !d.status.is_finished())
+        {
+            assert!(Instant::now() < deadline, "the stop never finished");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let deleted = event(
+            &format!("evt_deleted_{delivery}"),
+            "customer.subscription.deleted",
+            false,
+            serde_json::json!({ "id": "sub_1", "object": "subscription", "customer": "cus_1" }),
+        );
+        let (header, body) = signed(&deleted);
+        assert_eq!(
+            control.stripe_webhook(Some(&header), &body).await.unwrap(),
+            WebhookResult::Processed
+        );
+    }
+    assert_eq!(
+        store.billing(&client).await.unwrap().unwrap().status,
+        BillingStatus::Cancelled
+    );
+
+    // Mail: the lost race, the plan change, the arrears and the cancellation, each once.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = subjects(sink.dir.path());
-        if found.len() >= 2 {
-            assert_eq!(found.len(), 2, "{found:?}");
+        if found.len() >= 4 {
+            assert_eq!(found.len(), 4, "{found:?}");
             assert!(
                 found.iter().any(|s| s.contains("could not set up")),
                 "{found:?}"
@@ -345,5 +395,5 @@ async fn webhooks_are_verified_idempotent_scoped_and_survive_a_domain_race() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(subjects(sink.dir.path()).len(), 2);
+    assert_eq!(subjects(sink.dir.path()).len(), 4);
 }
