@@ -287,12 +287,7 @@ async fn credentials(
     let Ok(Path(token)) = token else {
         return Err(ApiError::NotFound(Resource::Route));
     };
-    if token.is_empty()
-        || token.len() > MAX_CREDENTIALS_TOKEN
-        || !token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !crate::routes::is_url_token(&token, MAX_CREDENTIALS_TOKEN) {
         return Err(ApiError::NotFound(Resource::Route));
     }
     let page = state

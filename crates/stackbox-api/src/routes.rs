@@ -660,16 +660,21 @@ fn client_id(path: Result<Path<String>, PathRejection>) -> Result<ClientId, ApiE
 
 /// A deployment id from the path, bounded to a safe alphabet before it reaches the control
 /// plane; 404 otherwise.
+/// An id or token as StackBox issues them: 1 to `max` bytes of `[A-Za-z0-9_-]`. Anything else
+/// answers 404 without reaching the control plane.
+pub(crate) fn is_url_token(text: &str, max: usize) -> bool {
+    !text.is_empty()
+        && text.len() <= max
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 fn deployment_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Ok(Path(text)) = path else {
         return Err(ApiError::NotFound(Resource::Deployment));
     };
-    let well_formed = !text.is_empty()
-        && text.len() <= MAX_DEPLOYMENT_ID_BYTES
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if well_formed {
+    if is_url_token(&text, MAX_DEPLOYMENT_ID_BYTES) {
         Ok(text)
     } else {
         Err(ApiError::NotFound(Resource::Deployment))

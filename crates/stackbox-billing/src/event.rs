@@ -129,6 +129,20 @@ impl std::fmt::Display for SubscriptionStatus {
     }
 }
 
+impl EventKind {
+    /// The event's `type`, as Stripe names it (what [`Event::parse`] read).
+    pub fn type_name(&self) -> &str {
+        match self {
+            EventKind::CheckoutSessionCompleted { .. } => "checkout.session.completed",
+            EventKind::SubscriptionUpdated { .. } => "customer.subscription.updated",
+            EventKind::SubscriptionDeleted { .. } => "customer.subscription.deleted",
+            EventKind::InvoicePaymentFailed { .. } => "invoice.payment_failed",
+            EventKind::InvoicePaid { .. } => "invoice.paid",
+            EventKind::Other { kind } => kind,
+        }
+    }
+}
+
 impl Event {
     /// Parses a webhook body (after its signature was verified).
     pub fn parse(body: &[u8]) -> Result<Event, EventError> {

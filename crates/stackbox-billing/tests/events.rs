@@ -416,3 +416,25 @@ fn a_body_that_is_not_json_is_refused_with_its_position() {
     ));
     assert!(matches!(Event::parse(b""), Err(EventError::Json { .. })));
 }
+
+#[test]
+fn every_parsed_event_names_its_own_stripe_type() {
+    for name in [
+        "checkout.session.completed",
+        "customer.subscription.deleted",
+        "customer.subscription.updated",
+        "invoice.paid.legacy",
+        "invoice.payment_failed",
+    ] {
+        let body = fixture(name);
+        let event = parse(&body).unwrap();
+        assert_eq!(
+            event.kind.type_name(),
+            body["type"].as_str().unwrap(),
+            "{name}"
+        );
+    }
+    let other = json!({"id": "evt_x", "object": "event", "type": "customer.created",
+                       "created": 1, "livemode": false, "data": {"object": {}}});
+    assert_eq!(parse(&other).unwrap().kind.type_name(), "customer.created");
+}

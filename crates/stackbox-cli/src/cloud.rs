@@ -10,6 +10,13 @@ use anyhow::Result;
 use stackbox_control::CloudInfra;
 use stackbox_core::operator::OperatorConfig;
 
+/// Whether the operator uses AWS: it is the default provider, or an `[aws]` section names the
+/// shared listener (clients may then choose it one by one).
+fn aws_configured(operator: &OperatorConfig) -> bool {
+    operator.infrastructure == stackbox_core::infra::ProviderKind::Aws
+        || operator.aws.listener_arn.is_some()
+}
+
 #[cfg(not(feature = "aws"))]
 const NOT_BUILT: &str = "this stackbox was built without AWS support; build it with \
     `cargo build --release --features aws` (or `cargo run --features aws -- …`)";
@@ -35,9 +42,7 @@ pub fn destroy_client(
     _: &stackbox_core::client::ClientId,
     _: bool,
 ) -> Result<Option<usize>> {
-    if operator.infrastructure == stackbox_core::infra::ProviderKind::Aws
-        || operator.aws.listener_arn.is_some()
-    {
+    if aws_configured(operator) {
         anyhow::bail!(
             "the operator file configures AWS, whose resources destroy must remove: {NOT_BUILT}"
         );
@@ -75,7 +80,7 @@ mod with_aws {
     use stackbox_aws::{AwsInfra, InfraEvent};
     use stackbox_control::CloudOutcome;
     use stackbox_core::client::{ClientId, ClientSpec};
-    use stackbox_core::infra::{InfraRequest, ProviderKind};
+    use stackbox_core::infra::InfraRequest;
     use stackbox_core::secrets::{SecretKey, Secrets};
 
     /// The pipeline's view of [`AwsInfra`].
@@ -166,13 +171,9 @@ mod with_aws {
         })
     }
 
-    fn wanted(operator: &OperatorConfig) -> bool {
-        operator.infrastructure == ProviderKind::Aws || operator.aws.listener_arn.is_some()
-    }
-
     /// The adapter when the operator file has an `[aws]` section (or makes aws the default).
     pub async fn adapter(operator: &OperatorConfig) -> Result<Option<Arc<dyn CloudInfra>>> {
-        if !wanted(operator) {
+        if !aws_configured(operator) {
             return Ok(None);
         }
         operator
@@ -262,7 +263,7 @@ mod with_aws {
         id: &ClientId,
         json: bool,
     ) -> Result<Option<usize>> {
-        if !wanted(operator) {
+        if !aws_configured(operator) {
             return Ok(None);
         }
         runtime()?.block_on(async {

@@ -755,8 +755,10 @@ impl Control {
         }
         // A failed first deployment leaves nothing billable behind: its cloud resources go too
         // (they hold no data yet).
-        let cloud_step_ran = deployment.steps.iter().any(|step| step.name == "cloud");
-        if cloud_step_ran {
+        // A deployment with a `cloud` step is a client on the cloud provider; its destroy is
+        // idempotent, so it is safe whether or not the step got to make anything.
+        let on_cloud = deployment.steps.iter().any(|step| step.name == "cloud");
+        if on_cloud {
             if let Some(cloud) = &self.inner.config.cloud {
                 if cloud.destroy(&deployment.client_id).await.is_err() {
                     return false;

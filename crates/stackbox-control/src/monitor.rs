@@ -93,13 +93,7 @@ pub(crate) async fn refresh(
     ) {
         return;
     }
-    let busy = store
-        .deployments_of_client(client, 1)
-        .await
-        .ok()
-        .and_then(|d| d.into_iter().next())
-        .is_some_and(|d| !d.status.is_finished());
-    if busy {
+    if control.busy(client).await.unwrap_or(false) {
         return;
     }
     let Ok(spec) = record.spec() else { return };

@@ -173,18 +173,6 @@ fn human_date(at: Timestamp) -> String {
     }
 }
 
-fn event_kind_name(kind: &stackbox_billing::event::EventKind) -> &str {
-    use stackbox_billing::event::EventKind;
-    match kind {
-        EventKind::CheckoutSessionCompleted { .. } => "checkout.session.completed",
-        EventKind::SubscriptionUpdated { .. } => "customer.subscription.updated",
-        EventKind::SubscriptionDeleted { .. } => "customer.subscription.deleted",
-        EventKind::InvoicePaymentFailed { .. } => "invoice.payment_failed",
-        EventKind::InvoicePaid { .. } => "invoice.paid",
-        EventKind::Other { kind } => kind,
-    }
-}
-
 fn core_status(status: BillingStatus) -> CoreBillingStatus {
     match status {
         BillingStatus::Active => CoreBillingStatus::Active,
@@ -302,7 +290,7 @@ impl Control {
         // Recorded only once handled: a delivery that failed half-way is handled again
         // when Stripe retries it, and every step above is idempotent.
         store
-            .record_stripe_event(&event.id, event_kind_name(&event.kind))
+            .record_stripe_event(&event.id, event.kind.type_name())
             .await?;
         Ok(result)
     }
@@ -460,14 +448,16 @@ impl Control {
             }
             tracing::info!(client = %id, signup = %signup_id, plan = plan.key(), "paid sign-up provisioned");
         }
+        // Without a billing row no plan change can have reached the client: the sign-up's
+        // plan is the client's.
         if store.billing(&id).await?.is_none() {
-            let plan = store
-                .client(&id)
-                .await?
-                .map(|record| record.plan)
-                .unwrap_or(signup.plan);
             store
-                .upsert_billing(&Billing::active(id.clone(), customer, subscription, plan))
+                .upsert_billing(&Billing::active(
+                    id.clone(),
+                    customer,
+                    subscription,
+                    signup.plan,
+                ))
                 .await?;
         }
         store.mark_signup_provisioned(signup_id, &id).await?;
@@ -515,7 +505,8 @@ impl Control {
         self.carry_out(&outcome.billing, &actions, cause).await
     }
 
-    async fn busy(&self, client: &ClientId) -> Result<bool, ControlError> {
+    /// Whether a deployment of the client is unfinished.
+    pub(crate) async fn busy(&self, client: &ClientId) -> Result<bool, ControlError> {
         let latest = self.store().deployments_of_client(client, 1).await?;
         Ok(latest.first().is_some_and(|d| !d.status.is_finished()))
     }
