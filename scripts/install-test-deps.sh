@@ -5,7 +5,7 @@
 # tests run a real Docker engine (docker.io) on images built with debootstrap.
 set -euo pipefail
 
-packages=(docker.io docker-compose debootstrap zstd nginx php-cli mariadb-server mariadb-client postgresql)
+packages=(docker.io docker-compose debootstrap zstd nginx php-cli mariadb-server mariadb-client postgresql restic)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

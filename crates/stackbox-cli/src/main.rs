@@ -18,6 +18,7 @@ use stackbox_core::plan::{App, Plan, ServiceKind};
 use stackbox_core::secrets::SecretKey;
 use stackbox_core::stack::ADMIN_USERNAME;
 
+mod backup;
 mod cloud;
 mod lifecycle;
 mod progress;
@@ -150,6 +151,25 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Backups of a client: create (dumps + volumes, encrypted, checked), list, verify (a
+    /// restore into a throwaway copy), restore (a safety backup first), forget.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// A new client from a client's backup: its data, a new domain, new secrets where they are
+    /// not tied to the data.
+    Clone {
+        client_id: String,
+        /// The new client's domain.
+        #[arg(long)]
+        domain: String,
+        /// The snapshot to clone; default the latest successful backup.
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Delete everything of a client: containers, networks, volumes and its bundle (secrets).
     Destroy {
         client_id: String,
@@ -189,6 +209,53 @@ enum InfraCommand {
 }
 
 #[derive(Subcommand)]
+enum BackupCommand {
+    /// Back up a client now: every database dumped beside its running service, every data
+    /// volume, its sealed spec and secrets; recorded only once the repository check passes.
+    Create {
+        client_id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The client's backups, newest first, with their verification.
+    List {
+        client_id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Prove a backup: check every byte of the repository, restore the snapshot into a
+    /// throwaway isolated copy, wait until healthy, compare with the manifest, remove the copy.
+    Verify {
+        client_id: String,
+        /// Default: the latest successful backup.
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Replace the client's data with a snapshot's (a safety backup is taken first).
+    Restore {
+        client_id: String,
+        /// Default: the latest successful backup.
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
+        /// Confirms: the client's current data is replaced.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Delete one snapshot from the repository.
+    Forget {
+        client_id: String,
+        #[arg(long, value_name = "ID")]
+        snapshot: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Create an API token and print it once (stored only as a hash).
     Create {
@@ -223,7 +290,15 @@ fn main() -> ExitCode {
         | Command::Stop { common, .. }
         | Command::Start { common, .. }
         | Command::Cleanup { common, .. }
-        | Command::Destroy { common, .. } => common.json,
+        | Command::Destroy { common, .. }
+        | Command::Clone { common, .. } => common.json,
+        Command::Backup { command } => match command {
+            BackupCommand::Create { common, .. }
+            | BackupCommand::List { common, .. }
+            | BackupCommand::Verify { common, .. }
+            | BackupCommand::Restore { common, .. }
+            | BackupCommand::Forget { common, .. } => common.json,
+        },
         Command::Infra { command } => match command {
             InfraCommand::Plan { json, .. }
             | InfraCommand::Apply { json, .. }
@@ -415,6 +490,59 @@ fn run(cli: Cli) -> Result<()> {
             delete_volumes,
             common.json,
         ),
+        Command::Backup { command } => {
+            let common = match &command {
+                BackupCommand::Create { common, .. }
+                | BackupCommand::List { common, .. }
+                | BackupCommand::Verify { common, .. }
+                | BackupCommand::Restore { common, .. }
+                | BackupCommand::Forget { common, .. } => common,
+            };
+            let root = root_of(common, &operator);
+            let args = backup::BackupArgs {
+                root: &root,
+                data_dir: &data_dir,
+                json: common.json,
+            };
+            match &command {
+                BackupCommand::Create { client_id, .. } => {
+                    backup::create(&operator, client_id, args)
+                }
+                BackupCommand::List { client_id, .. } => backup::list(client_id, args),
+                BackupCommand::Verify {
+                    client_id,
+                    snapshot,
+                    ..
+                } => backup::verify(&operator, client_id, snapshot.as_deref(), args),
+                BackupCommand::Restore {
+                    client_id,
+                    snapshot,
+                    yes,
+                    ..
+                } => backup::restore(&operator, client_id, snapshot.as_deref(), *yes, args),
+                BackupCommand::Forget {
+                    client_id,
+                    snapshot,
+                    ..
+                } => backup::forget(&operator, client_id, snapshot, args),
+            }
+        }
+        Command::Clone {
+            client_id,
+            domain,
+            snapshot,
+            common,
+        } => backup::clone(
+            &operator,
+            &client_id,
+            &domain,
+            snapshot.as_deref(),
+            backup::BackupArgs {
+                root: &root_of(&common, &operator),
+                data_dir: &data_dir,
+                json: common.json,
+            },
+        ),
         Command::Destroy {
             client_id,
             yes,
@@ -463,6 +591,10 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
         })(),
         Command::Cleanup { .. } => Err(anyhow::anyhow!(
             "cleanup runs on the engine's host only; the server compensates a failed deployment itself"
+        )),
+        Command::Backup { .. } | Command::Clone { .. } => Err(anyhow::anyhow!(
+            "backups run on the engine's host (`stackbox backup …` without --server); the \
+             server takes them over its API: POST /v1/clients/ID/backups"
         )),
         Command::Render { .. }
         | Command::Plans { .. }

@@ -118,6 +118,14 @@ pub fn steps_for(kind: DeploymentKind, provider: ProviderKind) -> &'static [&'st
         (DeploymentKind::Stop, _) => &["stop"],
         (DeploymentKind::Destroy, ProviderKind::Local) => &["stop", "remove"],
         (DeploymentKind::Destroy, ProviderKind::Aws) => &["stop", "remove", "cloud"],
+        // Backups run on the engine: dumps beside the running services, volumes, one snapshot,
+        // the repository check (one step: a re-run after a crash makes a new snapshot).
+        (DeploymentKind::Backup, _) => &["backup"],
+        // Through `stackbox backup restore|verify` and `stackbox clone` on the engine's host in
+        // this release; the pipeline refuses them with that pointer.
+        (DeploymentKind::Restore, _) => &["restore"],
+        (DeploymentKind::Verify, _) => &["verify"],
+        (DeploymentKind::Clone, _) => &["clone"],
     }
 }
 
@@ -692,6 +700,58 @@ impl Control {
                 let removed = lifecycle::cleanup(&docker, id, router, true, &quiet).await?;
                 Ok(serde_json::to_value(removed).unwrap_or_default())
             }
+            "backup" => {
+                let docker = context.docker().await?;
+                let rendered = stackbox_core::render::render_placed(
+                    &context.spec,
+                    id,
+                    &context.secrets,
+                    operator,
+                    &context.placement,
+                )?;
+                let host_env = |name: &str| std::env::var(name).ok();
+                let backup_context = stackbox_backup::BackupContext {
+                    store: &self.inner.store,
+                    key: &self.inner.key,
+                    operator,
+                    data_dir: &self.inner.config.data_dir,
+                    env: &host_env,
+                    now: rfc3339_now(),
+                };
+                let subject = stackbox_backup::BackupSubject {
+                    id,
+                    spec: &context.spec,
+                    secrets: &context.secrets,
+                    stack: &rendered.stack,
+                };
+                let created = stackbox_backup::run_backup(
+                    &backup_context,
+                    &docker,
+                    &subject,
+                    stackbox_store::BackupReason::Manual,
+                    Some(&deployment.id),
+                    &|_| {},
+                )
+                .await
+                .map_err(|e| ControlError::Step {
+                    step: step.into(),
+                    problem: e.to_string(),
+                })?;
+                Ok(json!({
+                    "snapshot": created.snapshot_id,
+                    "bytes_added": created.summary.data_added,
+                    "files": created.summary.total_files_processed,
+                    "databases": created.manifest.databases.len(),
+                    "rows": created.manifest.total_rows(),
+                }))
+            }
+            "restore" | "verify" | "clone" => Err(ControlError::Step {
+                step: step.into(),
+                problem: format!(
+                    "{step} runs on the engine's host in this release: `stackbox backup \
+                     restore|verify CLIENT_ID` or `stackbox clone CLIENT_ID --domain NEW`"
+                ),
+            }),
             other => Err(ControlError::Step {
                 step: other.into(),
                 problem: "unknown step".into(),
@@ -778,6 +838,30 @@ impl Control {
         .await
         .is_ok()
     }
+}
+
+/// Now, RFC 3339 in UTC (a backup manifest's time).
+fn rfc3339_now() -> String {
+    let millis = stackbox_store::Timestamp::now().unix_millis();
+    let seconds = millis.div_euclid(1000);
+    let days = seconds.div_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let second_of_day = seconds.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    )
 }
 
 struct StepContext {

@@ -9,6 +9,7 @@
 //! [`secrets::RandomSource`], files go out as bytes in a [`render::Bundle`]. The test
 //! `core_has_no_io_dependencies` checks its Cargo.toml.
 
+pub mod backup;
 pub mod catalog;
 pub mod client;
 pub mod deploy;

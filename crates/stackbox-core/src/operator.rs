@@ -36,6 +36,8 @@ pub struct OperatorConfig {
     /// Never serialized (it holds keys).
     #[serde(skip)]
     pub onboarding: crate::onboarding::OnboardingSettings,
+    /// `[backup]`: where restore points go, how often, how many are kept.
+    pub backup: crate::backup::BackupSettings,
 }
 
 impl Default for OperatorConfig {
@@ -51,6 +53,7 @@ impl Default for OperatorConfig {
             infrastructure: ProviderKind::Local,
             aws: AwsSettings::default(),
             onboarding: crate::onboarding::OnboardingSettings::default(),
+            backup: crate::backup::BackupSettings::default(),
         }
     }
 }
@@ -322,6 +325,8 @@ struct OperatorFile {
     aws: AwsFile,
     #[serde(default)]
     onboarding: crate::onboarding::OnboardingFile,
+    #[serde(default)]
+    backup: crate::backup::BackupFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -746,6 +751,7 @@ impl OperatorFile {
             config.infrastructure = ProviderKind::parse("infrastructure.provider", &provider)?;
         }
         config.aws = self.aws.validate()?;
+        config.backup = self.backup.validate()?;
         if config.infrastructure == ProviderKind::Aws {
             config.aws.check_complete(None)?;
         }

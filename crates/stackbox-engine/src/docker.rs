@@ -30,7 +30,9 @@ use stackbox_core::deploy::{
 };
 use stackbox_core::stack::{Healthcheck, CLIENT_LABEL};
 
-use crate::runtime::{ContainerDetails, ContainerRuntime, Probe};
+use crate::runtime::{
+    ContainerDetails, ContainerRuntime, ExecOutcome, ExecSink, ExecSource, Probe,
+};
 use crate::EngineError;
 
 /// Something that happened to one of StackBox's containers.
@@ -735,5 +737,110 @@ impl ContainerRuntime for DockerRuntime {
             }
         }
         Ok(text)
+    }
+
+    async fn exec_streaming(
+        &self,
+        id: &str,
+        command: &[String],
+        input: Option<ExecSource<'_>>,
+        output: ExecSink<'_>,
+    ) -> Result<ExecOutcome, EngineError> {
+        use bollard::container::LogOutput;
+        use tokio::io::AsyncWriteExt;
+        let action = "run a command in";
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(command.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    attach_stdin: Some(input.is_some()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(map_err(action, id))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, Some(StartExecOptions::default()))
+            .await
+            .map_err(map_err(action, id))?;
+        let StartExecResults::Attached {
+            output: mut stream,
+            input: mut stdin,
+        } = started
+        else {
+            return Err(EngineError::Transport {
+                action,
+                object: id.to_string(),
+                problem: "the engine did not attach to the command".into(),
+            });
+        };
+        let transport = |problem: String| EngineError::Transport {
+            action,
+            object: id.to_string(),
+            problem,
+        };
+        // Input and output run together: a restore's tool may answer while it still reads.
+        let feed = async {
+            if let Some(source) = input {
+                tokio::io::copy(source, &mut stdin)
+                    .await
+                    .map_err(|e| transport(format!("writing the command's input: {e}")))?;
+            }
+            // Closing the write half is the command's end of input.
+            let _ = stdin.shutdown().await;
+            Ok::<(), EngineError>(())
+        };
+        let drain = async {
+            let mut stdout_bytes = 0u64;
+            let mut stderr = String::new();
+            while let Some(chunk) = stream.next().await {
+                match chunk.map_err(|e| transport(short(&e)))? {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        output
+                            .write_all(&message)
+                            .await
+                            .map_err(|e| transport(format!("writing the command's output: {e}")))?;
+                        stdout_bytes += message.len() as u64;
+                    }
+                    LogOutput::StdErr { message } => {
+                        if stderr.len() < 8192 {
+                            stderr.push_str(&String::from_utf8_lossy(&message));
+                        }
+                    }
+                    LogOutput::StdIn { .. } => {}
+                }
+            }
+            output
+                .flush()
+                .await
+                .map_err(|e| transport(format!("writing the command's output: {e}")))?;
+            Ok::<(u64, String), EngineError>((stdout_bytes, stderr))
+        };
+        let (fed, drained) = tokio::join!(feed, drain);
+        let (stdout_bytes, stderr) = drained?;
+        fed?;
+        let inspect = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(map_err(action, id))?;
+        Ok(ExecOutcome {
+            exit_code: inspect.exit_code,
+            stdout_bytes,
+            stderr: stderr.trim().chars().take(8192).collect(),
+        })
+    }
+
+    async fn volume_mountpoint(&self, name: &str) -> Result<Option<String>, EngineError> {
+        match self.docker.inspect_volume(name).await {
+            Ok(volume) => Ok(Some(volume.mountpoint)),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(map_err("inspect volume", name)(e)),
+        }
     }
 }

@@ -12,4 +12,4 @@ mod runtime;
 
 pub use docker::{ContainerEvent, DockerRuntime};
 pub use error::EngineError;
-pub use runtime::{ContainerDetails, ContainerRuntime, Probe};
+pub use runtime::{ContainerDetails, ContainerRuntime, ExecOutcome, ExecSink, ExecSource, Probe};

@@ -35,6 +35,27 @@ pub struct ContainerDetails {
     pub health_log: Vec<String>,
 }
 
+/// How a command run with [`ContainerRuntime::exec_streaming`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    pub exit_code: Option<i64>,
+    /// Bytes written to the sink (standard output).
+    pub stdout_bytes: u64,
+    /// The command's standard error, at most its first 8 KiB, for messages.
+    pub stderr: String,
+}
+
+impl ExecOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// Where a streamed command's standard output goes.
+pub type ExecSink<'a> = &'a mut (dyn tokio::io::AsyncWrite + Unpin);
+/// Where a streamed command's standard input comes from.
+pub type ExecSource<'a> = &'a mut (dyn tokio::io::AsyncRead + Unpin);
+
 /// What the lifecycle needs from an engine.
 #[allow(async_fn_in_trait)] // used with static dispatch only, on one task
 pub trait ContainerRuntime {
@@ -74,4 +95,18 @@ pub trait ContainerRuntime {
     async fn probe(&self, id: &str, check: &Healthcheck) -> Result<Probe, EngineError>;
     /// The last lines of the container's log.
     async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, EngineError>;
+
+    /// Runs a command inside a running container (no TTY): its standard output is streamed
+    /// into `output` as it comes, `input` (when given) is streamed to its standard input and
+    /// then closed. Backups dump and load databases with it, beside the running services.
+    async fn exec_streaming(
+        &self,
+        id: &str,
+        command: &[String],
+        input: Option<ExecSource<'_>>,
+        output: ExecSink<'_>,
+    ) -> Result<ExecOutcome, EngineError>;
+
+    /// Where a named volume's files are on the engine's host (`None` when it does not exist).
+    async fn volume_mountpoint(&self, name: &str) -> Result<Option<String>, EngineError>;
 }

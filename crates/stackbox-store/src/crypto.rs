@@ -190,8 +190,79 @@ impl MasterKey {
         hex(&digest[..8])
     }
 
+    /// Seals `plaintext` for storage elsewhere (the backup adapter's blobs): format byte,
+    /// random 24-byte nonce, then XChaCha20-Poly1305 ciphertext and tag, as secrets are sealed.
+    /// `associated` is authenticated but not encrypted: pass what the blob belongs to (such as
+    /// a client id and a purpose), so a blob moved elsewhere does not open. It is kept apart
+    /// from the store's own blobs (a label is prepended), so a blob sealed here never opens as
+    /// a client's secrets or backup key, nor the other way round.
+    pub fn seal(&self, plaintext: &[u8], associated: &[u8]) -> Result<Vec<u8>, StoreError> {
+        seal_blob(self, plaintext, &blob_associated_data(associated))?
+            .ok_or(StoreError::EncryptBlob)
+    }
+
+    /// Opens a blob made by [`MasterKey::seal`] with the same key and `associated` data; the
+    /// plaintext is wiped from memory when dropped. Another key, other associated data or an
+    /// altered blob fail with [`StoreError::DecryptBlob`], which says nothing of the content.
+    pub fn open(&self, sealed: &[u8], associated: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        open_blob(self, sealed, &blob_associated_data(associated)).ok_or(StoreError::DecryptBlob)
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(self.0.as_slice().into())
+    }
+}
+
+/// The associated data of a blob sealed by [`MasterKey::seal`]: a label of its own, then the
+/// caller's bytes. Each kind of blob has a different label followed by a NUL, so no caller's
+/// associated data makes a blob that opens as another kind.
+fn blob_associated_data(associated: &[u8]) -> Vec<u8> {
+    let mut aad = format!("stackbox blob v{SEALED_FORMAT_V1}\0").into_bytes();
+    aad.extend_from_slice(associated);
+    aad
+}
+
+/// The associated data of a client's sealed backup repository key: not the secrets' (another
+/// label), so a client's secrets blob copied into its backup key row does not open.
+fn backup_key_associated_data(client: &ClientId) -> Vec<u8> {
+    format!("stackbox backup key v{SEALED_FORMAT_V1}\0{client}").into_bytes()
+}
+
+/// Seals a client's backup repository key.
+pub(crate) fn seal_backup_key(
+    key: &MasterKey,
+    client: &ClientId,
+    repository_key: &str,
+) -> Result<Vec<u8>, StoreError> {
+    seal_blob(
+        key,
+        repository_key.as_bytes(),
+        &backup_key_associated_data(client),
+    )?
+    .ok_or_else(|| StoreError::EncryptBackupKey {
+        client: client.clone(),
+    })
+}
+
+/// Opens a backup repository key sealed by [`seal_backup_key`] for the same client.
+pub(crate) fn open_backup_key(
+    key: &MasterKey,
+    client: &ClientId,
+    blob: &[u8],
+) -> Result<Zeroizing<String>, StoreError> {
+    let failed = || StoreError::DecryptBackupKey {
+        client: client.clone(),
+    };
+    let mut plaintext =
+        open_blob(key, blob, &backup_key_associated_data(client)).ok_or_else(failed)?;
+    // Moved, not copied, into the string; a failed conversion hands the bytes back to be
+    // wiped.
+    match String::from_utf8(std::mem::take(&mut *plaintext)) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(error) => {
+            drop(Zeroizing::new(error.into_bytes()));
+            Err(failed())
+        }
     }
 }
 
@@ -449,6 +520,30 @@ mod tests {
             assert!(error.contains("not valid"), "{error}");
             if !text.is_empty() {
                 assert!(!error.contains(text), "{error}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_kind_of_sealed_blob_has_associated_data_no_other_kind_can_have() {
+        let client = ClientId::parse("acme-0000002a").unwrap();
+        let labels = [
+            associated_data(&client),
+            mail_associated_data(&MailId::parse("mail_0000000000000000000000000000").unwrap()),
+            backup_key_associated_data(&client),
+            blob_associated_data(b""),
+        ];
+        // Each label (up to its NUL) is no other's prefix, so appended bytes cannot make one
+        // kind's associated data equal another's.
+        let prefixes: Vec<&[u8]> = labels
+            .iter()
+            .map(|aad| &aad[..=aad.iter().position(|b| *b == 0).unwrap()])
+            .collect();
+        for (i, a) in prefixes.iter().enumerate() {
+            for (j, b) in prefixes.iter().enumerate() {
+                if i != j {
+                    assert!(!a.starts_with(b), "{i} and {j}");
+                }
             }
         }
     }

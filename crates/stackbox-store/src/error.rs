@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use stackbox_core::client::ClientId;
 
 use crate::model::{
-    DeploymentId, DeploymentStatus, MailId, MailStatus, SignupId, SignupStatus, StepStatus,
-    TokenId, TokenRole,
+    BackupId, BackupStatus, DeploymentId, DeploymentStatus, MailId, MailStatus, SignupId,
+    SignupStatus, StepStatus, TokenId, TokenRole,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +244,53 @@ pub enum StoreError {
 
     #[error("cannot encrypt mail {mail}")]
     EncryptMail { mail: MailId },
+
+    #[error(
+        "cannot decrypt the sealed data: the master key is not the one it was sealed with, the \
+         associated data differs from the sealing's, or the data was altered"
+    )]
+    DecryptBlob,
+
+    #[error("cannot encrypt the data: it is too large for the cipher")]
+    EncryptBlob,
+
+    #[error(
+        "cannot decrypt the backup repository key of client {client}: the master key is not \
+         the one it was encrypted with, or the stored data was altered or copied from \
+         elsewhere; its backups cannot be read without the original master key"
+    )]
+    DecryptBackupKey { client: ClientId },
+
+    #[error("cannot encrypt the backup repository key of client {client}")]
+    EncryptBackupKey { client: ClientId },
+
+    #[error("backup {backup} was not found")]
+    BackupNotFound { backup: BackupId },
+
+    #[error(
+        "backup {backup} is {status}; only a succeeded backup has a snapshot whose restore can \
+         be verified"
+    )]
+    BackupNotVerifiable {
+        backup: BackupId,
+        status: BackupStatus,
+    },
+
+    #[error(
+        "{matches} snapshots of client {client} start with {prefix:?}; give more of the \
+         snapshot id"
+    )]
+    AmbiguousSnapshot {
+        client: ClientId,
+        prefix: String,
+        matches: usize,
+    },
+
+    #[error(
+        "client {client} still exists; its backups and backup key are only forgotten after it \
+         was destroyed and its retention ended"
+    )]
+    ClientNotDestroyed { client: ClientId },
 }
 
 fn token_scope_problem(role: TokenRole) -> &'static str {

@@ -1,6 +1,7 @@
 //! The control plane's durable state: clients, their encrypted secrets, the deployment journal,
-//! API tokens, and onboarding (sign-ups, Stripe events, billing, the mail outbox and one-time
-//! credential links).
+//! API tokens, onboarding (sign-ups, Stripe events, billing, the mail outbox and one-time
+//! credential links), and backups (each client's sealed repository key, the journal of backup
+//! runs and their restore tests, destroyed clients kept for their retention period).
 //!
 //! # Backends
 //!
@@ -8,8 +9,21 @@
 //! one file under the data directory, created 0600 with its folder if missing, WAL journal,
 //! foreign keys on, `synchronous=FULL`), or a `postgres://` / `postgresql://` URL for
 //! PostgreSQL. Both run the same migrations (`migrations/*.sql`, embedded), applied by a small
-//! versioned runner at every open: an up-to-date database is left alone, an edited migration
-//! or a database from a newer StackBox is refused.
+//! versioned runner at every open, all pending ones in one transaction: an up-to-date database
+//! is left alone, an edited migration or a database from a newer StackBox is refused.
+//!
+//! A migration is one file for both engines, `NNNN_name.sql`. Where the engines cannot share
+//! a statement, it has a companion per engine, `NNNN_name.sqlite.sql` and
+//! `NNNN_name.postgres.sql`, which runs just before the shared file in the same transaction;
+//! the checksum recorded for the version is that of what ran on the engine (companion, then
+//! shared file), so an edit to either is refused like an edited migration (see
+//! `migrations.rs`). Version 3 is the one so far: SQLite cannot alter a CHECK constraint, so
+//! its companion rebuilds `deployments` to accept the backup kinds. It copies `deployments`
+//! and `deployment_steps` aside and drops the child before the parent, because foreign keys
+//! stay on inside the migration's transaction and dropping `deployments` first would run the
+//! steps' `ON DELETE CASCADE`; then it creates both as before (indexes included, the partial
+//! unique index among them) and copies every row back. PostgreSQL's companion replaces the
+//! constraint in place.
 //!
 //! # One set of SQL for two engines
 //!
@@ -54,13 +68,27 @@
 //!   mail is claimed by one sender at a time (a lease; a crashed sender's mail is taken over
 //!   when the lease runs out), and its bodies are sealed like secrets (the mail id as
 //!   associated data); a credential link is consumed once, and only its SHA-256 is stored.
+//! - A deployment may carry parameters (JSON, [`Deployment::params`]), stored with it so a
+//!   resumed restore or clone still knows its snapshot or target.
+//! - Backups (see `backups.rs`): a client's backup repository key is sealed like secrets but
+//!   under associated data of its own, so a secrets blob does not open in its place; the first
+//!   key stored stays (racing [`Store::put_backup_key_if_absent`] callers all get it). A backup
+//!   moves only running → succeeded or failed, each a guarded `UPDATE` that reports whether it
+//!   changed; a step resumed after a crash finds the row it left running. Backup rows, keys
+//!   and retained clients have no foreign key to `clients`: they outlive a destroyed client
+//!   until [`Store::forget_retained_client`], which is refused while the client exists.
+//! - [`MasterKey::seal`] and [`MasterKey::open`] seal other components' blobs the same way,
+//!   with a label in the associated data that none of the store's own blobs uses.
 //!
 //! The schema is `migrations/0001_initial.sql` (`clients`, `client_secrets`, `deployments`,
-//! `deployment_steps`, `tokens`, `store_meta`) and `migrations/0002_onboarding.sql`
-//! (`signups`, `stripe_events`, `billing`, `outbox`, `credential_links`), with the runner's
+//! `deployment_steps`, `tokens`, `store_meta`), `migrations/0002_onboarding.sql`
+//! (`signups`, `stripe_events`, `billing`, `outbox`, `credential_links`) and
+//! `migrations/0003_backups.sql` with its two companions (the wider `deployments.kind`,
+//! `deployments.params`, `backup_keys`, `backups`, `retained_clients`), with the runner's
 //! `stackbox_schema`.
 //!
-//! Nothing here logs, and no `Debug` or error message contains a secret, a token or the key.
+//! Nothing here logs, and no `Debug` or error message contains a secret, a token, a backup
+//! repository key or the master key.
 
 mod crypto;
 mod error;
@@ -80,11 +108,12 @@ use subtle::ConstantTimeEq;
 pub use crypto::{MasterKey, MASTER_KEY_ENV, TOKEN_PREFIX};
 pub use error::StoreError;
 pub use model::{
-    Billing, BillingChange, BillingStatus, BillingTransition, ClientFilter, ClientPage,
-    ClientRecord, ClientState, Deployment, DeploymentId, DeploymentKind, DeploymentStatus,
-    FinishedDeployment, FinishedStep, MailBody, MailId, MailRecord, MailStatus, NewMail, NewToken,
-    OutboxMail, PlaintextToken, Signup, SignupId, SignupStatus, Step, StepStatus, Timestamp,
-    TokenId, TokenInfo, TokenRecord, TokenRole,
+    BackupId, BackupReason, BackupRecord, BackupStatus, Billing, BillingChange, BillingStatus,
+    BillingTransition, ClientFilter, ClientPage, ClientRecord, ClientState, Deployment,
+    DeploymentId, DeploymentKind, DeploymentStatus, FinishedDeployment, FinishedStep, MailBody,
+    MailId, MailRecord, MailStatus, NewMail, NewToken, OutboxMail, PlaintextToken, RetainedClient,
+    Signup, SignupId, SignupStatus, Step, StepStatus, Timestamp, TokenId, TokenInfo, TokenRecord,
+    TokenRole,
 };
 
 use model::StepChange;
@@ -97,6 +126,10 @@ pub const SQLITE_FILE_NAME: &str = "stackbox.db";
 
 /// The longest step name accepted.
 pub const MAX_STEP_NAME_CHARS: usize = 100;
+
+/// The most bytes a deployment's parameters take as JSON: they name a snapshot or a target,
+/// not data.
+pub const MAX_DEPLOYMENT_PARAMS_BYTES: usize = 16 * 1024;
 
 /// How stale `last_used_at` may get: verifying a token writes only when the recorded use is
 /// older than this, so that reads under load do not all queue for SQLite's one write lock.
@@ -146,9 +179,11 @@ macro_rules! on_backend {
     };
 }
 
-// After `on_backend!`, which its `impl Store` uses.
+// After `on_backend!`, which their `impl Store` uses.
+mod backups;
 mod onboarding;
 
+pub use backups::{MAX_BACKUP_KEY_CHARS, MAX_SNAPSHOT_ID_CHARS};
 pub use onboarding::{MAX_DEDUPE_KEY_CHARS, MAX_EXTERNAL_ID_CHARS, MAX_SUBJECT_CHARS};
 
 /// Where a store lives, parsed from what `Store::open` was given.
@@ -408,13 +443,41 @@ impl Store {
 
     /// Creates a pending deployment whose steps, pending, run in the given order. Step names
     /// must be unique, non-empty and at most [`MAX_STEP_NAME_CHARS`] characters, and there must
-    /// be at least one.
+    /// be at least one. Its `params` are `None`; see
+    /// [`Store::create_deployment_with_params`].
     pub async fn create_deployment(
         &self,
         client: &ClientId,
         kind: DeploymentKind,
         steps: &[&str],
     ) -> Result<Deployment, StoreError> {
+        self.create_deployment_with_params(client, kind, steps, None)
+            .await
+    }
+
+    /// [`Store::create_deployment`], with what the deployment is asked to do beyond its kind
+    /// (JSON, at most [`MAX_DEPLOYMENT_PARAMS_BYTES`]): a restore's snapshot id, a clone's
+    /// target. Stored with the deployment and returned in [`Deployment::params`], so a resumed
+    /// deployment knows them.
+    pub async fn create_deployment_with_params(
+        &self,
+        client: &ClientId,
+        kind: DeploymentKind,
+        steps: &[&str],
+        params: Option<&serde_json::Value>,
+    ) -> Result<Deployment, StoreError> {
+        if let Some(params) = params {
+            let bytes = params.to_string().len();
+            if bytes > MAX_DEPLOYMENT_PARAMS_BYTES {
+                return Err(StoreError::InvalidValue {
+                    field: "deployment params",
+                    problem: format!(
+                        "they take {bytes} bytes as JSON, more than \
+                         {MAX_DEPLOYMENT_PARAMS_BYTES}"
+                    ),
+                });
+            }
+        }
         let invalid = |problem: String| Err(StoreError::InvalidSteps { problem });
         if steps.is_empty() {
             return invalid("a deployment needs at least one step".to_string());
@@ -435,7 +498,7 @@ impl Store {
         }
         on_backend!(
             self,
-            create_deployment(client, kind, steps, Timestamp::now())
+            create_deployment(client, kind, steps, params, Timestamp::now())
         )
     }
 

@@ -168,6 +168,15 @@ hex_id!(
 );
 
 hex_id!(
+    /// A backup's id: `bkp_`, 12 hex digits of its start time in milliseconds, then 16 random
+    /// hex digits (like a deployment id), so ids sort in the order backups started.
+    BackupId,
+    "bkp_",
+    28,
+    "backup id"
+);
+
+hex_id!(
     /// A queued mail's id: `mail_`, 12 hex digits of its creation time in milliseconds, then
     /// 16 random hex digits, so ids sort in the order mails were queued.
     MailId,
@@ -263,6 +272,14 @@ text_enum!(
         Stop = "stop",
         Start = "start",
         Destroy = "destroy",
+        /// Takes a snapshot of the client's data.
+        Backup = "backup",
+        /// Brings back a snapshot (named in the deployment's `params`).
+        Restore = "restore",
+        /// Restores a snapshot aside and checks it, leaving the client untouched.
+        Verify = "verify",
+        /// Copies a client into a new one (named in the deployment's `params`).
+        Clone = "clone",
     }
 );
 
@@ -339,6 +356,80 @@ text_enum!(
         Failed = "failed",
     }
 );
+
+text_enum!(
+    /// Why a backup was taken.
+    BackupReason {
+        /// Asked for by an operator.
+        Manual = "manual",
+        /// The daily schedule.
+        Scheduled = "scheduled",
+        /// Before a change that could lose data (a restore over the client, a redeploy).
+        Safety = "safety",
+        /// The last backup before the client is destroyed, kept for the retention period.
+        PreDestroy = "pre-destroy",
+    }
+);
+
+text_enum!(
+    /// Where a backup stands: `running` until it `succeeded` (with a snapshot) or `failed`.
+    BackupStatus {
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+);
+
+/// One backup run, as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupRecord {
+    pub id: BackupId,
+    pub client_id: ClientId,
+    /// The deployment whose step made it, if any.
+    pub deployment_id: Option<DeploymentId>,
+    pub reason: BackupReason,
+    pub status: BackupStatus,
+    /// The repository's snapshot id; set when the backup succeeded.
+    pub snapshot_id: Option<String>,
+    /// When the backup began: the point in time its data is from.
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    /// Why it failed, for people.
+    pub error: Option<String>,
+    /// What the snapshot holds (JSON), recorded when it succeeded.
+    pub manifest: Option<serde_json::Value>,
+    pub bytes_added: Option<u64>,
+    pub bytes_total: Option<u64>,
+    pub files_total: Option<u64>,
+    /// When the snapshot was last restored aside and checked.
+    pub verified_at: Option<Timestamp>,
+    /// Whether that check passed; set together with `verified_at`.
+    pub verify_ok: Option<bool>,
+    /// Why the check failed, for people.
+    pub verify_error: Option<String>,
+    /// When retention removed the snapshot from the repository; it cannot be restored since.
+    pub forgotten_at: Option<Timestamp>,
+}
+
+/// A destroyed client whose backups are kept until `retain_until`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetainedClient {
+    pub client_id: ClientId,
+    pub domain: Domain,
+    /// The configuration as `ClientSpec::to_toml` wrote it (with `client_id`), to restore the
+    /// client from its backups.
+    pub spec_toml: String,
+    pub destroyed_at: Timestamp,
+    pub retain_until: Timestamp,
+}
+
+impl RetainedClient {
+    /// Parses the kept configuration.
+    pub fn spec(&self) -> Result<ClientSpec, StoreError> {
+        ClientSpec::from_toml(&self.spec_toml)
+            .map_err(|error| StoreError::corrupt("retained_clients", "spec", error))
+    }
+}
 
 /// A sign-up from the public form.
 #[derive(Debug, Clone, PartialEq)]
@@ -592,6 +683,9 @@ pub struct Deployment {
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
     pub error: Option<String>,
+    /// What it was asked to do beyond its kind (JSON), such as a restore's snapshot id or a
+    /// clone's target; `None` for the kinds that need nothing.
+    pub params: Option<serde_json::Value>,
     pub steps: Vec<Step>,
 }
 

@@ -50,7 +50,11 @@ const UNDECRYPTABLE_MAIL: &str = "the mail's bodies cannot be decrypted with thi
 
 /// Checks one line of text from outside: not empty, not too long, no control characters and
 /// no surrounding whitespace (which would make two spellings of one id).
-fn checked_line(field: &'static str, text: &str, max_chars: usize) -> Result<(), StoreError> {
+pub(crate) fn checked_line(
+    field: &'static str,
+    text: &str,
+    max_chars: usize,
+) -> Result<(), StoreError> {
     let invalid = |problem: String| Err(StoreError::InvalidValue { field, problem });
     if text.trim().is_empty() {
         return invalid("it is empty".to_string());
@@ -78,7 +82,7 @@ fn checked_duration(field: &'static str, duration: Duration) -> Result<(), Store
 }
 
 /// An error for people, cut to [`MAX_ERROR_CHARS`] on a character boundary.
-fn shortened(error: &str) -> &str {
+pub(crate) fn shortened(error: &str) -> &str {
     match error.char_indices().nth(MAX_ERROR_CHARS) {
         Some((end, _)) => &error[..end],
         None => error,

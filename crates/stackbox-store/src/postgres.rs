@@ -22,6 +22,16 @@ pub(crate) mod sql;
 #[path = "onboarding_sql.rs"]
 pub(crate) mod onboarding_sql;
 
+/// The backup queries (backup keys, the backups journal, retained destroyed clients),
+/// compiled here like [`sql`].
+// Deliberately the same file as `sqlite::backups_sql`; see the crate docs.
+#[allow(clippy::duplicate_mod)]
+#[path = "backups_sql.rs"]
+pub(crate) mod backups_sql;
+
+/// Which engine this module is, for the migration runner's engine companions.
+pub(crate) const BACKEND: crate::Backend = crate::Backend::Postgres;
+
 /// Claiming rows (the mail outbox): a claimer skips the rows another one has locked instead of
 /// waiting for them, and the claiming `UPDATE` re-checks each row's status, so two claimers
 /// never take the same row.

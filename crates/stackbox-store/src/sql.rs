@@ -1,9 +1,10 @@
 //! Every query of the store, written once.
 //!
 //! This file is compiled twice, as `sqlite::sql` and as `postgres::sql`; `Db` and the few
-//! backend differences (`begin_write`, `lock_schema`, `FOR_UPDATE`) come from the parent
-//! module. The SQL text is the same for both engines: `$N` placeholders (which SQLite
-//! accepts as numbered parameters), standard types, `ON CONFLICT … DO UPDATE/NOTHING`.
+//! backend differences (`begin_write`, `lock_schema`, `FOR_UPDATE`, and `BACKEND`, which picks
+//! a migration's engine companion) come from the parent module. The SQL text is the same for
+//! both engines: `$N` placeholders (which SQLite accepts as numbered parameters), standard
+//! types, `ON CONFLICT … DO UPDATE/NOTHING`.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,7 @@ use sqlx::Row as _;
 use stackbox_core::client::{ClientId, ClientSpec, CompanyName, Domain};
 use stackbox_core::plan::Plan;
 
-use super::{begin_write, lock_schema, Db, FOR_UPDATE};
+use super::{begin_write, lock_schema, Db, BACKEND, FOR_UPDATE};
 use crate::error::StoreError;
 use crate::migrations::{latest_version, MIGRATIONS, SCHEMA_TABLE};
 use crate::model::{
@@ -66,6 +67,18 @@ pub(super) fn get_optional_time(
     Ok(millis.map(Timestamp::from_unix_millis))
 }
 
+/// A JSON column (a step's output, a deployment's parameters, a backup's manifest).
+pub(super) fn get_json(
+    row: &Row,
+    table: &'static str,
+    column: &'static str,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let text: Option<String> = get(row, table, column)?;
+    text.map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|error| StoreError::corrupt(table, column, error))
+}
+
 /// A closed-set value (state, status, kind, role) stored as its name.
 pub(super) fn get_name<T>(
     row: &Row,
@@ -116,7 +129,7 @@ pub(crate) async fn migrate(pool: &Pool, now: Timestamp) -> Result<(), StoreErro
         let version: i64 = get(row, "stackbox_schema", "version")?;
         let checksum: Vec<u8> = get(row, "stackbox_schema", "checksum")?;
         match MIGRATIONS.iter().find(|m| m.version == version) {
-            Some(migration) if migration.checksum() != checksum => {
+            Some(migration) if migration.checksum(BACKEND) != checksum => {
                 return Err(StoreError::MigrationChanged {
                     version,
                     name: migration.name,
@@ -140,17 +153,19 @@ pub(crate) async fn migrate(pool: &Pool, now: Timestamp) -> Result<(), StoreErro
             name: migration.name,
             source,
         };
-        sqlx::raw_sql(migration.sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
+        for part in migration.parts(BACKEND) {
+            sqlx::raw_sql(part)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
+        }
         sqlx::query(
             "INSERT INTO stackbox_schema (version, name, checksum, applied_at) \
              VALUES ($1, $2, $3, $4)",
         )
         .bind(migration.version)
         .bind(migration.name)
-        .bind(migration.checksum())
+        .bind(migration.checksum(BACKEND))
         .bind(now.unix_millis())
         .execute(&mut *tx)
         .await
@@ -545,7 +560,7 @@ pub(crate) async fn sealed_secrets(
 fn deployments_sql(condition: &str, order: &str) -> String {
     format!(
         "SELECT d.id, d.client_id, d.kind, d.status, d.created_at, d.started_at, \
-         d.finished_at, d.error, s.position, s.name, s.status AS step_status, s.attempts, \
+         d.finished_at, d.error, d.params, s.position, s.name, s.status AS step_status, s.attempts, \
          s.started_at AS step_started_at, s.finished_at AS step_finished_at, \
          s.error AS step_error, s.output \
          FROM deployments d LEFT JOIN deployment_steps s ON s.deployment_id = d.id \
@@ -570,6 +585,7 @@ fn deployments_from_rows(rows: &[Row]) -> Result<Vec<Deployment>, StoreError> {
                 started_at: get_optional_time(row, D, "started_at")?,
                 finished_at: get_optional_time(row, D, "finished_at")?,
                 error: get(row, D, "error")?,
+                params: get_json(row, D, "params")?,
                 steps: Vec::new(),
             });
         }
@@ -577,7 +593,6 @@ fn deployments_from_rows(rows: &[Row]) -> Result<Vec<Deployment>, StoreError> {
         let (Some(position), Some(deployment)) = (position, deployments.last_mut()) else {
             continue;
         };
-        let output: Option<String> = get(row, S, "output")?;
         deployment.steps.push(Step {
             position,
             name: get(row, S, "name")?,
@@ -586,10 +601,7 @@ fn deployments_from_rows(rows: &[Row]) -> Result<Vec<Deployment>, StoreError> {
             started_at: get_optional_time(row, S, "step_started_at")?,
             finished_at: get_optional_time(row, S, "step_finished_at")?,
             error: get(row, S, "step_error")?,
-            output: output
-                .map(|text| serde_json::from_str(&text))
-                .transpose()
-                .map_err(|error| StoreError::corrupt(S, "output", error))?,
+            output: get_json(row, S, "output")?,
         });
     }
     Ok(deployments)
@@ -625,6 +637,7 @@ pub(crate) async fn create_deployment(
     client: &ClientId,
     kind: DeploymentKind,
     steps: &[&str],
+    params: Option<&serde_json::Value>,
     now: Timestamp,
 ) -> Result<Deployment, StoreError> {
     let action = StoreError::database;
@@ -637,13 +650,14 @@ pub(crate) async fn create_deployment(
             .await
             .map_err(action("starting to create a deployment"))?;
         let inserted = sqlx::query(
-            "INSERT INTO deployments (id, client_id, kind, status, created_at) \
-             VALUES ($1, $2, $3, 'pending', $4)",
+            "INSERT INTO deployments (id, client_id, kind, status, created_at, params) \
+             VALUES ($1, $2, $3, 'pending', $4, $5)",
         )
         .bind(id.as_str())
         .bind(client.as_str())
         .bind(kind.as_str())
         .bind(now.unix_millis())
+        .bind(params.map(serde_json::Value::to_string))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -708,6 +722,7 @@ pub(crate) async fn create_deployment(
             started_at: None,
             finished_at: None,
             error: None,
+            params: params.cloned(),
             steps: created_steps,
         });
     }

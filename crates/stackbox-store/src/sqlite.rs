@@ -24,6 +24,16 @@ pub(crate) mod sql;
 #[path = "onboarding_sql.rs"]
 pub(crate) mod onboarding_sql;
 
+/// The backup queries (backup keys, the backups journal, retained destroyed clients),
+/// compiled here like [`sql`].
+// Deliberately the same file as `postgres::backups_sql`; see the crate docs.
+#[allow(clippy::duplicate_mod)]
+#[path = "backups_sql.rs"]
+pub(crate) mod backups_sql;
+
+/// Which engine this module is, for the migration runner's engine companions.
+pub(crate) const BACKEND: crate::Backend = crate::Backend::Sqlite;
+
 /// SQLite has no row locks, and needs none: one `UPDATE … RETURNING` statement holds the
 /// database's one write lock from its read to its write, so two claimers never take the same
 /// row.

@@ -134,6 +134,27 @@ impl TestDb {
         }
     }
 
+    /// Runs SQL directly and returns the engine's answer, for statements a constraint should
+    /// refuse.
+    pub async fn raw_try_execute(&self, sql: &str) -> Result<(), sqlx::Error> {
+        match self.engine {
+            Engine::Sqlite => {
+                let mut connection = self.raw_sqlite().await;
+                sqlx::raw_sql(sql)
+                    .execute(&mut connection)
+                    .await
+                    .map(|_| ())
+            }
+            Engine::Postgres => {
+                let mut connection = connect_postgres(&self.url).await;
+                sqlx::raw_sql(sql)
+                    .execute(&mut connection)
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
     /// The first column of the first row, as an integer.
     pub async fn raw_integer(&self, sql: &str) -> i64 {
         match self.engine {

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod backups;
 mod billing;
 mod clients;
 mod credential_links;

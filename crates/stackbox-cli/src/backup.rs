@@ -1,0 +1,682 @@
+//! `stackbox backup create|list|verify|restore|forget` and `stackbox clone` on this host: the
+//! client's bundle (spec and secrets), the local engine, the restic repository of the
+//! operator's `[backup]` destination, and the store in the data directory for the sealed
+//! repository key and the record of every backup.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use stackbox_backup::{self as backup, BackupEvent};
+use stackbox_bundle::{BundleStore, OsRandom};
+use stackbox_core::backup::{backup_plan, isolated_copy, BackupPlan};
+use stackbox_core::client::{ClientId, ClientSpec, Domain};
+use stackbox_core::deploy::desired_state;
+use stackbox_core::operator::OperatorConfig;
+use stackbox_core::secrets::{SecretKey, Secrets};
+use stackbox_core::stack::Stack;
+use stackbox_engine::lifecycle::{self, DeployOptions};
+use stackbox_engine::DockerRuntime;
+use stackbox_restic::Repository;
+use stackbox_store::{BackupReason, MasterKey, Store};
+
+/// Where the CLI finds everything.
+pub struct BackupArgs<'a> {
+    pub root: &'a Path,
+    pub data_dir: &'a Path,
+    pub json: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn host_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn repository(
+    operator: &OperatorConfig,
+    data_dir: &Path,
+    client: &ClientId,
+    password: String,
+) -> Result<Repository> {
+    Ok(backup::repository(
+        operator, data_dir, client, password, &host_env,
+    )?)
+}
+
+async fn repository_key(store: &Store, key: &MasterKey, client: &ClientId) -> Result<String> {
+    Ok(backup::repository_key(store, key, client).await?)
+}
+
+/// Progress on a terminal (one line that updates), JSON lines with `--json`, plain lines else.
+struct Display {
+    json: bool,
+    terminal: Option<indicatif::ProgressBar>,
+}
+
+impl Display {
+    fn new(json: bool) -> Display {
+        let terminal = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Display { json, terminal }
+    }
+
+    fn event(&self, event: BackupEvent) {
+        if self.json {
+            if let Ok(line) = serde_json::to_string(&event) {
+                println!("{line}");
+            }
+            return;
+        }
+        match (&self.terminal, &event) {
+            (
+                Some(bar),
+                BackupEvent::Upload {
+                    bytes_done,
+                    total_bytes,
+                    files_done,
+                    total_files,
+                    ..
+                },
+            ) => {
+                bar.set_length(*total_bytes);
+                bar.set_position(*bytes_done);
+                bar.set_message(format!("upload {files_done}/{total_files} files"));
+            }
+            (Some(bar), other) => bar.set_message(describe(other)),
+            (None, BackupEvent::Upload { .. }) => {}
+            (None, other) => eprintln!("{}", describe(other)),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.terminal {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn describe(event: &BackupEvent) -> String {
+    match event {
+        BackupEvent::Phase { phase } => format!("{phase}…"),
+        BackupEvent::Dumped {
+            service,
+            database,
+            bytes,
+            tables,
+        } => format!("dumped {service}/{database}: {tables} tables, {bytes} bytes"),
+        BackupEvent::Upload { percent, .. } => format!("upload {:.0} %", percent * 100.0),
+        BackupEvent::VolumeRestored {
+            volume,
+            files,
+            bytes,
+        } => format!("restored volume {volume}: {files} files, {bytes} bytes"),
+        BackupEvent::Loaded { service, database } => format!("loaded {service}/{database}"),
+    }
+}
+
+/// Everything a command on one client needs.
+struct Client {
+    id: ClientId,
+    spec: ClientSpec,
+    secrets: Secrets,
+    stack: Stack,
+    bundle: stackbox_core::render::Bundle,
+    bundle_dir: PathBuf,
+}
+
+fn load_client(operator: &OperatorConfig, bundles: &BundleStore, id: &ClientId) -> Result<Client> {
+    let stored = bundles.load(id)?.with_context(|| {
+        format!(
+            "client {id} has no bundle under {}; pass --out with the bundle root it was deployed from",
+            bundles.clients_dir().display()
+        )
+    })?;
+    if stackbox_core::infra::effective_provider(&stored.spec, operator)
+        == stackbox_core::infra::ProviderKind::Aws
+    {
+        bail!(
+            "client {id} is on the aws provider: its MySQL databases are on RDS (automated \
+             backups and snapshots there); `stackbox backup` covers clients on this host"
+        );
+    }
+    let mut spec = stored.spec;
+    spec.client_id = Some(id.clone());
+    let rendered = stackbox_core::render::render(&spec, id, &stored.secrets, operator)?;
+    let bundle_dir = std::path::absolute(bundles.client_dir(id))?;
+    Ok(Client {
+        id: id.clone(),
+        spec,
+        secrets: stored.secrets,
+        stack: rendered.stack,
+        bundle: rendered.bundle,
+        bundle_dir,
+    })
+}
+
+fn rfc3339(t: stackbox_store::Timestamp) -> String {
+    stackbox_api::Timestamp::from_unix_millis(t.unix_millis()).to_string()
+}
+
+fn now_rfc3339() -> String {
+    rfc3339(stackbox_store::Timestamp::now())
+}
+
+struct Env {
+    store: Store,
+    key: MasterKey,
+    docker: DockerRuntime,
+}
+
+async fn env(data_dir: &Path) -> Result<Env> {
+    let docker = DockerRuntime::connect().await?;
+    let store = crate::serve::open_store(data_dir).await?;
+    let key = crate::serve::master_key(data_dir, None)?;
+    // Refuses a key other than the one the store's secrets were sealed with.
+    store.check_master_key(&key).await?;
+    Ok(Env { store, key, docker })
+}
+
+/// One backup of a loaded client, recorded in the store; retention applied after it.
+async fn backup_once(
+    operator: &OperatorConfig,
+    args: &BackupArgs<'_>,
+    env: &Env,
+    client: &Client,
+    reason: BackupReason,
+    display: &Display,
+) -> Result<backup::Created> {
+    let context = backup::BackupContext {
+        store: &env.store,
+        key: &env.key,
+        operator,
+        data_dir: args.data_dir,
+        env: &host_env,
+        now: now_rfc3339(),
+    };
+    let subject = backup::BackupSubject {
+        id: &client.id,
+        spec: &client.spec,
+        secrets: &client.secrets,
+        stack: &client.stack,
+    };
+    let events = |event| display.event(event);
+    backup::run_backup(&context, &env.docker, &subject, reason, None, &events)
+        .await
+        .with_context(|| {
+            format!(
+                "backup of {} failed; every service was left running",
+                client.id
+            )
+        })
+}
+
+pub fn create(operator: &OperatorConfig, id: &str, args: BackupArgs) -> Result<()> {
+    let id = ClientId::parse(id)?;
+    let bundles = BundleStore::new(args.root);
+    let client = load_client(operator, &bundles, &id)?;
+    let _lock = bundles.lock_client(&id)?;
+    let started = Instant::now();
+    let display = Display::new(args.json);
+    let rt = runtime()?;
+    let created = rt.block_on(async {
+        let env = env(args.data_dir).await?;
+        backup_once(
+            operator,
+            &args,
+            &env,
+            &client,
+            BackupReason::Manual,
+            &display,
+        )
+        .await
+    });
+    display.finish();
+    let created = created?;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "event": "result",
+                "success": true,
+                "client_id": id.as_str(),
+                "snapshot": created.snapshot_id,
+                "seconds": seconds,
+                "bytes_added": created.summary.data_added,
+                "bytes_processed": created.summary.total_bytes_processed,
+                "files": created.summary.total_files_processed,
+                "databases": created.manifest.databases.len(),
+                "rows": created.manifest.total_rows(),
+                "volumes": created.manifest.volumes.len(),
+            })
+        );
+    } else {
+        println!(
+            "Backed up {id} in {seconds:.1} s: snapshot {}, {} databases ({} rows), {} volumes ({} files); {} bytes new. Repository checked.",
+            short(&created.snapshot_id),
+            created.manifest.databases.len(),
+            created.manifest.total_rows(),
+            created.manifest.volumes.len(),
+            created.manifest.total_files(),
+            created.summary.data_added
+        );
+    }
+    Ok(())
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(8)]
+}
+
+pub fn list(id: &str, args: BackupArgs) -> Result<()> {
+    let id = ClientId::parse(id)?;
+    let rt = runtime()?;
+    let records = rt.block_on(async {
+        let store = crate::serve::open_store(args.data_dir).await?;
+        Ok::<_, anyhow::Error>(store.backups_of_client(&id, 200).await?)
+    })?;
+    if args.json {
+        let rows: Vec<_> = records
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": r.id,
+                    "snapshot": r.snapshot_id,
+                    "reason": r.reason.as_str(),
+                    "status": r.status.as_str(),
+                    "started_at": rfc3339(r.started_at),
+                    "finished_at": r.finished_at.map(rfc3339),
+                    "error": r.error,
+                    "bytes_added": r.bytes_added,
+                    "bytes_total": r.bytes_total,
+                    "files_total": r.files_total,
+                    "verified_at": r.verified_at.map(rfc3339),
+                    "verify_ok": r.verify_ok,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "client_id": id.as_str(), "backups": rows }));
+        return Ok(());
+    }
+    if records.is_empty() {
+        println!("No backups of {id} yet: `stackbox backup create {id}`.");
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<24} {:<10} {:<10} {:>12} VERIFIED",
+        "SNAPSHOT", "STARTED", "REASON", "STATUS", "NEW BYTES"
+    );
+    for r in &records {
+        let verified = match (r.verified_at, r.verify_ok) {
+            (Some(at), Some(true)) => format!("ok {}", rfc3339(at)),
+            (Some(at), Some(false)) => format!("FAILED {}", rfc3339(at)),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<10} {:<24} {:<10} {:<10} {:>12} {}",
+            r.snapshot_id.as_deref().map(short).unwrap_or("-"),
+            rfc3339(r.started_at),
+            r.reason.as_str(),
+            r.status.as_str(),
+            r.bytes_added.map(|b| b.to_string()).unwrap_or_default(),
+            verified
+        );
+    }
+    Ok(())
+}
+
+/// The snapshot asked for, else the client's latest successful backup.
+async fn snapshot_of(store: &Store, id: &ClientId, given: Option<&str>) -> Result<String> {
+    match given {
+        Some(snapshot) => {
+            if !snapshot.chars().all(|c| c.is_ascii_hexdigit()) || snapshot.len() < 8 {
+                bail!("--snapshot: {snapshot:?} is not a snapshot id (8 or more hex digits; see `stackbox backup list {id}`)");
+            }
+            Ok(snapshot.to_string())
+        }
+        None => store
+            .latest_succeeded_backup(id)
+            .await?
+            .and_then(|r| r.snapshot_id)
+            .with_context(|| {
+                format!("client {id} has no successful backup yet: `stackbox backup create {id}`")
+            }),
+    }
+}
+
+fn scratch_dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("backup-scratch").join(name)
+}
+
+/// Converges a client's stack (create what is missing, start, wait until healthy).
+async fn converge_client(
+    operator: &OperatorConfig,
+    bundles: &BundleStore,
+    docker: &DockerRuntime,
+    client: &Client,
+) -> Result<()> {
+    let desired = desired_state(
+        &client.stack,
+        &client.secrets,
+        &client.bundle,
+        &client.bundle_dir.display().to_string(),
+        &|name| std::env::var(name).ok(),
+    )?;
+    let edge = bundles.edge_router(operator)?;
+    backup::converge(docker, &desired, edge.as_ref(), DeployOptions::default()).await?;
+    Ok(())
+}
+
+pub fn restore(
+    operator: &OperatorConfig,
+    id: &str,
+    snapshot: Option<&str>,
+    yes: bool,
+    args: BackupArgs,
+) -> Result<()> {
+    let id = ClientId::parse(id)?;
+    if !yes {
+        bail!(
+            "restore replaces {id}'s databases and files with the snapshot's (a safety backup of \
+             the current data is taken first, so it can be undone): confirm with --yes"
+        );
+    }
+    let bundles = BundleStore::new(args.root);
+    let client = load_client(operator, &bundles, &id)?;
+    let _lock = bundles.lock_client(&id)?;
+    let display = Display::new(args.json);
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let env = env(args.data_dir).await?;
+        let snapshot = snapshot_of(&env.store, &id, snapshot).await?;
+        // The running stack first: a restore loads dumps into running databases.
+        converge_client(operator, &bundles, &env.docker, &client).await?;
+        let safety = backup_once(
+            operator,
+            &args,
+            &env,
+            &client,
+            BackupReason::Safety,
+            &display,
+        )
+        .await
+        .context("the safety backup before the restore failed; nothing was changed")?;
+        let password = repository_key(&env.store, &env.key, &id).await?;
+        let repo = repository(operator, args.data_dir, &id, password)?;
+        let scratch = scratch_dir(args.data_dir, id.as_str());
+        let events = |event| display.event(event);
+        let plan = backup_plan(&client.stack);
+        let restored = async {
+            let fetched = backup::fetch(&repo, &snapshot, &id, &scratch, &events).await?;
+            backup::restore_in_place(&env.docker, &fetched, &plan, &events).await?;
+            Ok::<_, backup::BackupError>(fetched.snapshot)
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        // Whatever happened, the client ends running.
+        let converged = converge_client(operator, &bundles, &env.docker, &client).await;
+        let restored = restored.with_context(|| {
+            format!(
+                "restore of {id} failed; its services were started again. The data before the \
+                 restore is in snapshot {}: `stackbox backup restore {id} --snapshot {} --yes`",
+                short(&safety.snapshot_id),
+                short(&safety.snapshot_id)
+            )
+        })?;
+        converged?;
+        Ok::<_, anyhow::Error>((restored, safety.snapshot_id))
+    });
+    display.finish();
+    let (restored, safety) = result?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "result", "success": true, "client_id": id.as_str(), "snapshot": restored, "safety_snapshot": safety})
+        );
+    } else {
+        println!(
+            "Restored {id} from snapshot {}; every service is healthy. Undo with `stackbox backup restore {id} --snapshot {} --yes`.",
+            short(&restored),
+            short(&safety)
+        );
+    }
+    Ok(())
+}
+
+fn random_suffix() -> u32 {
+    let mut bytes = [0u8; 4];
+    stackbox_core::secrets::RandomSource::fill(&mut OsRandom, &mut bytes);
+    u32::from_be_bytes(bytes)
+}
+
+pub fn verify(
+    operator: &OperatorConfig,
+    id: &str,
+    snapshot: Option<&str>,
+    args: BackupArgs,
+) -> Result<()> {
+    let id = ClientId::parse(id)?;
+    let bundles = BundleStore::new(args.root);
+    let client = load_client(operator, &bundles, &id)?;
+    let display = Display::new(args.json);
+    let started = Instant::now();
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let env = env(args.data_dir).await?;
+        let snapshot = snapshot_of(&env.store, &id, snapshot).await?;
+        let password = repository_key(&env.store, &env.key, &id).await?;
+        let repo = repository(operator, args.data_dir, &id, password)?;
+        let events = |event| display.event(event);
+        // The whole repository's data first: a flipped byte in any pack is found here.
+        events(BackupEvent::Phase { phase: "check" });
+        let checked = repo.check(true).await.map_err(anyhow::Error::new);
+        let copy_id = ClientId::parse(&format!("verify-{:08x}", random_suffix()))?;
+        let scratch = scratch_dir(args.data_dir, copy_id.as_str());
+        let outcome = match checked {
+            Err(e) => Err(e),
+            Ok(()) => verify_copy(&env, &repo, &client, &copy_id, &snapshot, &scratch, &events)
+                .await
+                .map_err(anyhow::Error::new),
+        };
+        let _ = std::fs::remove_dir_all(&scratch);
+        // The copy goes, whatever happened.
+        let removed = lifecycle::cleanup(&env.docker, &copy_id, None, true, &|_| {}).await;
+        let record = env.store.backup_by_snapshot(&id, &snapshot).await?;
+        if let Some(record) = &record {
+            let error = outcome.as_ref().err().map(|e| format!("{e:#}"));
+            env.store
+                .record_verification(&record.id, outcome.is_ok(), error.as_deref())
+                .await?;
+        }
+        removed?;
+        outcome.map(|()| snapshot)
+    });
+    display.finish();
+    let snapshot = result.with_context(|| format!("verify of {id}'s backup failed"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "result", "success": true, "client_id": id.as_str(), "snapshot": snapshot, "seconds": seconds})
+        );
+    } else {
+        println!(
+            "Verified {id}'s snapshot {} in {seconds:.1} s: restored into a throwaway copy, every service healthy, databases and volumes match the manifest; the copy was removed.",
+            short(&snapshot)
+        );
+    }
+    Ok(())
+}
+
+async fn verify_copy(
+    env: &Env,
+    repo: &Repository,
+    client: &Client,
+    copy_id: &ClientId,
+    snapshot: &str,
+    scratch: &Path,
+    events: backup::Events<'_>,
+) -> Result<(), backup::BackupError> {
+    let fetched = backup::fetch(repo, snapshot, &client.id, scratch, events).await?;
+    let copy = isolated_copy(&client.stack, copy_id);
+    let plan: BackupPlan = backup_plan(&copy);
+    // The copy mounts the client's own bundle files (read-only configuration and init
+    // scripts; the client's lock keeps them from changing meanwhile).
+    let desired = desired_state(
+        &copy,
+        &client.secrets,
+        &client.bundle,
+        &client.bundle_dir.display().to_string(),
+        &|name| std::env::var(name).ok(),
+    )?;
+    backup::restore_into_new(
+        &env.docker,
+        &fetched,
+        &plan,
+        &desired,
+        None,
+        DeployOptions::default(),
+        events,
+    )
+    .await?;
+    backup::check_against_manifest(&env.docker, &plan, &fetched.manifest).await
+}
+
+pub fn forget(operator: &OperatorConfig, id: &str, snapshot: &str, args: BackupArgs) -> Result<()> {
+    let id = ClientId::parse(id)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let store = crate::serve::open_store(args.data_dir).await?;
+        let key = crate::serve::master_key(args.data_dir, None)?;
+        let record = store
+            .backup_by_snapshot(&id, snapshot)
+            .await?
+            .with_context(|| format!("--snapshot: {id} has no backup {snapshot:?}; see `stackbox backup list {id}`"))?;
+        let full = record.snapshot_id.clone().unwrap_or_default();
+        let password = repository_key(&store, &key, &id).await?;
+        let repo = repository(operator, args.data_dir, &id, password)?;
+        repo.forget(std::slice::from_ref(&full)).await?;
+        store.mark_backup_forgotten(&record.id).await?;
+        if args.json {
+            println!("{}", json!({"event": "result", "success": true, "client_id": id.as_str(), "forgotten": full}));
+        } else {
+            println!("Forgot snapshot {} of {id}; its data was pruned from the repository.", short(&full));
+        }
+        Ok(())
+    })
+}
+
+pub fn clone(
+    operator: &OperatorConfig,
+    id: &str,
+    domain: &str,
+    snapshot: Option<&str>,
+    args: BackupArgs,
+) -> Result<()> {
+    let id = ClientId::parse(id)?;
+    let domain = Domain::parse(domain).context("--domain")?;
+    let bundles = BundleStore::new(args.root);
+    let source = load_client(operator, &bundles, &id)?;
+    if let Some(owner) = bundles.find_by_domain(&domain)? {
+        bail!("--domain: {domain} already belongs to client {owner}; choose another domain");
+    }
+    let mut spec = source.spec.clone();
+    spec.domain = domain.clone();
+    let new_id = ClientId::new(&spec.company_name, random_suffix());
+    spec.client_id = Some(new_id.clone());
+    let needed = SecretKey::needed_for(&spec.apps());
+    let secrets = stackbox_core::backup::clone_secrets(&source.secrets, &needed, &mut OsRandom);
+    let rendered = stackbox_core::render::render(&spec, &new_id, &secrets, operator)?;
+    let display = Display::new(args.json);
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let env = env(args.data_dir).await?;
+        let snapshot = snapshot_of(&env.store, &id, snapshot).await?;
+        let password = repository_key(&env.store, &env.key, &id).await?;
+        let repo = repository(operator, args.data_dir, &id, password)?;
+        let events = |event| display.event(event);
+        bundles.write_bundle(&new_id, &rendered.bundle)?;
+        let _lock = bundles.lock_client(&new_id)?;
+        let scratch = scratch_dir(args.data_dir, new_id.as_str());
+        let bundle_dir = std::path::absolute(bundles.client_dir(&new_id))?;
+        let outcome = async {
+            let fetched = backup::fetch(&repo, &snapshot, &id, &scratch, &events).await?;
+            let plan = backup_plan(&rendered.stack);
+            let desired = desired_state(
+                &rendered.stack,
+                &secrets,
+                &rendered.bundle,
+                &bundle_dir.display().to_string(),
+                &|name| std::env::var(name).ok(),
+            )?;
+            let edge = bundles.edge_router(operator)?;
+            backup::restore_into_new(
+                &env.docker,
+                &fetched,
+                &plan,
+                &desired,
+                edge.as_ref(),
+                DeployOptions::default(),
+                &events,
+            )
+            .await?;
+            Ok::<_, anyhow::Error>(fetched.snapshot)
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        if outcome.is_err() {
+            // A failed clone leaves nothing half-made: its containers, networks, volumes and
+            // bundle go (the source is untouched).
+            let _ = lifecycle::cleanup(
+                &env.docker,
+                &new_id,
+                operator.ingress.edge_router_name(),
+                true,
+                &|_| {},
+            )
+            .await;
+            let _ = bundles.remove_client(&new_id);
+        }
+        outcome
+    });
+    display.finish();
+    let snapshot =
+        result.with_context(|| format!("clone of {id} failed; nothing was left behind"))?;
+    let urls: serde_json::Map<String, serde_json::Value> = rendered
+        .urls
+        .iter()
+        .map(|u| (u.name.to_string(), json!(u.url)))
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "result", "success": true, "client_id": new_id.as_str(), "source": id.as_str(), "snapshot": snapshot, "domain": domain.to_string(), "services": urls})
+        );
+    } else {
+        println!(
+            "Cloned {id} (snapshot {}) into {new_id} at {domain}; every service is healthy.",
+            short(&snapshot)
+        );
+        for url in &rendered.urls {
+            println!("  {:<10} {}", url.name, url.url);
+        }
+    }
+    Ok(())
+}
