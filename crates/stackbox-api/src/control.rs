@@ -9,12 +9,12 @@ use std::future::Future;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use stackbox_core::client::{ClientId, ClientSpec};
+use stackbox_core::client::{ClientId, ClientSpec, Domain};
 use stackbox_core::plan::Plan;
 
 use crate::dto::{
-    ClientDetail, ClientState, ClientSummary, CreatedClient, DeploymentEvent, DeploymentOutcome,
-    DeploymentRef, DeploymentView, Page,
+    BackupList, ClientDetail, ClientState, ClientSummary, ClonedClient, CreatedClient,
+    DeploymentEvent, DeploymentOutcome, DeploymentRef, DeploymentView, Page,
 };
 use crate::metrics::DurationHistogram;
 
@@ -69,6 +69,15 @@ pub struct MetricsSnapshot {
     pub step_duration: BTreeMap<String, DurationHistogram>,
     /// Mail in the outbox by status (`pending`, `sending`, `sent`, `failed`); a gauge.
     pub mail_by_status: BTreeMap<&'static str, u64>,
+    /// Clients missing a backup (a gauge): those whose [`crate::BackupState`] says `missing`.
+    pub clients_missing_backup: u64,
+    /// Backup records by status (`running`, `succeeded`, `failed`:
+    /// [`crate::BACKUP_STATUSES`]); a gauge, since retention forgets old ones.
+    pub backups_by_status: BTreeMap<&'static str, u64>,
+    /// The age of the oldest "last successful backup" across clients, in seconds: one number
+    /// rather than one series per client, so that the label set stays bounded. `None` when no
+    /// client has a successful backup (the series is then left out).
+    pub oldest_successful_backup_age_seconds: Option<f64>,
 }
 
 /// Why the control plane refused or failed a request. The API maps each variant to one status.
@@ -182,6 +191,65 @@ pub trait ControlPlane: Send + Sync + 'static {
     ) -> impl Future<Output = Result<BoxStream<'static, DeploymentEvent>, ControlError>> + Send;
 
     fn metrics(&self) -> impl Future<Output = Result<MetricsSnapshot, ControlError>> + Send;
+
+    /// `POST /v1/clients/{id}/backups` (operator): journals a `backup` deployment and returns
+    /// once it is journaled (202); `Conflict` when the client is busy with another deployment.
+    /// The default answers 404: a control plane without backups has no such route.
+    fn create_backup(
+        &self,
+        id: &ClientId,
+    ) -> impl Future<Output = Result<DeploymentRef, ControlError>> + Send {
+        let _ = id;
+        async { Err(ControlError::NotFound) }
+    }
+
+    /// `GET /v1/clients/{id}/backups` (operator, or that client's token): the client's
+    /// backups, newest first, and their summary.
+    fn list_backups(
+        &self,
+        id: &ClientId,
+    ) -> impl Future<Output = Result<BackupList, ControlError>> + Send {
+        let _ = id;
+        async { Err(ControlError::NotFound) }
+    }
+
+    /// `POST /v1/clients/{id}/backups/{snapshot}/restore` (operator): journals a `restore`
+    /// (a safety backup first, then the client's data replaced by the snapshot's). The API
+    /// has already checked the `confirm` parameter. `Conflict` when busy.
+    fn restore_backup(
+        &self,
+        id: &ClientId,
+        snapshot: &str,
+    ) -> impl Future<Output = Result<DeploymentRef, ControlError>> + Send {
+        let _ = (id, snapshot);
+        async { Err(ControlError::NotFound) }
+    }
+
+    /// `POST /v1/clients/{id}/backups/{snapshot}/verify` (operator): journals a `verify` (the
+    /// snapshot restored into a throwaway copy and compared with its manifest). `Conflict`
+    /// when busy.
+    fn verify_backup(
+        &self,
+        id: &ClientId,
+        snapshot: &str,
+    ) -> impl Future<Output = Result<DeploymentRef, ControlError>> + Send {
+        let _ = (id, snapshot);
+        async { Err(ControlError::NotFound) }
+    }
+
+    /// `POST /v1/clients/{id}/clone` (operator): stores a new client with `id`'s
+    /// configuration at `domain` (validated by the core) and journals its `clone` deployment
+    /// from `snapshot` (`None`: the latest successful backup). `Conflict` when the domain is
+    /// taken or `id` has no successful backup.
+    fn clone_client(
+        &self,
+        id: &ClientId,
+        domain: Domain,
+        snapshot: Option<String>,
+    ) -> impl Future<Output = Result<ClonedClient, ControlError>> + Send {
+        let _ = (id, domain, snapshot);
+        async { Err(ControlError::NotFound) }
+    }
 
     /// `POST /v1/signup` (public): stores a pending sign-up for a validated configuration
     /// (its `admin_email` is the contact address) and opens a payment session for it. The
@@ -304,6 +372,30 @@ pub(crate) trait DynControl: Send + Sync + 'static {
         reveal: bool,
     ) -> BoxFuture<'_, Result<HtmlPage, ControlError>>;
     fn resend_welcome<'a>(&'a self, id: &'a ClientId) -> BoxFuture<'a, Result<(), ControlError>>;
+    fn create_backup<'a>(
+        &'a self,
+        id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
+    fn list_backups<'a>(
+        &'a self,
+        id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<BackupList, ControlError>>;
+    fn restore_backup<'a>(
+        &'a self,
+        id: &'a ClientId,
+        snapshot: &'a str,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
+    fn verify_backup<'a>(
+        &'a self,
+        id: &'a ClientId,
+        snapshot: &'a str,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
+    fn clone_client<'a>(
+        &'a self,
+        id: &'a ClientId,
+        domain: Domain,
+        snapshot: Option<String>,
+    ) -> BoxFuture<'a, Result<ClonedClient, ControlError>>;
 }
 
 impl<C: ControlPlane> DynControl for C {
@@ -378,5 +470,39 @@ impl<C: ControlPlane> DynControl for C {
     }
     fn resend_welcome<'a>(&'a self, id: &'a ClientId) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(ControlPlane::resend_welcome(self, id))
+    }
+    fn create_backup<'a>(
+        &'a self,
+        id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
+        Box::pin(ControlPlane::create_backup(self, id))
+    }
+    fn list_backups<'a>(
+        &'a self,
+        id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<BackupList, ControlError>> {
+        Box::pin(ControlPlane::list_backups(self, id))
+    }
+    fn restore_backup<'a>(
+        &'a self,
+        id: &'a ClientId,
+        snapshot: &'a str,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
+        Box::pin(ControlPlane::restore_backup(self, id, snapshot))
+    }
+    fn verify_backup<'a>(
+        &'a self,
+        id: &'a ClientId,
+        snapshot: &'a str,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
+        Box::pin(ControlPlane::verify_backup(self, id, snapshot))
+    }
+    fn clone_client<'a>(
+        &'a self,
+        id: &'a ClientId,
+        domain: Domain,
+        snapshot: Option<String>,
+    ) -> BoxFuture<'a, Result<ClonedClient, ControlError>> {
+        Box::pin(ControlPlane::clone_client(self, id, domain, snapshot))
     }
 }

@@ -1,7 +1,7 @@
 //! What the API sends and receives: the data transfer objects, with their JSON form (serde)
 //! and their OpenAPI schema (utoipa) derived from the same definitions.
 //!
-//! The input ([`NewClient`]) refuses unknown fields. Outputs derive `Deserialize` too, so that a
+//! The inputs ([`NewClient`], [`CloneRequest`]) refuse unknown fields. Outputs derive `Deserialize` too, so that a
 //! Rust client (the CLI's `--server` mode) reads responses with the very types the server
 //! writes; they accept unknown fields, so that a server may add fields without breaking older
 //! clients.
@@ -24,7 +24,7 @@ use crate::time::Timestamp;
 /// Declares a closed set of lowercase names with `ALL`, `as_str` and `from_name`, serialized
 /// as those names, and documented in the OpenAPI document as a string enum.
 macro_rules! name_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)+ }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:tt,)+ }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
         pub enum $name {
@@ -89,6 +89,14 @@ name_enum!(
         Stop = "stop",
         Start = "start",
         Destroy = "destroy",
+        /// A backup of the client's databases and volumes, checked before it counts.
+        Backup = "backup",
+        /// The client's data replaced with a snapshot's (after a safety backup).
+        Restore = "restore",
+        /// A snapshot restored into a throwaway copy and compared with its manifest.
+        Verify = "verify",
+        /// A new client made from another's snapshot (the deployment is the new client's).
+        Clone = "clone",
     }
 );
 
@@ -116,6 +124,29 @@ name_enum!(
         Succeeded = "succeeded",
         Failed = "failed",
         Compensated = "compensated",
+    }
+);
+
+name_enum!(
+    /// Why a backup was taken.
+    BackupReason {
+        /// Asked for (`POST /v1/clients/{id}/backups`, `stackbox backup create`).
+        Manual = "manual",
+        /// The operator's schedule.
+        Scheduled = "scheduled",
+        /// Taken before a restore, so that the restore can be undone.
+        Safety = "safety",
+        /// Taken before the client was destroyed.
+        PreDestroy = "pre-destroy",
+    }
+);
+
+name_enum!(
+    /// Where a backup stands. `succeeded` only once it was uploaded and the repository checked.
+    BackupStatus {
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
     }
 );
 
@@ -327,6 +358,109 @@ pub struct ClientDetail {
     pub latest_deployment_id: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The client's backups at a glance (`missing` when the last successful one is too old);
+    /// absent when the control plane does not back clients up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupState>,
+}
+
+/// One backup of a client (one restic snapshot once it succeeded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupView {
+    #[schema(example = "bkp_0195501e2c4a9f3b2d7e8c1a0b4d")]
+    pub id: String,
+    /// The snapshot's id in the client's repository (64 hex digits); absent until the upload
+    /// finished. Restore, verify and clone take it, or its first 8 or more digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "4f9c2a7be0d14c3a9b8e7f6d5c4b3a2918e7d6c5b4a39281f0e1d2c3b4a59687")]
+    pub snapshot: Option<String>,
+    pub reason: BackupReason,
+    pub status: BackupStatus,
+    pub started_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// Why it failed, for people (never an internal error text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Bytes this backup added to the repository (after deduplication and compression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_added: Option<u64>,
+    /// Bytes of data the snapshot holds (dumps and volumes, before deduplication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// Files the snapshot holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_total: Option<u64>,
+    /// When the snapshot was last verified (restored into a throwaway copy and compared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<Timestamp>,
+    /// The last verification's verdict; absent when never verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_ok: Option<bool>,
+    /// What the last verification found wrong, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_error: Option<String>,
+    /// The deployment that took it; absent for one taken outside the API (the CLI, the
+    /// schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "dep_0195501e2c4a9f3b2d7e8c1a0b4d")]
+    pub deployment_id: Option<String>,
+}
+
+/// A client's backups summed up: also the `backup` of `GET /v1/clients/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupState {
+    /// When the last successful backup started: the point in time its data is from. Absent
+    /// when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<Timestamp>,
+    /// When a snapshot of the client was last verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_at: Option<Timestamp>,
+    /// That verification's verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verify_ok: Option<bool>,
+    /// The last successful backup is older than the operator's schedule allows (without one,
+    /// the client's creation is).
+    pub missing: bool,
+}
+
+/// `GET /v1/clients/{id}/backups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupList {
+    #[serde(with = "client_id_serde")]
+    #[schema(value_type = String, example = "smithrealestate-e11f059b")]
+    pub client_id: ClientId,
+    pub state: BackupState,
+    /// Newest first.
+    pub backups: Vec<BackupView>,
+}
+
+/// The body of `POST /v1/clients/{id}/clone`: a new client with the same configuration and a
+/// snapshot's data, at another domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRequest {
+    /// The new client's domain (validated like a client's `domain`).
+    #[schema(example = "staging.smithrealestate.stackbox.io")]
+    pub domain: String,
+    /// The snapshot to clone (an id, 8 or more of its digits, or `latest`); the latest
+    /// successful backup when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "latest")]
+    pub snapshot: Option<String>,
+}
+
+/// The answer to `POST /v1/clients/{id}/clone` (202).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClonedClient {
+    /// The new client.
+    #[serde(with = "client_id_serde")]
+    #[schema(value_type = String, example = "smithrealestate-5a1e9c03")]
+    pub client_id: ClientId,
+    /// Follow it at `/v1/deployments/{deployment_id}` and its `/events`.
+    #[schema(example = "dep_0195501e2c4a9f3b2d7e8c1a0b4d")]
+    pub deployment_id: String,
 }
 
 /// The answer to every request that starts a deployment (202).

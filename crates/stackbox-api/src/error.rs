@@ -23,6 +23,9 @@ const RETRY_AFTER_SECONDS: &str = "5";
 pub enum Resource {
     Client,
     Deployment,
+    /// A snapshot of a client: the control plane's 404 does not say whether the client or the
+    /// snapshot is unknown, so neither does the message.
+    Backup,
     Route,
     /// Sign-ups and the payment webhook on a server without a payment provider.
     Onboarding,
@@ -150,6 +153,11 @@ impl ApiError {
             ApiError::NotFound(Resource::Deployment) => {
                 ("not_found", "no such deployment".to_string(), None)
             }
+            ApiError::NotFound(Resource::Backup) => (
+                "not_found",
+                "no such client, or no successful backup of it with that snapshot".to_string(),
+                None,
+            ),
             ApiError::NotFound(Resource::Onboarding) => (
                 "not_found",
                 "sign-ups and payments are not enabled on this server".to_string(),

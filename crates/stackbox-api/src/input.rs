@@ -1,44 +1,63 @@
-//! The body of `POST /v1/clients`: from JSON bytes to a `ClientSpec` validated by the core.
+//! The JSON bodies: from bytes to values validated by the core.
 //!
-//! Four stages, each with its own answer: not JSON → 400; not an object, or a field that
-//! [`NewClient`] does not have → 422 naming it; a value of the wrong type → 422 naming its path
-//! (`plan`, `features.calcom`); a value the core refuses → 422 naming the core's field. The
-//! core's `ClientConfigFile` has public fields, so no TOML is involved: the JSON fields go into
-//! it and through `ClientSpec::from_file`, the same validation as a TOML file.
+//! `POST /v1/clients` (and the sign-up) go through four stages, each with its own answer: not
+//! JSON → 400; not an object, or a field that [`NewClient`] does not have → 422 naming it; a
+//! value of the wrong type → 422 naming its path (`plan`, `features.calcom`); a value the core
+//! refuses → 422 naming the core's field. The core's `ClientConfigFile` has public fields, so
+//! no TOML is involved: the JSON fields go into it and through `ClientSpec::from_file`, the
+//! same validation as a TOML file. `POST /v1/clients/{id}/clone` ([`CloneRequest`]) goes
+//! through the same stages, its domain through `Domain::parse`.
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
-use stackbox_core::client::{ClientConfigFile, ClientSpec};
+use stackbox_core::client::{ClientConfigFile, ClientSpec, Domain};
 use stackbox_core::CoreError;
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::PartialSchema;
 
-use crate::dto::NewClient;
+use crate::dto::{CloneRequest, NewClient};
 use crate::error::ApiError;
 
-/// The fields of [`NewClient`], read from its derived schema (so from the struct itself).
-pub fn new_client_fields() -> &'static BTreeSet<String> {
-    static FIELDS: OnceLock<BTreeSet<String>> = OnceLock::new();
-    FIELDS.get_or_init(|| match NewClient::schema() {
+/// The longest snapshot reference: a whole restic snapshot id.
+const MAX_SNAPSHOT_DIGITS: usize = 64;
+/// The shortest: restic's short id, as `stackbox backup list` prints it. Fewer digits would
+/// too easily match several snapshots.
+const MIN_SNAPSHOT_DIGITS: usize = 8;
+
+/// The properties of a body type, read from its derived schema (so from the struct itself).
+fn schema_fields<T: PartialSchema>() -> BTreeSet<String> {
+    match T::schema() {
         RefOr::T(Schema::Object(object)) => object.properties.keys().cloned().collect(),
         _ => BTreeSet::new(),
-    })
+    }
 }
 
-/// Parses and validates a client configuration sent as JSON.
-pub fn parse_new_client(body: &[u8]) -> Result<ClientSpec, ApiError> {
+/// The fields of [`NewClient`].
+pub fn new_client_fields() -> &'static BTreeSet<String> {
+    static FIELDS: OnceLock<BTreeSet<String>> = OnceLock::new();
+    FIELDS.get_or_init(schema_fields::<NewClient>)
+}
+
+/// The fields of [`CloneRequest`].
+fn clone_request_fields() -> &'static BTreeSet<String> {
+    static FIELDS: OnceLock<BTreeSet<String>> = OnceLock::new();
+    FIELDS.get_or_init(schema_fields::<CloneRequest>)
+}
+
+/// The first two stages: JSON (400), then an object of known fields (422 naming the unknown
+/// one). `what` finishes "the body must be a JSON object holding …".
+fn known_object(body: &[u8], known: &BTreeSet<String>, what: &str) -> Result<Value, ApiError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|error| ApiError::MalformedJson(error.to_string()))?;
     let Value::Object(object) = &value else {
         return Err(ApiError::Invalid {
             field: None,
-            message: "the body must be a JSON object holding the client's configuration"
-                .to_string(),
+            message: format!("the body must be a JSON object holding {what}"),
         });
     };
-    let known = new_client_fields();
     if let Some(unknown) = object.keys().find(|key| !known.contains(*key)) {
         let expected: Vec<&str> = known.iter().map(String::as_str).collect();
         return Err(ApiError::invalid(
@@ -49,11 +68,22 @@ pub fn parse_new_client(body: &[u8]) -> Result<ClientSpec, ApiError> {
             ),
         ));
     }
-    let new: NewClient = serde_path_to_error::deserialize(value).map_err(|error| {
+    Ok(value)
+}
+
+/// The third stage: values of the right types (422 naming the path).
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
         let field = error.path().to_string();
         let problem = error.into_inner().to_string();
         ApiError::invalid(field.clone(), format!("{field}: {problem}"))
-    })?;
+    })
+}
+
+/// Parses and validates a client configuration sent as JSON.
+pub fn parse_new_client(body: &[u8]) -> Result<ClientSpec, ApiError> {
+    let value = known_object(body, new_client_fields(), "the client's configuration")?;
+    let new: NewClient = typed(value)?;
     let file = ClientConfigFile {
         client_id: new.client_id,
         company_name: new.company_name,
@@ -65,6 +95,50 @@ pub fn parse_new_client(body: &[u8]) -> Result<ClientSpec, ApiError> {
         features: new.features.unwrap_or_default(),
     };
     ClientSpec::from_file(file).map_err(core_error)
+}
+
+/// Parses the body of `POST /v1/clients/{id}/clone`: the new domain, validated by the core,
+/// and the snapshot, checked like one in a path.
+pub(crate) fn parse_clone_request(body: &[u8]) -> Result<(Domain, Option<String>), ApiError> {
+    let value = known_object(
+        body,
+        clone_request_fields(),
+        "the new client's `domain` and, optionally, the `snapshot`",
+    )?;
+    // `domain` is a `String` in the type, so serde alone would report a missing one at the
+    // path `.`; name the field instead.
+    if value.get("domain").is_none() {
+        return Err(ApiError::invalid(
+            "domain",
+            "domain: is missing; give the new client's domain",
+        ));
+    }
+    let request: CloneRequest = typed(value)?;
+    let domain = Domain::parse(&request.domain).map_err(core_error)?;
+    if let Some(snapshot) = &request.snapshot {
+        if !is_snapshot_ref(snapshot) {
+            return Err(ApiError::invalid("snapshot", snapshot_problem(snapshot)));
+        }
+    }
+    Ok((domain, request.snapshot))
+}
+
+/// A snapshot as the API takes it: `latest`, or 8 to 64 lowercase hex digits (a restic
+/// snapshot id or its first digits). Checked before it reaches the control plane, like every
+/// id, so that nothing else (a path, an option for restic) can be smuggled in.
+pub(crate) fn is_snapshot_ref(text: &str) -> bool {
+    text == "latest"
+        || ((MIN_SNAPSHOT_DIGITS..=MAX_SNAPSHOT_DIGITS).contains(&text.len())
+            && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// Why `text` is not a snapshot, for people.
+fn snapshot_problem(text: &str) -> String {
+    format!(
+        "snapshot: {text:?} is not a snapshot; use `latest` or {MIN_SNAPSHOT_DIGITS} to \
+         {MAX_SNAPSHOT_DIGITS} lowercase hex digits of a snapshot id (see \
+         GET /v1/clients/{{id}}/backups)"
+    )
 }
 
 /// The 422 for a value the core refused, naming the core's field.
@@ -162,6 +236,87 @@ mod tests {
                 ),
                 "{body:?}"
             );
+        }
+    }
+
+    fn clone_field_of(body: &str) -> Option<String> {
+        match parse_clone_request(body.as_bytes()) {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("expected a 422 for {body}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_clone_request_gives_the_core_domain_and_the_snapshot_as_written() {
+        let (domain, snapshot) =
+            parse_clone_request(br#"{"domain": " Staging.Example.COM ", "snapshot": "latest"}"#)
+                .expect("valid");
+        assert_eq!(domain, Domain::parse("staging.example.com").expect("valid"));
+        assert_eq!(snapshot.as_deref(), Some("latest"));
+        let (_, snapshot) =
+            parse_clone_request(br#"{"domain": "staging.example.com"}"#).expect("valid");
+        assert_eq!(snapshot, None);
+        let (_, snapshot) =
+            parse_clone_request(br#"{"domain": "staging.example.com", "snapshot": null}"#)
+                .expect("valid");
+        assert_eq!(snapshot, None);
+    }
+
+    #[test]
+    fn each_clone_request_problem_names_its_field() {
+        assert_eq!(clone_field_of("{}").as_deref(), Some("domain"));
+        assert_eq!(
+            clone_field_of(r#"{"domain": 3}"#).as_deref(),
+            Some("domain")
+        );
+        assert_eq!(
+            clone_field_of(r#"{"domain": null}"#).as_deref(),
+            Some("domain")
+        );
+        assert_eq!(
+            clone_field_of(r#"{"domain": "a..example.com"}"#).as_deref(),
+            Some("domain")
+        );
+        assert_eq!(
+            clone_field_of(r#"{"domain": "a.example.com", "snapshot": "ABCDEF12"}"#).as_deref(),
+            Some("snapshot")
+        );
+        assert_eq!(
+            clone_field_of(r#"{"domain": "a.example.com", "snapshot": 12345678}"#).as_deref(),
+            Some("snapshot")
+        );
+        // An unknown field is named even when the domain is missing too.
+        assert_eq!(
+            clone_field_of(r#"{"domian": "a.example.com"}"#).as_deref(),
+            Some("domian")
+        );
+        assert_eq!(clone_field_of("[]"), None);
+        assert!(matches!(
+            parse_clone_request(b"{"),
+            Err(ApiError::MalformedJson(_))
+        ));
+    }
+
+    #[test]
+    fn snapshots_are_latest_or_8_to_64_lowercase_hex_digits() {
+        let longest = "f".repeat(64);
+        for good in ["latest", "0123abcd", "4f9c2a7be0d1", longest.as_str()] {
+            assert!(is_snapshot_ref(good), "{good}");
+        }
+        let too_long = "f".repeat(65);
+        for bad in [
+            "",
+            "0123abc",
+            "0123ABCD",
+            "0123abcg",
+            "Latest",
+            "latest ",
+            "../../etc",
+            "--help00",
+            "0123abcd\n",
+            too_long.as_str(),
+        ] {
+            assert!(!is_snapshot_ref(bad), "{bad:?}");
         }
     }
 }

@@ -17,6 +17,11 @@
 //! | `GET /v1/clients/{id}` | operator, that client | 200 [`ClientDetail`] |
 //! | `POST /v1/clients/{id}/stop\|start\|redeploy` | operator | 202 [`DeploymentRef`] |
 //! | `DELETE /v1/clients/{id}?confirm={id}` | operator | 202 [`DeploymentRef`] |
+//! | `POST /v1/clients/{id}/backups` | operator | 202 [`DeploymentRef`] (a `backup`) |
+//! | `GET /v1/clients/{id}/backups` | operator, that client | 200 [`BackupList`] |
+//! | `POST /v1/clients/{id}/backups/{snapshot}/restore?confirm={id}` | operator | 202 [`DeploymentRef`] |
+//! | `POST /v1/clients/{id}/backups/{snapshot}/verify` | operator | 202 [`DeploymentRef`] |
+//! | `POST /v1/clients/{id}/clone` | operator | 202 [`ClonedClient`] (the new client) |
 //! | `GET /v1/deployments/{id}` | operator, its client | 200 [`DeploymentView`] |
 //! | `GET /v1/deployments/{id}/events` | operator, its client | `text/event-stream` |
 //! | `POST /v1/signup` | anyone, rate-limited | 201 [`SignupAccepted`] (the checkout URL) |
@@ -46,7 +51,11 @@
 //!   client token may not list clients (403): the list is the operator's view.
 //! - **Invalid ids in paths answer 404**, exactly like unknown ones, and never reach the
 //!   control plane: a client id must parse as a `ClientId`, a deployment id must be at most 64
-//!   characters of `[A-Za-z0-9_-]`.
+//!   characters of `[A-Za-z0-9_-]`, a snapshot must be `latest` or 8 to 64 lowercase hex
+//!   digits. (A snapshot in the body of a clone is a value, so a bad one is a 422 naming
+//!   `snapshot`.)
+//! - **A restore asks for `confirm` like a delete**: both replace or destroy the client's data.
+//!   A verify does not: it touches only a throwaway copy.
 //! - **`/metrics` needs no token by default**: it carries aggregates only (counts by state and
 //!   outcome, durations by step name; no client id, domain or secret), and the only tokens
 //!   that exist are operator tokens (full write access) and client tokens: making Prometheus
@@ -93,16 +102,17 @@ pub use control::{
     SignupAccepted, WebhookOutcome,
 };
 pub use dto::{
-    ClientConfiguration, ClientDetail, ClientState, ClientSummary, CreatedClient, Credentials,
-    DeploymentEnd, DeploymentEvent, DeploymentKind, DeploymentOutcome, DeploymentRef,
+    BackupList, BackupReason, BackupState, BackupStatus, BackupView, ClientConfiguration,
+    ClientDetail, ClientState, ClientSummary, CloneRequest, ClonedClient, CreatedClient,
+    Credentials, DeploymentEnd, DeploymentEvent, DeploymentKind, DeploymentOutcome, DeploymentRef,
     DeploymentStatus, DeploymentView, ErrorBody, ErrorDetail, Health, HealthStatus, NewClient,
     Page, ServiceHealth, ServiceState, StepStatus, StepView,
 };
 pub use error::{INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE};
 pub use input::parse_new_client;
 pub use metrics::{
-    DurationHistogram, CONTENT_TYPE as METRICS_CONTENT_TYPE, DURATION_BUCKETS_SECONDS,
-    MAIL_STATUSES,
+    DurationHistogram, BACKUP_STATUSES, CONTENT_TYPE as METRICS_CONTENT_TYPE,
+    DURATION_BUCKETS_SECONDS, MAIL_STATUSES,
 };
 pub use onboarding::{SignupLimits, WEBHOOK_BODY_LIMIT};
 pub use time::Timestamp;

@@ -119,10 +119,13 @@ impl DurationHistogram {
     }
 }
 
-/// Renders a snapshot in the text exposition format.
 /// The outbox statuses, each written (0 when absent) so every series exists from the start.
 pub const MAIL_STATUSES: [&str; 4] = ["pending", "sending", "sent", "failed"];
 
+/// The backup statuses (the names of [`crate::BackupStatus`]), each written (0 when absent).
+pub const BACKUP_STATUSES: [&str; 3] = ["running", "succeeded", "failed"];
+
+/// Renders a snapshot in the text exposition format.
 pub fn render(snapshot: &MetricsSnapshot) -> String {
     let mut out = String::new();
 
@@ -155,6 +158,55 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
             "stackbox_mail",
             &[("status", status)],
             &value.to_string(),
+        );
+    }
+
+    family(
+        &mut out,
+        "stackbox_clients_missing_backup",
+        "gauge",
+        "Clients whose last successful backup (without one, their creation) is older than the schedule allows.",
+    );
+    sample(
+        &mut out,
+        "stackbox_clients_missing_backup",
+        &[],
+        &snapshot.clients_missing_backup.to_string(),
+    );
+
+    family(
+        &mut out,
+        "stackbox_backups",
+        "gauge",
+        "Backups in the store by status (running, succeeded, failed).",
+    );
+    for status in BACKUP_STATUSES {
+        let value = snapshot.backups_by_status.get(status).copied().unwrap_or(0);
+        sample(
+            &mut out,
+            "stackbox_backups",
+            &[("status", status)],
+            &value.to_string(),
+        );
+    }
+
+    family(
+        &mut out,
+        "stackbox_oldest_successful_backup_age_seconds",
+        "gauge",
+        "Age of the oldest last successful backup across clients; absent while no client has one.",
+    );
+    // Left out rather than written as 0 (which would read as "just backed up") or NaN (which
+    // alert rules compare as false); a negative age is a clock stepped back.
+    if let Some(age) = snapshot
+        .oldest_successful_backup_age_seconds
+        .filter(|age| age.is_finite())
+    {
+        sample(
+            &mut out,
+            "stackbox_oldest_successful_backup_age_seconds",
+            &[],
+            &format_float(age.max(0.0)),
         );
     }
 
@@ -277,6 +329,34 @@ mod tests {
             DurationHistogram::from_bucket_counts(&[1; 15], 99.0).map(|h| h.count()),
             Some(15)
         );
+    }
+
+    #[test]
+    fn the_backup_statuses_are_those_of_the_dto() {
+        let names: Vec<&str> = crate::dto::BackupStatus::ALL
+            .iter()
+            .map(|status| status.as_str())
+            .collect();
+        assert_eq!(names, BACKUP_STATUSES);
+    }
+
+    #[test]
+    fn the_oldest_backup_age_is_left_out_when_unknown_or_not_a_number() {
+        let series = "\nstackbox_oldest_successful_backup_age_seconds ";
+        for age in [None, Some(f64::NAN), Some(f64::INFINITY)] {
+            let snapshot = MetricsSnapshot {
+                oldest_successful_backup_age_seconds: age,
+                ..MetricsSnapshot::default()
+            };
+            let text = render(&snapshot);
+            assert!(!text.contains(series), "{age:?}: {text}");
+            assert!(text.contains("# TYPE stackbox_oldest_successful_backup_age_seconds gauge\n"));
+        }
+        let snapshot = MetricsSnapshot {
+            oldest_successful_backup_age_seconds: Some(-2.0),
+            ..MetricsSnapshot::default()
+        };
+        assert!(render(&snapshot).contains(&format!("{series}0\n")));
     }
 
     #[test]

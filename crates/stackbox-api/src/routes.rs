@@ -28,11 +28,12 @@ use utoipa_axum::routes;
 use crate::auth::{authenticate, Caller};
 use crate::control::{ClientAction, DynControl, ListQuery, Principal};
 use crate::dto::{
-    ClientDetail, ClientState, ClientSummary, CreatedClient, DeploymentEvent, DeploymentRef,
-    DeploymentView, ErrorBody, Health, NewClient, Page,
+    BackupList, ClientDetail, ClientState, ClientSummary, CloneRequest, ClonedClient,
+    CreatedClient, DeploymentEvent, DeploymentRef, DeploymentView, ErrorBody, Health, NewClient,
+    Page,
 };
 use crate::error::{ApiError, Resource};
-use crate::input::parse_new_client;
+use crate::input::{is_snapshot_ref, parse_clone_request, parse_new_client};
 use crate::{metrics, ApiOptions, MetricsAccess};
 
 /// How often an idle event stream sends a comment, so that proxies keep it open.
@@ -86,14 +87,15 @@ impl Shutdown {
         title = "StackBox API",
         description = "The control plane of StackBox: clients, their deployments, health and metrics. \
             Every `/v1` route needs `Authorization: Bearer <token>`. An operator token may do \
-            everything; a client token may only read its own client and deployments (403 on \
-            writes, 404 for anything else). Errors are `{\"error\": {\"code\", \"message\", \
+            everything; a client token may only read its own client, its deployments and its \
+            backups (403 on writes, 404 for anything else). Errors are `{\"error\": {\"code\", \"message\", \
             \"field\"?}}`; a 500 never carries internal detail."
     ),
     modifiers(&BearerScheme),
     tags(
         (name = "clients", description = "Create, list, read, stop, start, redeploy and delete clients."),
         (name = "deployments", description = "Follow what the control plane does for a client."),
+        (name = "backups", description = "Back a client up, list its backups, verify or restore one, clone a client from one."),
         (name = "service", description = "Liveness, metrics and this document; no token needed."),
         (name = "onboarding", description = "Public: sign-up, the payment provider's webhook, the one-time credentials page."),
     )
@@ -125,6 +127,10 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(start_client))
         .routes(routes!(redeploy_client))
         .routes(routes!(resend_welcome))
+        .routes(routes!(create_backup, list_backups))
+        .routes(routes!(restore_backup))
+        .routes(routes!(verify_backup))
+        .routes(routes!(clone_client))
         .routes(routes!(get_deployment))
         .routes(routes!(deployment_events))
         .routes(routes!(crate::onboarding::signup))
@@ -161,6 +167,15 @@ struct DeleteParams {
     confirm: String,
 }
 
+/// The query parameters of `POST /v1/clients/{id}/backups/{snapshot}/restore` (documentation).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct RestoreParams {
+    /// Must repeat the client id: a guard against replacing the wrong client's data.
+    confirm: String,
+}
+
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -179,9 +194,11 @@ async fn healthz() -> Json<Health> {
     path = "/metrics",
     tag = "service",
     summary = "Prometheus metrics (text exposition format 0.0.4).",
-    description = "Clients by state, finished deployments by outcome, and histograms of \
-        deployment and step durations. Aggregates only: no client id, domain or secret. No \
-        token is needed unless the server was started to require an operator token for it.",
+    description = "Clients by state, finished deployments by outcome, histograms of \
+        deployment and step durations, mail by status, backups by status, the clients missing \
+        a backup and the age of the oldest last successful backup. Aggregates only: no client \
+        id, domain or secret. No token is needed unless the server was started to require an \
+        operator token for it.",
     responses(
         (status = 200, body = String, content_type = "text/plain; version=0.0.4", description = "The metrics."),
         (status = 401, body = ErrorBody, description = "Only when metrics need an operator token."),
@@ -493,24 +510,7 @@ async fn delete_client(
 ) -> Result<Response, ApiError> {
     caller.require_operator()?;
     let id = client_id(id)?;
-    let mut query = query_params(query, &["confirm"])?;
-    match query.remove("confirm") {
-        Some(confirm) if confirm == id.as_str() => {}
-        Some(_) => {
-            return Err(ApiError::BadRequest {
-                field: Some("confirm".to_string()),
-                message: format!("confirm: is not the client id; repeat it: ?confirm={id}"),
-            })
-        }
-        None => {
-            return Err(ApiError::BadRequest {
-                field: Some("confirm".to_string()),
-                message: format!(
-                    "confirm: is missing; deleting a client destroys its data, so repeat its id: ?confirm={id}"
-                ),
-            })
-        }
-    }
+    require_confirm(query, &id, "deleting a client destroys its data")?;
     let deployment = state
         .control
         .delete_client(&id)
@@ -518,6 +518,230 @@ async fn delete_client(
         .map_err(|error| ApiError::from_control(error, Resource::Client))?;
     tracing::info!(client = %id, deployment = %deployment.deployment_id, "client deletion accepted");
     Ok(accepted(&deployment.deployment_id, Json(&deployment)))
+}
+
+/// `?confirm=<client id>` and no other parameter: the guard of the routes that destroy or
+/// replace a client's data. `consequence` tells the caller why it is asked for.
+fn require_confirm(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    id: &ClientId,
+    consequence: &str,
+) -> Result<(), ApiError> {
+    let mut query = query_params(query, &["confirm"])?;
+    match query.remove("confirm") {
+        Some(confirm) if confirm == id.as_str() => Ok(()),
+        Some(_) => Err(ApiError::BadRequest {
+            field: Some("confirm".to_string()),
+            message: format!("confirm: is not the client id; repeat it: ?confirm={id}"),
+        }),
+        None => Err(ApiError::BadRequest {
+            field: Some("confirm".to_string()),
+            message: format!("confirm: is missing; {consequence}, so repeat its id: ?confirm={id}"),
+        }),
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{id}/backups",
+    tag = "backups",
+    summary = "Back a client up now: its databases dumped and its volumes, while it serves.",
+    description = "Nothing is stopped. The backup counts (`succeeded`) only once it was \
+        uploaded and the repository checked; follow it as a deployment of kind `backup`.",
+    params(("id" = String, Path, description = "The client id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = DeploymentRef, description = "Accepted: the backup is journaled and runs in the background.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client (or this server takes no backups)."),
+        (status = 409, body = ErrorBody, description = "The client is busy with another deployment."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn create_backup(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let id = client_id(id)?;
+    let deployment = state
+        .control
+        .create_backup(&id)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    tracing::info!(client = %id, deployment = %deployment.deployment_id, "backup accepted");
+    Ok(accepted(&deployment.deployment_id, Json(&deployment)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{id}/backups",
+    tag = "backups",
+    summary = "A client's backups, newest first, and whether one is missing.",
+    params(("id" = String, Path, description = "The client id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = BackupList, description = "The client's backups."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 404, body = ErrorBody, description = "No such client (or not the client token's own, or this server takes no backups)."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn list_backups(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<BackupList>, ApiError> {
+    let id = client_id(id)?;
+    if !caller.may_read(&id) {
+        return Err(ApiError::NotFound(Resource::Client));
+    }
+    let list = state
+        .control
+        .list_backups(&id)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    Ok(Json(list))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{id}/backups/{snapshot}/restore",
+    tag = "backups",
+    summary = "Replace a client's data with a snapshot's, after a safety backup.",
+    description = "The client's databases and volumes are replaced by the snapshot's, then its \
+        stack is converged (also when the restore fails half-way, so the client ends running). \
+        A safety backup is taken first: restoring it undoes the restore. `confirm` must repeat \
+        the client id.",
+    params(
+        ("id" = String, Path, description = "The client id."),
+        ("snapshot" = String, Path, description = "A snapshot id, or its first 8 or more digits (lowercase hex), or `latest`."),
+        RestoreParams,
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = DeploymentRef, description = "Accepted: the restore is journaled and runs in the background.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 400, body = ErrorBody, description = "`confirm` is missing or is not the client id; `field` is `confirm`."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client, or no successful backup of it with that snapshot (also for a snapshot that is not 8 to 64 lowercase hex digits or `latest`)."),
+        (status = 409, body = ErrorBody, description = "The client is busy with another deployment."),
+        (status = 422, body = ErrorBody, description = "An unknown query parameter."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn restore_backup(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let (id, snapshot) = client_and_snapshot(path)?;
+    require_confirm(query, &id, "restoring a backup replaces the client's data")?;
+    let deployment = state
+        .control
+        .restore_backup(&id, &snapshot)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Backup))?;
+    tracing::info!(client = %id, snapshot, deployment = %deployment.deployment_id, "restore accepted");
+    Ok(accepted(&deployment.deployment_id, Json(&deployment)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{id}/backups/{snapshot}/verify",
+    tag = "backups",
+    summary = "Verify a snapshot for real: restored into a throwaway copy and compared.",
+    description = "The repository's data is read back whole, the snapshot is restored into a \
+        copy that nothing routes to and that reaches no outside network, every service must \
+        come up healthy, rows and files are compared with the snapshot's manifest, and the copy \
+        is removed. The client itself is not touched. The verdict lands on the backup \
+        (`verified_at`, `verify_ok`).",
+    params(
+        ("id" = String, Path, description = "The client id."),
+        ("snapshot" = String, Path, description = "A snapshot id, or its first 8 or more digits (lowercase hex), or `latest`."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = DeploymentRef, description = "Accepted: the verification is journaled and runs in the background.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client, or no successful backup of it with that snapshot (also for a snapshot that is not 8 to 64 lowercase hex digits or `latest`)."),
+        (status = 409, body = ErrorBody, description = "The client is busy with another deployment."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn verify_backup(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let (id, snapshot) = client_and_snapshot(path)?;
+    let deployment = state
+        .control
+        .verify_backup(&id, &snapshot)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Backup))?;
+    tracing::info!(client = %id, snapshot, deployment = %deployment.deployment_id, "verify accepted");
+    Ok(accepted(&deployment.deployment_id, Json(&deployment)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{id}/clone",
+    tag = "backups",
+    summary = "A new client with this one's configuration and a snapshot's data, at another domain.",
+    description = "For a staging copy or a move. The new client gets a new id; only the secrets \
+        tied to the data (the admin password hashed in the apps, the database passwords and \
+        keys the apps wrote into their volumes) are kept, the rest are generated. The source \
+        client is not touched.",
+    params(("id" = String, Path, description = "The client to clone.")),
+    request_body(content = CloneRequest, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = ClonedClient, description = "Accepted: the new client is stored and its deployment journaled.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 400, body = ErrorBody, description = "The body is not JSON."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client, or no successful backup of it with that snapshot."),
+        (status = 409, body = ErrorBody, description = "The domain is taken, or the client has no successful backup to clone."),
+        (status = 413, body = ErrorBody, description = "The body is over the size limit (64 KiB by default)."),
+        (status = 415, body = ErrorBody, description = "Not `Content-Type: application/json`."),
+        (status = 422, body = ErrorBody, description = "An unknown field, or a value that is not acceptable (`domain`, `snapshot`); `field` names it."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn clone_client(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    // The 404 of an unknown client or snapshot, which the control plane does not tell apart.
+    let id = client_id(id).map_err(|_| ApiError::NotFound(Resource::Backup))?;
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = read_body(&state, body)?;
+    let (domain, snapshot) = parse_clone_request(&body)?;
+    let cloned = state
+        .control
+        .clone_client(&id, domain, snapshot)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Backup))?;
+    tracing::info!(client = %id, clone = %cloned.client_id, deployment = %cloned.deployment_id, "clone accepted");
+    Ok(accepted(&cloned.deployment_id, Json(&cloned)))
 }
 
 #[utoipa::path(
@@ -658,8 +882,22 @@ fn client_id(path: Result<Path<String>, PathRejection>) -> Result<ClientId, ApiE
     ClientId::parse(&text).map_err(|_| ApiError::NotFound(Resource::Client))
 }
 
-/// A deployment id from the path, bounded to a safe alphabet before it reaches the control
-/// plane; 404 otherwise.
+/// A client id and a snapshot from the path. Either one invalid answers the 404 of an unknown
+/// client or snapshot (the control plane's 404 here does not say which), as invalid deployment
+/// ids answer like unknown ones.
+fn client_and_snapshot(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(ClientId, String), ApiError> {
+    let not_found = ApiError::NotFound(Resource::Backup);
+    let Ok(Path((id, snapshot))) = path else {
+        return Err(not_found);
+    };
+    match ClientId::parse(&id) {
+        Ok(id) if is_snapshot_ref(&snapshot) => Ok((id, snapshot)),
+        _ => Err(not_found),
+    }
+}
+
 /// An id or token as StackBox issues them: 1 to `max` bytes of `[A-Za-z0-9_-]`. Anything else
 /// answers 404 without reaching the control plane.
 pub(crate) fn is_url_token(text: &str, max: usize) -> bool {
@@ -670,6 +908,8 @@ pub(crate) fn is_url_token(text: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// A deployment id from the path, bounded to a safe alphabet before it reaches the control
+/// plane; 404 otherwise.
 fn deployment_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Ok(Path(text)) = path else {
         return Err(ApiError::NotFound(Resource::Deployment));

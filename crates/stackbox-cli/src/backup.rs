@@ -680,3 +680,83 @@ pub fn clone(
     }
     Ok(())
 }
+
+/// Before a local destroy: a client with backups keeps them for the operator's retention after
+/// a destroy (a last backup first, when its databases run), or loses them with
+/// `--delete-backups` (or a retention of 0 days). Says what it did, in one line.
+pub fn before_destroy(
+    operator: &OperatorConfig,
+    root: &Path,
+    data_dir: &Path,
+    id: &ClientId,
+    delete_backups: bool,
+) -> Result<Option<String>> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let store = crate::serve::open_store(data_dir).await?;
+        if store.backups_of_client(id, 1).await?.is_empty() {
+            return Ok(None);
+        }
+        let key = crate::serve::master_key(data_dir, None)?;
+        store.check_master_key(&key).await?;
+        let days = operator.backup.keep_after_destroy_days;
+        let password = repository_key(&store, &key, id).await?;
+        let repo = repository(operator, data_dir, id, password)?;
+        if delete_backups || days == 0 {
+            let ids: Vec<String> = repo
+                .snapshots(None)
+                .await?
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            if !ids.is_empty() {
+                repo.forget(&ids).await?;
+            }
+            for record in store.backups_of_client(id, 10_000).await? {
+                store.mark_backup_forgotten(&record.id).await?;
+            }
+            return Ok(Some(format!("its {} backups were deleted", ids.len())));
+        }
+        let bundles = BundleStore::new(root);
+        let mut note = "its backups are kept".to_string();
+        if let Ok(client) = load_client(operator, &bundles, id) {
+            let docker = DockerRuntime::connect().await?;
+            let env = Env { store, key, docker };
+            let args = BackupArgs {
+                root,
+                data_dir,
+                json: false,
+            };
+            // Plain lines on stderr: the destroy's own output stays what it was.
+            let quiet = Display {
+                json: false,
+                terminal: None,
+            };
+            match backup_once(
+                operator,
+                &args,
+                &env,
+                &client,
+                BackupReason::PreDestroy,
+                &quiet,
+            )
+            .await
+            {
+                Ok(created) => {
+                    note = format!(
+                        "its backups are kept, the last one ({}) taken now",
+                        short(&created.snapshot_id)
+                    )
+                }
+                Err(error) => note = format!("its backups are kept (no last one: {error:#})"),
+            }
+            let until = stackbox_store::Timestamp::now()
+                .plus(std::time::Duration::from_secs(u64::from(days) * 86_400));
+            env.store
+                .retain_client(id, &client.spec.domain, &client.spec.to_toml(id), until)
+                .await?;
+            return Ok(Some(format!("{note} until {}", rfc3339(until))));
+        }
+        Ok(Some(note))
+    })
+}

@@ -421,8 +421,10 @@ fn remove_from_engine(
 pub fn destroy(
     operator: &OperatorConfig,
     root: &Path,
+    data_dir: &Path,
     id: &str,
     yes: bool,
+    delete_backups: bool,
     json: bool,
 ) -> Result<()> {
     let id = parse_id(id)?;
@@ -438,6 +440,9 @@ pub fn destroy(
             bail!("not confirmed; nothing was deleted");
         }
     }
+    // Backups first: a last one while the stack still runs, kept for the retention period
+    // (or deleted with --delete-backups).
+    let backups = crate::backup::before_destroy(operator, root, data_dir, &id, delete_backups)?;
     let store = BundleStore::new(root);
     let lock = store.lock_client(&id)?;
     let removed = remove_from_engine(operator, &id, true, json)?;
@@ -450,7 +455,7 @@ pub fn destroy(
     if json {
         println!(
             "{}",
-            json!({"event": "result", "success": true, "client_id": id.as_str(), "removed": removed, "aws_removed": cloud_removed, "bundle_removed": had_bundle})
+            json!({"event": "result", "success": true, "client_id": id.as_str(), "removed": removed, "aws_removed": cloud_removed, "bundle_removed": had_bundle, "backups": backups})
         );
     } else {
         println!(
@@ -468,6 +473,9 @@ pub fn destroy(
                 String::new()
             }
         );
+        if let Some(backups) = backups {
+            println!("Its backups: {backups}.");
+        }
     }
     Ok(())
 }

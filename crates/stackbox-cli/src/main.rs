@@ -171,11 +171,15 @@ enum Command {
         common: Common,
     },
     /// Delete everything of a client: containers, networks, volumes and its bundle (secrets).
+    /// Its backups are kept for `[backup] keep_after_destroy_days` (a last one taken first).
     Destroy {
         client_id: String,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Delete the client's backups too, instead of keeping them for the retention period.
+        #[arg(long)]
+        delete_backups: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -546,12 +550,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Destroy {
             client_id,
             yes,
+            delete_backups,
             common,
         } => lifecycle::destroy(
             &operator,
             &root_of(&common, &operator),
+            &data_dir,
             &client_id,
             yes,
+            delete_backups,
             common.json,
         ),
     }
@@ -580,8 +587,15 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
         Command::Destroy {
             client_id,
             yes,
+            delete_backups,
             common,
         } => (|| {
+            if *delete_backups {
+                anyhow::bail!(
+                    "--delete-backups: the server keeps a destroyed client's backups for its \
+                     retention period; run the destroy on the engine's host to delete them now"
+                );
+            }
             if !*yes {
                 anyhow::bail!(
                     "destroy deletes client {client_id}'s data for good; confirm with --yes"

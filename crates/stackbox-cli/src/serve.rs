@@ -128,6 +128,12 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
                 health_timeout: args.health_timeout,
                 onboarding,
                 cloud: crate::cloud::adapter(&operator_for_cloud).await?,
+                // How often the backup schedule looks (the schedule itself is `[backup]`).
+                backup_tick: std::env::var("STACKBOX_BACKUP_TICK_SECONDS")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(std::time::Duration::from_secs)
+                    .unwrap_or(std::time::Duration::from_secs(60)),
             },
         )
         .await?;
@@ -279,13 +285,62 @@ fn view(deployment: &Deployment) -> DeploymentView {
     DeploymentView {
         id: deployment.id.as_str().to_string(),
         client_id: deployment.client_id.clone(),
-        kind: ApiKind::from_name(deployment.kind.as_str()).unwrap_or(ApiKind::Create),
+        kind: api_kind(deployment.kind),
         status: ApiStatus::from_name(deployment.status.as_str()).unwrap_or(ApiStatus::Failed),
         steps: deployment.steps.iter().map(step_view).collect(),
         created_at: time(deployment.created_at),
         started_at: deployment.started_at.map(time),
         finished_at: deployment.finished_at.map(time),
         error: deployment.error.clone(),
+    }
+}
+
+/// The store's kind of deployment as the API names it: exhaustive, so a new kind is a compile
+/// error here until it is mapped.
+fn api_kind(kind: DeploymentKind) -> ApiKind {
+    match kind {
+        DeploymentKind::Create => ApiKind::Create,
+        DeploymentKind::Redeploy => ApiKind::Redeploy,
+        DeploymentKind::Stop => ApiKind::Stop,
+        DeploymentKind::Start => ApiKind::Start,
+        DeploymentKind::Destroy => ApiKind::Destroy,
+        DeploymentKind::Backup => ApiKind::Backup,
+        DeploymentKind::Restore => ApiKind::Restore,
+        DeploymentKind::Verify => ApiKind::Verify,
+        DeploymentKind::Clone => ApiKind::Clone,
+    }
+}
+
+fn backup_view(record: &stackbox_store::BackupRecord) -> stackbox_api::BackupView {
+    use stackbox_api::{BackupReason as ApiReason, BackupStatus as ApiBackupStatus};
+    use stackbox_store::{BackupReason, BackupStatus};
+    stackbox_api::BackupView {
+        id: record.id.as_str().to_string(),
+        snapshot: record.snapshot_id.clone(),
+        reason: match record.reason {
+            BackupReason::Manual => ApiReason::Manual,
+            BackupReason::Scheduled => ApiReason::Scheduled,
+            BackupReason::Safety => ApiReason::Safety,
+            BackupReason::PreDestroy => ApiReason::PreDestroy,
+        },
+        status: match record.status {
+            BackupStatus::Running => ApiBackupStatus::Running,
+            BackupStatus::Succeeded => ApiBackupStatus::Succeeded,
+            BackupStatus::Failed => ApiBackupStatus::Failed,
+        },
+        started_at: time(record.started_at),
+        finished_at: record.finished_at.map(time),
+        error: record.error.clone(),
+        bytes_added: record.bytes_added,
+        bytes_total: record.bytes_total,
+        files_total: record.files_total,
+        verified_at: record.verified_at.map(time),
+        verify_ok: record.verify_ok,
+        verify_error: record.verify_error.clone(),
+        deployment_id: record
+            .deployment_id
+            .as_ref()
+            .map(|d| d.as_str().to_string()),
     }
 }
 
@@ -361,6 +416,40 @@ impl Served {
             (TokenRole::Operator, _) => Some(Principal::Operator),
             (TokenRole::Client, Some(client)) => Some(Principal::Client(client)),
             (TokenRole::Client, None) => None,
+        })
+    }
+}
+
+impl Served {
+    /// A client's backups in brief: last success, last verified restore, and whether it is
+    /// missing a backup (its last success, or its creation, is older than the schedule allows).
+    async fn backup_state(
+        &self,
+        record: &stackbox_store::ClientRecord,
+    ) -> Result<stackbox_api::BackupState, ControlError> {
+        let last = self
+            .store
+            .latest_succeeded_backup(&record.id)
+            .await
+            .map_err(store_error)?;
+        let verified = self
+            .store
+            .last_verification(&record.id)
+            .await
+            .map_err(store_error)?;
+        let now = stackbox_store::Timestamp::now().unix_millis() / 1000;
+        let missing = record.state == ClientState::Running
+            && stackbox_core::backup::backup_missing(
+                last.as_ref().map(|r| r.started_at.unix_millis() / 1000),
+                record.created_at.unix_millis() / 1000,
+                now,
+                self.operator.backup.every_hours,
+            );
+        Ok(stackbox_api::BackupState {
+            last_success_at: last.as_ref().map(|r| time(r.started_at)),
+            last_verified_at: verified.as_ref().and_then(|r| r.verified_at.map(time)),
+            last_verify_ok: verified.as_ref().and_then(|r| r.verify_ok),
+            missing,
         })
     }
 }
@@ -464,6 +553,13 @@ impl ControlPlane for Served {
             .deployments_of_client(id, 1)
             .await
             .map_err(store_error)?;
+        let on_host = stackbox_core::infra::effective_provider(&spec, &self.operator)
+            == stackbox_core::infra::ProviderKind::Local;
+        let backup = if on_host {
+            Some(self.backup_state(&record).await?)
+        } else {
+            None
+        };
         Ok(ClientDetail {
             client_id: record.id.clone(),
             configuration: ClientConfiguration::from_spec(&spec),
@@ -477,6 +573,7 @@ impl ControlPlane for Served {
             latest_deployment_id: latest.first().map(|d| d.id.as_str().to_string()),
             created_at: time(record.created_at),
             updated_at: time(record.updated_at),
+            backup,
         })
     }
 
@@ -637,7 +734,143 @@ impl ControlPlane for Served {
                 snapshot.mail_by_status.insert(name, count);
             }
         }
+        for (status, count) in self
+            .store
+            .count_backups_by_status()
+            .await
+            .map_err(store_error)?
+        {
+            if let Some(name) = ["running", "succeeded", "failed"]
+                .into_iter()
+                .find(|name| *name == status.as_str())
+            {
+                snapshot.backups_by_status.insert(name, count);
+            }
+        }
+        // Missing a backup: running clients on this host whose last success (or creation) is
+        // older than the schedule allows. One query for the times, a page walk for the clients.
+        let last: std::collections::HashMap<ClientId, i64> = self
+            .store
+            .last_succeeded_backup_times()
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|(id, at)| (id, at.unix_millis() / 1000))
+            .collect();
+        let now = stackbox_store::Timestamp::now().unix_millis() / 1000;
+        let mut after: Option<ClientId> = None;
+        loop {
+            let filter = ClientFilter {
+                state: Some(ClientState::Running),
+                plan: None,
+            };
+            let page = self
+                .store
+                .list_clients(filter, after.as_ref(), 500)
+                .await
+                .map_err(store_error)?;
+            for client in &page.clients {
+                let since = client.created_at.unix_millis() / 1000;
+                let last_success = last.get(&client.id).copied();
+                if stackbox_core::backup::backup_missing(
+                    last_success,
+                    since,
+                    now,
+                    self.operator.backup.every_hours,
+                ) {
+                    snapshot.clients_missing_backup += 1;
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        snapshot.oldest_successful_backup_age_seconds = last
+            .values()
+            .min()
+            .map(|oldest| (now - oldest).max(0) as f64);
         Ok(snapshot)
+    }
+
+    async fn create_backup(&self, id: &ClientId) -> Result<DeploymentRef, ControlError> {
+        let deployment = self
+            .control
+            .request_backup(id, stackbox_store::BackupReason::Manual)
+            .await
+            .map_err(control_error)?;
+        self.forget_lists();
+        Ok(DeploymentRef {
+            deployment_id: deployment.id.as_str().to_string(),
+        })
+    }
+
+    async fn list_backups(&self, id: &ClientId) -> Result<stackbox_api::BackupList, ControlError> {
+        let record = self
+            .store
+            .client(id)
+            .await
+            .map_err(store_error)?
+            .ok_or(ControlError::NotFound)?;
+        let backups = self
+            .store
+            .backups_of_client(id, 200)
+            .await
+            .map_err(store_error)?;
+        Ok(stackbox_api::BackupList {
+            client_id: id.clone(),
+            state: self.backup_state(&record).await?,
+            backups: backups.iter().map(backup_view).collect(),
+        })
+    }
+
+    async fn restore_backup(
+        &self,
+        id: &ClientId,
+        snapshot: &str,
+    ) -> Result<DeploymentRef, ControlError> {
+        let deployment = self
+            .control
+            .request_snapshot_action(id, DeploymentKind::Restore, snapshot)
+            .await
+            .map_err(control_error)?;
+        self.forget_lists();
+        Ok(DeploymentRef {
+            deployment_id: deployment.id.as_str().to_string(),
+        })
+    }
+
+    async fn verify_backup(
+        &self,
+        id: &ClientId,
+        snapshot: &str,
+    ) -> Result<DeploymentRef, ControlError> {
+        let deployment = self
+            .control
+            .request_snapshot_action(id, DeploymentKind::Verify, snapshot)
+            .await
+            .map_err(control_error)?;
+        Ok(DeploymentRef {
+            deployment_id: deployment.id.as_str().to_string(),
+        })
+    }
+
+    async fn clone_client(
+        &self,
+        id: &ClientId,
+        domain: stackbox_core::client::Domain,
+        snapshot: Option<String>,
+    ) -> Result<stackbox_api::ClonedClient, ControlError> {
+        let (client_id, deployment) = self
+            .control
+            .clone_client(id, domain, snapshot.as_deref())
+            .await
+            .map_err(control_error)?;
+        self.forget_lists();
+        Ok(stackbox_api::ClonedClient {
+            client_id,
+            deployment_id: deployment.id.as_str().to_string(),
+        })
     }
 
     async fn signup(&self, spec: ClientSpec) -> Result<stackbox_api::SignupAccepted, ControlError> {

@@ -6,213 +6,22 @@
 //!
 //! Needs the engine and the local test images (`scripts/test.sh` provides both).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
 use support::containers_of;
+use support::server::{client_body, finished, poll, running_step, Server};
 
 const EDGE: &str = "stackbox-serve-test-edge";
 
-struct Server {
-    data: tempfile::TempDir,
-    operator: PathBuf,
-    images: String,
-    port: u16,
-    child: Option<Child>,
-    /// Clients made through the API, cleaned from the engine if an assertion fails.
-    made: std::cell::RefCell<Vec<String>>,
-}
-
-impl Server {
-    fn new() -> Server {
-        let images = std::env::var("STACKBOX_TEST_IMAGES").expect(
-            "STACKBOX_TEST_IMAGES is not set: run scripts/test.sh, which starts the engine and \
-             builds the local test images",
-        );
-        let data = tempfile::tempdir().unwrap();
-        let hard_limit = support::hard_open_files_limit();
-        let operator = data.path().join("stackbox.toml");
-        std::fs::write(
-            &operator,
-            format!(
-                "[ingress]\nmode = \"edge\"\nedge_router = \"{EDGE}\"\nhttp_port = 28082\nhttps_port = 28445\n\
-                 [host]\nmax_open_files = {hard_limit}\n"
-            ),
-        )
-        .unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Server {
-            data,
-            operator,
-            images,
-            port,
-            child: None,
-            made: std::cell::RefCell::new(Vec::new()),
-        }
-    }
-
-    fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stackbox"));
-        command
-            .env("STACKBOX_DATA_DIR", self.data.path().join("data"))
-            .env("STACKBOX_OPERATOR_CONFIG", &self.operator)
-            .env("STACKBOX_IMAGES", &self.images)
-            .env_remove("STACKBOX_DATABASE_URL")
-            .env_remove("STACKBOX_MASTER_KEY");
-        command
-    }
-
-    fn start(&mut self) {
-        let child = self
-            .command()
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok((200, _)) = self.try_http("GET", "/healthz", None, None) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("stackbox serve did not answer /healthz within 20 s");
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    fn kill_hard(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn token(&self, args: &[&str]) -> String {
-        let output = self
-            .command()
-            .args(["token", "create"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    }
-
-    fn try_http(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> std::io::Result<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut request =
-            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-        if let Some(token) = token {
-            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        let body = body.unwrap_or("");
-        if !body.is_empty() {
-            request.push_str("Content-Type: application/json\r\n");
-        }
-        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        stream.write_all(request.as_bytes())?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
-    }
-
-    fn http(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<&str>,
-    ) -> (u16, serde_json::Value) {
-        let (status, body) = self.try_http(method, path, Some(token), body).unwrap();
-        let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-        (status, json)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill_hard();
-        support::remove_from_engine(EDGE, &self.made.borrow());
-    }
-}
-
-fn client_body(company: &str, domain: &str) -> String {
-    serde_json::json!({
-        "company_name": company,
-        "domain": domain,
-        "plan": "starter",
-        "admin_email": format!("owner@{domain}"),
-    })
-    .to_string()
-}
-
-/// Polls a deployment until `done` says so; returns the last view.
-fn poll(
-    server: &Server,
-    token: &str,
-    id: &str,
-    limit: Duration,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (status, view) = server.http("GET", &format!("/v1/deployments/{id}"), token, None);
-        assert_eq!(status, 200, "{view}");
-        if done(&view) || Instant::now() > deadline {
-            return view;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn running_step(view: &serde_json::Value) -> Option<String> {
-    view["steps"]
-        .as_array()?
-        .iter()
-        .find(|s| s["status"] == "running")
-        .and_then(|s| s["name"].as_str().map(String::from))
-}
-
-fn finished(view: &serde_json::Value) -> bool {
-    matches!(
-        view["status"].as_str(),
-        Some("succeeded" | "failed" | "compensated")
-    )
+fn new_server() -> Server {
+    Server::new(EDGE, 28082, 28445)
 }
 
 #[test]
 fn serve_survives_sigkill_mid_deployment_and_keeps_one_stack() {
-    let mut server = Server::new();
+    let mut server = new_server();
     server.start();
     let operator = server.token(&["--operator"]);
     assert!(operator.len() > 20);

@@ -14,9 +14,13 @@
 //! steps run on one dedicated thread with a local task set; callers talk to it through a
 //! channel and the store.
 
+mod backups;
 mod cloud;
 mod monitor;
 mod onboarding;
+mod steps;
+
+pub use steps::{step_names, steps_for, CloudMysql, Step, StepOutput};
 
 pub use cloud::{CloudInfra, CloudOutcome};
 
@@ -32,11 +36,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::json;
 use stackbox_bundle::{BundleStore, OsRandom};
 use stackbox_core::client::{ClientId, ClientSpec};
 use stackbox_core::deploy::{desired_state, OverallState};
-use stackbox_core::infra::{effective_provider, ProviderKind};
+use stackbox_core::infra::effective_provider;
 use stackbox_core::operator::OperatorConfig;
 use stackbox_core::stack::Placement;
 
@@ -82,53 +85,6 @@ pub enum ControlError {
     Busy { client: ClientId },
 }
 
-/// The steps of each kind of deployment, in order, for a client on the local provider.
-pub fn steps_of(kind: DeploymentKind) -> &'static [&'static str] {
-    steps_for(kind, ProviderKind::Local)
-}
-
-/// The steps of each kind of deployment, in order. On the `aws` provider the `cloud` phase
-/// comes first (the containers need its database endpoint and read the secrets back from its
-/// secret store), and a destroy ends by removing the client's cloud resources.
-pub fn steps_for(kind: DeploymentKind, provider: ProviderKind) -> &'static [&'static str] {
-    match (kind, provider) {
-        (DeploymentKind::Create | DeploymentKind::Redeploy, ProviderKind::Local) => &[
-            "render",
-            "infrastructure",
-            "containers",
-            "health",
-            "configure",
-            "notify",
-        ],
-        (DeploymentKind::Create | DeploymentKind::Redeploy, ProviderKind::Aws) => &[
-            "cloud",
-            "render",
-            "infrastructure",
-            "containers",
-            "health",
-            "configure",
-            "notify",
-        ],
-        (DeploymentKind::Start, ProviderKind::Local) => {
-            &["render", "infrastructure", "containers", "health"]
-        }
-        (DeploymentKind::Start, ProviderKind::Aws) => {
-            &["cloud", "render", "infrastructure", "containers", "health"]
-        }
-        (DeploymentKind::Stop, _) => &["stop"],
-        (DeploymentKind::Destroy, ProviderKind::Local) => &["stop", "remove"],
-        (DeploymentKind::Destroy, ProviderKind::Aws) => &["stop", "remove", "cloud"],
-        // Backups run on the engine: dumps beside the running services, volumes, one snapshot,
-        // the repository check (one step: a re-run after a crash makes a new snapshot).
-        (DeploymentKind::Backup, _) => &["backup"],
-        // Through `stackbox backup restore|verify` and `stackbox clone` on the engine's host in
-        // this release; the pipeline refuses them with that pointer.
-        (DeploymentKind::Restore, _) => &["restore"],
-        (DeploymentKind::Verify, _) => &["verify"],
-        (DeploymentKind::Clone, _) => &["clone"],
-    }
-}
-
 /// A step changed: what the deployment's event stream carries.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepUpdate {
@@ -155,6 +111,8 @@ pub struct ControlConfig {
     pub onboarding: Onboarding,
     /// The `aws` provider's phase; clients on it fail their `cloud` step without one.
     pub cloud: Option<std::sync::Arc<dyn CloudInfra>>,
+    /// How often the backup schedule looks for due backups, verifies and expired retention.
+    pub backup_tick: Duration,
 }
 
 /// What creating a client returns: the only time its password is shown.
@@ -260,7 +218,7 @@ impl Control {
             .create_deployment(
                 &id,
                 DeploymentKind::Create,
-                steps_for(DeploymentKind::Create, provider),
+                &names(steps_for(DeploymentKind::Create, provider)),
             )
             .await?;
         self.enqueue(&deployment.id)?;
@@ -294,7 +252,7 @@ impl Control {
         };
         let provider = effective_provider(&record.spec()?, &self.inner.config.operator);
         let deployment = store
-            .create_deployment(client, kind, steps_for(kind, provider))
+            .create_deployment(client, kind, &names(steps_for(kind, provider)))
             .await?;
         if kind == DeploymentKind::Destroy {
             store
@@ -390,6 +348,7 @@ impl Control {
             let limit = Rc::new(Semaphore::new(self.inner.config.max_parallel.max(1)));
             tokio::task::spawn_local(monitor::follow(self.clone()));
             tokio::task::spawn_local(onboarding::run(self.clone()));
+            tokio::task::spawn_local(backups::run(self.clone()));
             while let Some(id) = jobs.recv().await {
                 let control = self.clone();
                 let limit = limit.clone();
@@ -462,12 +421,24 @@ impl Control {
             Err(e) => return Err(fail(&e)),
         };
         for step in &deployment.steps {
+            // A name this release does not know (journaled by a newer one) stops the
+            // deployment rather than skipping work.
+            let Some(kind) = Step::from_name(&step.name) else {
+                return Err(fail(&format!(
+                    "step {}: not a step this release of StackBox knows; upgrade it",
+                    step.name
+                )));
+            };
             match step.status {
-                StepStatus::Succeeded if step.name == "cloud" => {
+                StepStatus::Succeeded if kind == Step::Cloud => {
                     // Resumed after the phase: its endpoint and the secrets it stored.
                     if deployment.kind != DeploymentKind::Destroy {
-                        let output = step.output.clone().unwrap_or_default();
-                        if let Err(e) = self.load_cloud(&output, deployment, &mut context).await {
+                        let record: steps::CloudRecord = step
+                            .output
+                            .clone()
+                            .and_then(|output| serde_json::from_value(output).ok())
+                            .unwrap_or_default();
+                        if let Err(e) = self.load_cloud(&record, deployment, &mut context).await {
                             return Err(fail(&e));
                         }
                     }
@@ -486,10 +457,10 @@ impl Control {
                 error: None,
                 finished: false,
             });
-            match self.execute(&step.name, deployment, &mut context).await {
+            match self.execute(kind, deployment, &mut context).await {
                 Ok(output) => {
                     store
-                        .mark_step_succeeded(&deployment.id, &step.name, Some(&output))
+                        .mark_step_succeeded(&deployment.id, &step.name, Some(&output.to_json()))
                         .await
                         .map_err(|e| fail(&e))?;
                     self.publish(StepUpdate {
@@ -544,15 +515,19 @@ impl Control {
     /// One step's effect. Every effect is idempotent.
     async fn execute(
         &self,
-        step: &str,
+        step: Step,
         deployment: &Deployment,
         context: &mut StepContext,
-    ) -> Result<serde_json::Value, ControlError> {
+    ) -> Result<StepOutput, ControlError> {
         let operator = &self.inner.config.operator;
         let id = &deployment.client_id;
         let quiet = |_event: lifecycle::Event| {};
+        let step_error = |problem: String| ControlError::Step {
+            step: step.name().into(),
+            problem,
+        };
         match step {
-            "render" => {
+            Step::Render => {
                 let rendered = stackbox_core::render::render_placed(
                     &context.spec,
                     id,
@@ -561,46 +536,31 @@ impl Control {
                     &context.placement,
                 )?;
                 self.inner.bundles.write_bundle(id, &rendered.bundle)?;
-                Ok(json!({ "files": rendered.bundle.files.len() }))
+                Ok(StepOutput::Rendered {
+                    files: rendered.bundle.files.len(),
+                })
             }
-            "infrastructure" | "containers" => {
+            Step::Infrastructure | Step::Containers => {
                 let docker = context.docker().await?;
-                let rendered = stackbox_core::render::render_placed(
-                    &context.spec,
-                    id,
-                    &context.secrets,
-                    operator,
-                    &context.placement,
-                )?;
-                let bundle_dir =
-                    std::path::absolute(self.inner.bundles.client_dir(id)).map_err(|e| {
-                        ControlError::Step {
-                            step: step.into(),
-                            problem: e.to_string(),
-                        }
-                    })?;
-                let desired = desired_state(
-                    &rendered.stack,
-                    &context.secrets,
-                    &rendered.bundle,
-                    &bundle_dir.display().to_string(),
-                    &|name| std::env::var(name).ok(),
-                )?;
+                let desired = self.desired(id, context)?;
                 let edge = self.inner.bundles.edge_router(operator)?;
                 let options = DeployOptions {
                     health_timeout: self.inner.config.health_timeout,
                 };
                 let run =
                     EngineDeployment::prepare(&docker, &desired, edge.as_ref(), options).await?;
-                if step == "infrastructure" {
+                if step == Step::Infrastructure {
                     run.check_images(&quiet).await?;
                     run.infrastructure(&quiet).await?;
-                    Ok(
-                        json!({ "networks": desired.networks.len(), "volumes": desired.volumes.len() }),
-                    )
+                    Ok(StepOutput::Infrastructure {
+                        networks: desired.networks.len(),
+                        volumes: desired.volumes.len(),
+                    })
                 } else {
                     match run.services(&quiet).await {
-                        Ok(outcome) => Ok(serde_json::to_value(outcome).unwrap_or_default()),
+                        Ok(outcome) => Ok(StepOutput::Containers(
+                            serde_json::to_value(outcome).unwrap_or_default(),
+                        )),
                         Err(error) => {
                             // Put back what this step replaced; the step's error is reported.
                             let _ = run.rollback(&quiet).await;
@@ -609,7 +569,7 @@ impl Control {
                     }
                 }
             }
-            "health" => {
+            Step::Health => {
                 let docker = context.docker().await?;
                 let expected =
                     stackbox_core::stack::service_names_placed(&context.spec, &context.placement);
@@ -620,47 +580,46 @@ impl Control {
                             .store
                             .set_client_state(id, ClientState::from(status.state), None)
                             .await?;
-                        Ok(json!({ "state": status.state, "services": status.services.len() }))
+                        Ok(StepOutput::Health {
+                            state: serde_json::to_value(status.state).unwrap_or_default(),
+                            services: status.services.len(),
+                        })
                     }
-                    other => Err(ControlError::Step {
-                        step: step.into(),
-                        problem: format!(
-                            "the client is {} after its containers were started",
-                            serde_json::to_value(other)
-                                .ok()
-                                .and_then(|v| v.as_str().map(String::from))
-                                .unwrap_or_default()
-                        ),
-                    }),
+                    other => Err(step_error(format!(
+                        "the client is {} after its containers were started",
+                        serde_json::to_value(other)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default()
+                    ))),
                 }
             }
-            "configure" => {
+            Step::Configure => {
                 // The apps are configured through their environment at first start (admin
                 // accounts, database settings, site URLs); what is left is to record where
                 // the client's services answer.
-                let urls: serde_json::Map<String, serde_json::Value> =
-                    stackbox_core::stack::service_urls(&context.spec)
-                        .into_iter()
-                        .map(|u| (u.name.to_string(), json!(u.url)))
-                        .collect();
-                Ok(json!({ "services": urls }))
+                let services = stackbox_core::stack::service_urls(&context.spec)
+                    .into_iter()
+                    .map(|u| (u.name.to_string(), u.url))
+                    .collect();
+                Ok(StepOutput::Configured { services })
             }
-            "notify" => {
+            Step::Notify => {
                 // The welcome e-mail, once per client (the outbox's dedupe key): a redeploy
                 // or a resumed step does not send it again, and a client whose first
                 // deployment failed gets it when a redeploy first makes it healthy.
-                self.queue_welcome(id, &context.spec).await
+                self.queue_welcome(id, &context.spec)
+                    .await
+                    .map(StepOutput::Other)
             }
-            "cloud" => {
-                let cloud = self.cloud(step)?;
+            Step::Cloud => {
+                let cloud = self.cloud(step.name())?;
                 if deployment.kind == DeploymentKind::Destroy {
                     return cloud
                         .destroy(id)
                         .await
-                        .map_err(|problem| ControlError::Step {
-                            step: step.into(),
-                            problem,
-                        });
+                        .map(StepOutput::Other)
+                        .map_err(step_error);
                 }
                 let request = stackbox_core::infra::InfraRequest::for_client(
                     &context.spec,
@@ -668,95 +627,76 @@ impl Control {
                     operator,
                     &context.secrets,
                 )?;
-                let outcome =
-                    cloud
-                        .apply(&request)
-                        .await
-                        .map_err(|problem| ControlError::Step {
-                            step: step.into(),
-                            problem,
-                        })?;
-                let output = json!({
-                    "mysql": outcome.mysql.as_ref().map(|(host, port, databases)| json!({
-                        "host": host, "port": port, "databases": databases,
-                    })),
-                    "resources": outcome.record,
+                let outcome = cloud.apply(&request).await.map_err(step_error)?;
+                let mysql = outcome.mysql.map(|(host, port, databases)| CloudMysql {
+                    host,
+                    port,
+                    databases,
                 });
-                self.load_cloud(&output, deployment, context).await?;
-                Ok(output)
+                let record = steps::CloudRecord {
+                    mysql: mysql.clone(),
+                };
+                self.load_cloud(&record, deployment, context).await?;
+                Ok(StepOutput::Cloud {
+                    mysql,
+                    resources: outcome.record,
+                })
             }
-            "stop" => {
+            Step::Stop => {
                 let docker = context.docker().await?;
                 match lifecycle::stop(&docker, id, &quiet).await {
-                    Ok(stopped) => Ok(json!({ "stopped": stopped })),
+                    Ok(stopped) => Ok(StepOutput::Stopped { stopped }),
                     // Nothing on the engine: nothing to stop.
-                    Err(EngineError::ClientAbsent { .. }) => Ok(json!({ "stopped": 0 })),
+                    Err(EngineError::ClientAbsent { .. }) => Ok(StepOutput::Stopped { stopped: 0 }),
                     Err(e) => Err(e.into()),
                 }
             }
-            "remove" => {
+            Step::Remove => {
                 let docker = context.docker().await?;
                 let router = operator.ingress.edge_router_name();
                 let removed = lifecycle::cleanup(&docker, id, router, true, &quiet).await?;
-                Ok(serde_json::to_value(removed).unwrap_or_default())
+                Ok(StepOutput::Removed(
+                    serde_json::to_value(removed).unwrap_or_default(),
+                ))
             }
-            "backup" => {
-                let docker = context.docker().await?;
-                let rendered = stackbox_core::render::render_placed(
-                    &context.spec,
-                    id,
-                    &context.secrets,
-                    operator,
-                    &context.placement,
-                )?;
-                let host_env = |name: &str| std::env::var(name).ok();
-                let backup_context = stackbox_backup::BackupContext {
-                    store: &self.inner.store,
-                    key: &self.inner.key,
-                    operator,
-                    data_dir: &self.inner.config.data_dir,
-                    env: &host_env,
-                    now: rfc3339_now(),
-                };
-                let subject = stackbox_backup::BackupSubject {
-                    id,
-                    spec: &context.spec,
-                    secrets: &context.secrets,
-                    stack: &rendered.stack,
-                };
-                let created = stackbox_backup::run_backup(
-                    &backup_context,
-                    &docker,
-                    &subject,
-                    stackbox_store::BackupReason::Manual,
-                    Some(&deployment.id),
-                    &|_| {},
-                )
-                .await
-                .map_err(|e| ControlError::Step {
-                    step: step.into(),
-                    problem: e.to_string(),
-                })?;
-                Ok(json!({
-                    "snapshot": created.snapshot_id,
-                    "bytes_added": created.summary.data_added,
-                    "files": created.summary.total_files_processed,
-                    "databases": created.manifest.databases.len(),
-                    "rows": created.manifest.total_rows(),
-                }))
+            Step::FinalBackup => self.final_backup(deployment, context).await,
+            Step::Backup => {
+                self.backup_step(deployment, context, stackbox_store::BackupReason::Manual)
+                    .await
             }
-            "restore" | "verify" | "clone" => Err(ControlError::Step {
-                step: step.into(),
-                problem: format!(
-                    "{step} runs on the engine's host in this release: `stackbox backup \
-                     restore|verify CLIENT_ID` or `stackbox clone CLIENT_ID --domain NEW`"
-                ),
-            }),
-            other => Err(ControlError::Step {
-                step: other.into(),
-                problem: "unknown step".into(),
-            }),
+            Step::SafetyBackup => self.safety_backup_step(deployment, context).await,
+            Step::Restore => self.restore_step(deployment, context).await,
+            Step::Verify => self.verify_step(deployment, context).await,
+            Step::Clone => self.clone_step(deployment, context).await,
         }
+    }
+
+    /// The client's desired containers, with its bundle's absolute path.
+    fn desired(
+        &self,
+        id: &ClientId,
+        context: &StepContext,
+    ) -> Result<stackbox_core::deploy::DesiredState, ControlError> {
+        let rendered = stackbox_core::render::render_placed(
+            &context.spec,
+            id,
+            &context.secrets,
+            &self.inner.config.operator,
+            &context.placement,
+        )?;
+        let bundle_dir = std::path::absolute(self.inner.bundles.client_dir(id)).map_err(|e| {
+            ControlError::Step {
+                step: "render".into(),
+                problem: e.to_string(),
+            }
+        })?;
+        Ok(desired_state(
+            &rendered.stack,
+            &context.secrets,
+            &rendered.bundle,
+            &bundle_dir.display().to_string(),
+            &|name| std::env::var(name).ok(),
+        )?)
     }
 
     fn cloud(&self, step: &str) -> Result<&std::sync::Arc<dyn CloudInfra>, ControlError> {
@@ -777,21 +717,14 @@ impl Control {
     /// and the secrets as the provider's secret store holds them (what the containers get).
     async fn load_cloud(
         &self,
-        output: &serde_json::Value,
+        record: &steps::CloudRecord,
         deployment: &Deployment,
         context: &mut StepContext,
     ) -> Result<(), ControlError> {
-        let databases: std::collections::BTreeMap<String, String> =
-            serde_json::from_value(output["mysql"]["databases"].clone()).unwrap_or_default();
-        let endpoint = match (
-            output["mysql"]["host"].as_str(),
-            output["mysql"]["port"].as_u64(),
-        ) {
-            (Some(host), Some(port)) => {
-                Some((host, u16::try_from(port).unwrap_or(3306), &databases))
-            }
-            _ => None,
-        };
+        let endpoint = record
+            .mysql
+            .as_ref()
+            .map(|m| (m.host.as_str(), m.port, &m.databases));
         context.placement = stackbox_core::infra::aws_placement(endpoint)?;
         let stored = self
             .cloud("cloud")?
@@ -810,14 +743,21 @@ impl Control {
     /// Undoes a failed create: its containers and networks go, its volumes stay. Other kinds
     /// leave the engine as the failed step left it (the engine step rolled its own part back).
     async fn compensate(&self, deployment: &Deployment, context: &StepContext) -> bool {
-        if deployment.kind != DeploymentKind::Create {
+        // A clone is a new client's first deployment too.
+        if !matches!(
+            deployment.kind,
+            DeploymentKind::Create | DeploymentKind::Clone
+        ) {
             return false;
         }
         // A failed first deployment leaves nothing billable behind: its cloud resources go too
         // (they hold no data yet).
         // A deployment with a `cloud` step is a client on the cloud provider; its destroy is
         // idempotent, so it is safe whether or not the step got to make anything.
-        let on_cloud = deployment.steps.iter().any(|step| step.name == "cloud");
+        let on_cloud = deployment
+            .steps
+            .iter()
+            .any(|step| Step::from_name(&step.name) == Some(Step::Cloud));
         if on_cloud {
             if let Some(cloud) = &self.inner.config.cloud {
                 if cloud.destroy(&deployment.client_id).await.is_err() {
@@ -840,28 +780,9 @@ impl Control {
     }
 }
 
-/// Now, RFC 3339 in UTC (a backup manifest's time).
-fn rfc3339_now() -> String {
-    let millis = stackbox_store::Timestamp::now().unix_millis();
-    let seconds = millis.div_euclid(1000);
-    let days = seconds.div_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let second_of_day = seconds.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
+/// The journal's names of a kind's steps.
+fn names(steps: &[Step]) -> Vec<&'static str> {
+    steps.iter().map(|step| step.name()).collect()
 }
 
 struct StepContext {

@@ -161,6 +161,7 @@ async fn control(data: &Path, smtp_port: u16) -> (Control, Store) {
         health_timeout: Some(Duration::from_secs(5)),
         onboarding,
         cloud: None,
+        backup_tick: std::time::Duration::from_secs(60),
     };
     let control = Control::start(store.clone(), MasterKey::generate().unwrap(), config)
         .await

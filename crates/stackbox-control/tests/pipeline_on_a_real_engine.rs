@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use stackbox_control::{steps_of, Control, ControlConfig};
+use stackbox_control::{step_names, Control, ControlConfig};
 use stackbox_core::client::ClientSpec;
 use stackbox_core::operator::OperatorConfig;
 use stackbox_store::{DeploymentKind, DeploymentStatus, MasterKey, StepStatus, Store};
@@ -155,6 +155,7 @@ async fn create_resume_stop_start_and_destroy_through_the_journal() {
         health_timeout: Some(Duration::from_secs(60)),
         onboarding: Default::default(),
         cloud: None,
+        backup_tick: std::time::Duration::from_secs(60),
     };
     let store = Store::open_data_dir(data.path()).await.unwrap();
     let key = MasterKey::generate().unwrap();
@@ -177,7 +178,7 @@ async fn create_resume_stop_start_and_destroy_through_the_journal() {
     let done = wait_finished(&store, &created.deployment.id).await;
     assert_eq!(done.status, DeploymentStatus::Succeeded, "{done:?}");
     let names: Vec<&str> = done.steps.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, steps_of(DeploymentKind::Create));
+    assert_eq!(names, step_names(DeploymentKind::Create));
     assert!(done.steps.iter().all(|s| s.status == StepStatus::Succeeded));
     let first = containers_of(&id);
     assert_eq!(first.len(), 9, "{first:?}");
@@ -197,7 +198,7 @@ async fn create_resume_stop_start_and_destroy_through_the_journal() {
         .create_deployment(
             &crashed.client_id,
             DeploymentKind::Redeploy,
-            steps_of(DeploymentKind::Redeploy),
+            &step_names(DeploymentKind::Redeploy),
         )
         .await
         .unwrap();

@@ -316,6 +316,13 @@ impl Store {
         on_backend!(self, backups_sql::last_succeeded_backup_times())
     }
 
+    /// Backups that are not forgotten, by status (every status, 0 when none): a metric.
+    pub async fn count_backups_by_status(
+        &self,
+    ) -> Result<std::collections::BTreeMap<BackupStatus, u64>, StoreError> {
+        on_backend!(self, backups_sql::count_backups_by_status())
+    }
+
     // -- Retained destroyed clients -----------------------------------------------------------
 
     /// Records that a destroyed client's backups are kept until `until`, with its domain and

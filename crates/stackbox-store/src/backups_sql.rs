@@ -6,6 +6,8 @@
 //! guarded change is one `UPDATE … WHERE status = …` (or `… IS NULL`), so of two callers only
 //! one changes the row, and the other learns that it did not.
 
+use std::collections::BTreeMap;
+
 use stackbox_core::client::{ClientId, Domain};
 
 use super::begin_write;
@@ -382,6 +384,27 @@ pub(crate) async fn last_succeeded_backup_times(
             ))
         })
         .collect()
+}
+
+pub(crate) async fn count_backups_by_status(
+    pool: &Pool,
+) -> Result<BTreeMap<BackupStatus, u64>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT status, COUNT(*) AS count FROM backups WHERE forgotten_at IS NULL GROUP BY status",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::database("counting backups"))?;
+    let mut counts: BTreeMap<BackupStatus, u64> = BackupStatus::ALL
+        .iter()
+        .map(|status| (*status, 0))
+        .collect();
+    for row in &rows {
+        let status = get_name(row, "backups", "status", BackupStatus::from_name)?;
+        let count: i64 = get(row, "backups", "count")?;
+        counts.insert(status, u64::try_from(count).unwrap_or(0));
+    }
+    Ok(counts)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -560,8 +560,8 @@ pub(crate) async fn sealed_secrets(
 fn deployments_sql(condition: &str, order: &str) -> String {
     format!(
         "SELECT d.id, d.client_id, d.kind, d.status, d.created_at, d.started_at, \
-         d.finished_at, d.error, d.params, s.position, s.name, s.status AS step_status, s.attempts, \
-         s.started_at AS step_started_at, s.finished_at AS step_finished_at, \
+         d.finished_at, d.error, d.params, s.position, s.name, s.status AS step_status, \
+         s.attempts, s.started_at AS step_started_at, s.finished_at AS step_finished_at, \
          s.error AS step_error, s.output \
          FROM deployments d LEFT JOIN deployment_steps s ON s.deployment_id = d.id \
          WHERE {condition} ORDER BY d.id {order}, s.position"

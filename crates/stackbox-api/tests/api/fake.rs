@@ -6,13 +6,14 @@ use std::sync::Mutex;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use stackbox_api::{
-    ClientAction, ClientConfiguration, ClientDetail, ClientState, ClientSummary, ControlError,
+    BackupList, BackupReason, BackupState, BackupStatus, BackupView, ClientAction,
+    ClientConfiguration, ClientDetail, ClientState, ClientSummary, ClonedClient, ControlError,
     ControlPlane, CreatedClient, Credentials, DeploymentEnd, DeploymentEvent, DeploymentKind,
     DeploymentOutcome, DeploymentRef, DeploymentStatus, DeploymentView, DurationHistogram,
     HealthStatus, ListQuery, MetricsSnapshot, Page, Principal, ServiceHealth, ServiceState,
     StepStatus, StepView, Timestamp,
 };
-use stackbox_core::client::{ClientId, ClientSpec};
+use stackbox_core::client::{ClientId, ClientSpec, Domain};
 use tokio::sync::mpsc;
 
 pub const OPERATOR: &str = "operator-token";
@@ -30,6 +31,15 @@ pub const LIVE_DEPLOYMENT: &str = "dep_00000000000a0000000000000003";
 
 /// Every password the fake generates starts with this, so a test can look for it anywhere.
 pub const PASSWORD_PREFIX: &str = "SECRETpw";
+
+/// A's one successful (and verified) backup; B has none, so B is missing a backup.
+pub const SNAPSHOT_A: &str = "4f9c2a7be0d14c3a9b8e7f6d5c4b3a2918e7d6c5b4a39281f0e1d2c3b4a59687";
+/// A's backup that failed, newer than [`SNAPSHOT_A`]'s.
+pub const FAILED_BACKUP_A: &str = "bkp_00000000000a0000000000000002";
+
+/// "Now" for the fake's backup figures: a backup older than a day before it is missing.
+const NOW_SECONDS: i64 = 100;
+const BACKUP_MAX_AGE_SECONDS: i64 = 24 * 3600;
 
 pub fn id(text: &str) -> ClientId {
     ClientId::parse(text).expect("test id")
@@ -63,6 +73,13 @@ pub struct Fake {
     pub webhooks: Mutex<Vec<(Option<String>, Vec<u8>)>>,
     /// Every sign-up passed on.
     pub signups: Mutex<Vec<ClientSpec>>,
+    /// Each client's backups, in the order taken.
+    backups: Mutex<BTreeMap<ClientId, Vec<BackupView>>>,
+    /// Every restore and verify passed on: (`"restore"` or `"verify"`, client, snapshot as
+    /// the API passed it).
+    pub snapshot_calls: Mutex<Vec<(&'static str, ClientId, String)>>,
+    /// Every clone passed on: (source, domain, snapshot).
+    pub clones: Mutex<Vec<(ClientId, Domain, Option<String>)>>,
 }
 
 /// The one signature header the fake accepts, and the one credentials token it knows.
@@ -102,7 +119,47 @@ impl Fake {
             list_queries: Mutex::new(Vec::new()),
             webhooks: Mutex::new(Vec::new()),
             signups: Mutex::new(Vec::new()),
+            backups: Mutex::new(BTreeMap::new()),
+            snapshot_calls: Mutex::new(Vec::new()),
+            clones: Mutex::new(Vec::new()),
         };
+        lock(&fake.backups).insert(
+            id(CLIENT_A),
+            vec![
+                BackupView {
+                    id: "bkp_00000000000a0000000000000001".to_string(),
+                    snapshot: Some(SNAPSHOT_A.to_string()),
+                    reason: BackupReason::Scheduled,
+                    status: BackupStatus::Succeeded,
+                    started_at: at(60),
+                    finished_at: Some(at(90)),
+                    error: None,
+                    bytes_added: Some(1_048_576),
+                    bytes_total: Some(52_428_800),
+                    files_total: Some(1234),
+                    verified_at: Some(at(95)),
+                    verify_ok: Some(true),
+                    verify_error: None,
+                    deployment_id: None,
+                },
+                BackupView {
+                    id: FAILED_BACKUP_A.to_string(),
+                    snapshot: None,
+                    reason: BackupReason::Manual,
+                    status: BackupStatus::Failed,
+                    started_at: at(70),
+                    finished_at: Some(at(75)),
+                    error: Some("the backup destination did not answer".to_string()),
+                    bytes_added: None,
+                    bytes_total: None,
+                    files_total: None,
+                    verified_at: None,
+                    verify_ok: None,
+                    verify_error: None,
+                    deployment_id: None,
+                },
+            ],
+        );
         for (client, domain, plan, state) in [
             (
                 CLIENT_A,
@@ -205,6 +262,59 @@ impl Fake {
             error: None,
         });
         Ok(DeploymentRef { deployment_id })
+    }
+
+    /// A client's backups summed up. Simpler than the real rule (which, without a backup,
+    /// counts from the client's creation): no successful backup is missing one.
+    fn backup_state(&self, client: &ClientId) -> BackupState {
+        let backups = lock(&self.backups);
+        let backups = backups.get(client).map(Vec::as_slice).unwrap_or_default();
+        let last_success_at = backups
+            .iter()
+            .filter(|b| b.status == BackupStatus::Succeeded)
+            .map(|b| b.started_at)
+            .max();
+        let last_verified = backups
+            .iter()
+            .filter(|b| b.verified_at.is_some())
+            .max_by_key(|b| b.verified_at);
+        BackupState {
+            last_success_at,
+            last_verified_at: last_verified.and_then(|b| b.verified_at),
+            last_verify_ok: last_verified.and_then(|b| b.verify_ok),
+            missing: last_success_at.is_none_or(|at_| {
+                at_.unix_millis() < at(NOW_SECONDS - BACKUP_MAX_AGE_SECONDS).unix_millis()
+            }),
+        }
+    }
+
+    /// The full snapshot id that `snapshot` (an id, its first digits, or `latest`) names among
+    /// the client's successful backups.
+    fn resolve_snapshot(&self, client: &ClientId, snapshot: &str) -> Result<String, ControlError> {
+        let backups = lock(&self.backups);
+        let mut successful: Vec<&BackupView> = backups
+            .get(client)
+            .map(|list| {
+                list.iter()
+                    .filter(|b| b.status == BackupStatus::Succeeded)
+                    .collect()
+            })
+            .unwrap_or_default();
+        successful.sort_by_key(|b| std::cmp::Reverse(b.started_at));
+        successful
+            .iter()
+            .filter_map(|b| b.snapshot.as_deref())
+            .find(|full| snapshot == "latest" || full.starts_with(snapshot))
+            .map(str::to_string)
+            .ok_or(ControlError::NotFound)
+    }
+
+    fn require_client(&self, client: &ClientId) -> Result<(), ControlError> {
+        if lock(&self.clients).contains_key(client) {
+            Ok(())
+        } else {
+            Err(ControlError::NotFound)
+        }
     }
 
     /// Sends an event into the live deployment's open stream.
@@ -350,6 +460,7 @@ impl ControlPlane for Fake {
             latest_deployment_id: latest,
             created_at: stored.created_at,
             updated_at: stored.created_at,
+            backup: Some(self.backup_state(client)),
         })
     }
 
@@ -439,12 +550,143 @@ impl ControlPlane for Fake {
             "containers".to_string(),
             DurationHistogram::from_samples([20.0, 40.0]),
         );
+        // The backup figures, from the backups held.
+        let clients: Vec<ClientId> = lock(&self.clients).keys().cloned().collect();
+        let states: Vec<BackupState> = clients.iter().map(|c| self.backup_state(c)).collect();
+        snapshot.clients_missing_backup = states.iter().filter(|s| s.missing).count() as u64;
+        for backup in lock(&self.backups).values().flatten() {
+            *snapshot
+                .backups_by_status
+                .entry(backup.status.as_str())
+                .or_default() += 1;
+        }
+        snapshot.oldest_successful_backup_age_seconds = states
+            .iter()
+            .filter_map(|s| s.last_success_at)
+            .min()
+            .map(|oldest| (at(NOW_SECONDS).unix_millis() - oldest.unix_millis()) as f64 / 1000.0);
         // A hostile step name: the exposition must escape it.
         snapshot.step_duration.insert(
             "we\"ird\\step\nname".to_string(),
             DurationHistogram::from_samples([1.0]),
         );
         Ok(snapshot)
+    }
+
+    async fn create_backup(&self, client: &ClientId) -> Result<DeploymentRef, ControlError> {
+        self.injected()?;
+        self.require_client(client)?;
+        let deployment = self.new_deployment(client, DeploymentKind::Backup)?;
+        let number = self.next_number();
+        lock(&self.backups)
+            .entry(client.clone())
+            .or_default()
+            .push(BackupView {
+                id: format!("bkp_{number:028x}"),
+                snapshot: None,
+                reason: BackupReason::Manual,
+                status: BackupStatus::Running,
+                started_at: at(NOW_SECONDS),
+                finished_at: None,
+                error: None,
+                bytes_added: None,
+                bytes_total: None,
+                files_total: None,
+                verified_at: None,
+                verify_ok: None,
+                verify_error: None,
+                deployment_id: Some(deployment.deployment_id.clone()),
+            });
+        Ok(deployment)
+    }
+
+    async fn list_backups(&self, client: &ClientId) -> Result<BackupList, ControlError> {
+        self.injected()?;
+        self.require_client(client)?;
+        let state = self.backup_state(client);
+        let mut backups = lock(&self.backups).get(client).cloned().unwrap_or_default();
+        backups.sort_by_key(|b| std::cmp::Reverse(b.started_at));
+        Ok(BackupList {
+            client_id: client.clone(),
+            state,
+            backups,
+        })
+    }
+
+    async fn restore_backup(
+        &self,
+        client: &ClientId,
+        snapshot: &str,
+    ) -> Result<DeploymentRef, ControlError> {
+        self.injected()?;
+        lock(&self.snapshot_calls).push(("restore", client.clone(), snapshot.to_string()));
+        self.require_client(client)?;
+        self.resolve_snapshot(client, snapshot)?;
+        self.new_deployment(client, DeploymentKind::Restore)
+    }
+
+    async fn verify_backup(
+        &self,
+        client: &ClientId,
+        snapshot: &str,
+    ) -> Result<DeploymentRef, ControlError> {
+        self.injected()?;
+        lock(&self.snapshot_calls).push(("verify", client.clone(), snapshot.to_string()));
+        self.require_client(client)?;
+        self.resolve_snapshot(client, snapshot)?;
+        self.new_deployment(client, DeploymentKind::Verify)
+    }
+
+    async fn clone_client(
+        &self,
+        client: &ClientId,
+        domain: Domain,
+        snapshot: Option<String>,
+    ) -> Result<ClonedClient, ControlError> {
+        self.injected()?;
+        lock(&self.clones).push((client.clone(), domain.clone(), snapshot.clone()));
+        let source = lock(&self.clients)
+            .get(client)
+            .map(|stored| stored.spec.clone())
+            .ok_or(ControlError::NotFound)?;
+        match &snapshot {
+            Some(snapshot) => {
+                self.resolve_snapshot(client, snapshot)?;
+            }
+            None => {
+                self.resolve_snapshot(client, "latest").map_err(|_| {
+                    ControlError::Conflict(format!(
+                        "client {client} has no successful backup to clone; back it up first"
+                    ))
+                })?;
+            }
+        }
+        let number = self.next_number();
+        let new_id = ClientId::new(&source.company_name, number);
+        {
+            let mut clients = lock(&self.clients);
+            if clients.values().any(|c| c.spec.domain == domain) {
+                return Err(ControlError::Conflict(format!(
+                    "the domain {domain} is taken by another client"
+                )));
+            }
+            let mut spec = source;
+            spec.domain = domain;
+            spec.client_id = Some(new_id.clone());
+            clients.insert(
+                new_id.clone(),
+                Stored {
+                    spec,
+                    state: ClientState::Provisioning,
+                    created_at: at(NOW_SECONDS),
+                },
+            );
+        }
+        let deployment = self.new_deployment(&new_id, DeploymentKind::Clone)?;
+        Ok(ClonedClient {
+            client_id: new_id,
+            deployment_id: deployment.deployment_id,
+        })
     }
 
     async fn signup(&self, spec: ClientSpec) -> Result<stackbox_api::SignupAccepted, ControlError> {

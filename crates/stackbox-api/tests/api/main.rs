@@ -1,6 +1,7 @@
 //! The API tier's tests: the router in-process (tower's `oneshot`) and the server over a real
 //! loopback socket, against an in-memory control plane ([`fake::Fake`]).
 
+mod backups;
 mod fake;
 mod in_process;
 mod metrics;

@@ -288,6 +288,9 @@ async fn metrics_parse_as_prometheus_text() {
         ("stackbox_deployment_duration_seconds", "histogram"),
         ("stackbox_step_duration_seconds", "histogram"),
         ("stackbox_mail", "gauge"),
+        ("stackbox_clients_missing_backup", "gauge"),
+        ("stackbox_backups", "gauge"),
+        ("stackbox_oldest_successful_backup_age_seconds", "gauge"),
     ];
     assert_eq!(families.keys().map(String::as_str).collect::<Vec<_>>(), {
         let mut names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
@@ -302,6 +305,28 @@ async fn metrics_parse_as_prometheus_text() {
         text.contains("stackbox_mail{status=\"pending\"} 0\n"),
         "{text}"
     );
+    // Backups: B has none, so it is missing one; every status is a series; one age only.
+    assert!(
+        text.contains("\nstackbox_clients_missing_backup 1\n"),
+        "{text}"
+    );
+    let backups: BTreeMap<&str, f64> = families["stackbox_backups"]
+        .samples
+        .iter()
+        .map(|s| (s.labels["status"].as_str(), s.value))
+        .collect();
+    assert_eq!(
+        backups,
+        BTreeMap::from([("failed", 1.0), ("running", 0.0), ("succeeded", 1.0)])
+    );
+    let ages = &families["stackbox_oldest_successful_backup_age_seconds"].samples;
+    assert_eq!(ages.len(), 1);
+    assert!(
+        ages[0].labels.is_empty(),
+        "no per-client label: {:?}",
+        ages[0]
+    );
+    assert_eq!(ages[0].value, 40.0);
     for (name, kind) in expected {
         let family = &families[name];
         assert_eq!(family.kind.as_deref(), Some(kind), "{name}");
@@ -403,4 +428,30 @@ async fn metrics_can_be_closed_to_everyone_but_the_operator() {
     reply.expect(403);
     assert_eq!(reply.error_code(), "forbidden");
     api.get("/metrics", Some(OPERATOR)).await.expect(200);
+}
+
+#[tokio::test]
+async fn a_backup_started_through_the_api_shows_in_the_metrics_as_running() {
+    let api = Api::new();
+    api.call(
+        "POST",
+        &format!("/v1/clients/{}/backups", crate::fake::CLIENT_B),
+        Some(OPERATOR),
+        None,
+    )
+    .await
+    .expect(202);
+    let text = api.get("/metrics", None).await.expect(200).text();
+    let families = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let running = families["stackbox_backups"]
+        .samples
+        .iter()
+        .find(|s| s.labels["status"] == "running")
+        .map(|s| s.value);
+    assert_eq!(running, Some(1.0));
+    // Running is not succeeded: B is still missing a backup.
+    assert!(
+        text.contains("\nstackbox_clients_missing_backup 1\n"),
+        "{text}"
+    );
 }

@@ -9,7 +9,7 @@ use crate::fake::{CLIENT_A, DEPLOYMENT_A, OPERATOR};
 use crate::Api;
 
 /// Every route the server has: (method, OpenAPI path).
-const ROUTES: [(&str, &str); 17] = [
+const ROUTES: [(&str, &str); 22] = [
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -21,6 +21,11 @@ const ROUTES: [(&str, &str); 17] = [
     ("post", "/v1/clients/{id}/start"),
     ("post", "/v1/clients/{id}/redeploy"),
     ("post", "/v1/clients/{id}/welcome"),
+    ("post", "/v1/clients/{id}/backups"),
+    ("get", "/v1/clients/{id}/backups"),
+    ("post", "/v1/clients/{id}/backups/{snapshot}/restore"),
+    ("post", "/v1/clients/{id}/backups/{snapshot}/verify"),
+    ("post", "/v1/clients/{id}/clone"),
     ("get", "/v1/deployments/{id}"),
     ("get", "/v1/deployments/{id}/events"),
     ("post", "/v1/signup"),
@@ -92,7 +97,7 @@ async fn the_document_lists_every_route_and_only_those() {
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            for name in ["id"] {
+            for name in ["id", "snapshot", "token"] {
                 if path.contains(&format!("{{{name}}}")) {
                     assert!(
                         params
@@ -168,6 +173,69 @@ async fn the_document_lists_every_route_and_only_those() {
         .filter_map(|p| p["name"].as_str())
         .collect();
     assert_eq!(names, BTreeSet::from(["state", "plan", "after", "limit"]));
+    // The clone's body, like the client's, refuses unknown fields and needs its domain.
+    let clone = &doc["components"]["schemas"]["CloneRequest"];
+    assert_eq!(clone["additionalProperties"], false);
+    assert_eq!(clone["required"], serde_json::json!(["domain"]));
+    let restore = &doc["paths"]["/v1/clients/{id}/backups/{snapshot}/restore"]["post"];
+    assert!(
+        restore["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .any(|p| p["name"] == "confirm" && p["in"] == "query" && p["required"] == true),
+        "{restore}"
+    );
+    // Every name enum documents the names on the wire (`pre-destroy`), not the Rust variants.
+    let names = |all: Vec<&'static str>| Value::from(all);
+    for (schema, wire) in [
+        (
+            "DeploymentKind",
+            names(
+                stackbox_api::DeploymentKind::ALL
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect(),
+            ),
+        ),
+        (
+            "ClientState",
+            names(
+                stackbox_api::ClientState::ALL
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect(),
+            ),
+        ),
+        (
+            "BackupReason",
+            names(
+                stackbox_api::BackupReason::ALL
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect(),
+            ),
+        ),
+        (
+            "BackupStatus",
+            names(
+                stackbox_api::BackupStatus::ALL
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect(),
+            ),
+        ),
+    ] {
+        assert_eq!(
+            doc["components"]["schemas"][schema]["enum"], wire,
+            "{schema}"
+        );
+    }
+    assert!(doc["components"]["schemas"]["DeploymentKind"]["enum"]
+        .as_array()
+        .is_some_and(|kinds| ["backup", "restore", "verify", "clone"]
+            .iter()
+            .all(|kind| kinds.contains(&Value::from(*kind)))));
     // Credentials are only in CreatedClient.
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
     for (name, schema) in schemas {
@@ -191,7 +259,8 @@ async fn every_documented_route_is_served() {
                 &format!("/v1/deployments/{DEPLOYMENT_A}"),
             );
         let uri = uri.replace("{token}", crate::fake::GOOD_LINK);
-        let uri = if method == "delete" {
+        let uri = uri.replace("{snapshot}", "latest");
+        let uri = if method == "delete" || path.ends_with("/restore") {
             format!("{uri}?confirm={CLIENT_A}")
         } else {
             uri
@@ -208,10 +277,12 @@ async fn every_documented_route_is_served() {
             assert!(reply.status.is_success(), "{uri}: {}", reply.text());
             continue;
         }
-        let body = Some((
-            "application/json",
-            serde_json::to_vec(&crate::new_client("served.example.com")).expect("JSON"),
-        ));
+        let body = if path.ends_with("/clone") {
+            serde_json::json!({"domain": "served-clone.example.com"})
+        } else {
+            crate::new_client("served.example.com")
+        };
+        let body = Some(("application/json", serde_json::to_vec(&body).expect("JSON")));
         let reply = api
             .call(&method.to_uppercase(), &uri, Some(OPERATOR), body)
             .await;

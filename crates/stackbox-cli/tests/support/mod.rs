@@ -3,6 +3,8 @@
 //! its own crate and uses part of it.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
