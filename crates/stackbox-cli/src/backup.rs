@@ -506,15 +506,15 @@ pub fn verify(
                 .await?;
         }
         removed?;
-        outcome.map(|()| snapshot)
+        outcome.map(|()| (snapshot, copy_id))
     });
     display.finish();
-    let snapshot = result.with_context(|| format!("verify of {id}'s backup failed"))?;
+    let (snapshot, copy_id) = result.with_context(|| format!("verify of {id}'s backup failed"))?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
         println!(
             "{}",
-            json!({"event": "result", "success": true, "client_id": id.as_str(), "snapshot": snapshot, "seconds": seconds})
+            json!({"event": "result", "success": true, "client_id": id.as_str(), "snapshot": snapshot, "copy": copy_id.as_str(), "seconds": seconds})
         );
     } else {
         println!(

@@ -606,10 +606,43 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
         Command::Cleanup { .. } => Err(anyhow::anyhow!(
             "cleanup runs on the engine's host only; the server compensates a failed deployment itself"
         )),
-        Command::Backup { .. } | Command::Clone { .. } => Err(anyhow::anyhow!(
-            "backups run on the engine's host (`stackbox backup …` without --server); the \
-             server takes them over its API: POST /v1/clients/ID/backups"
-        )),
+        Command::Backup { command } => match command {
+            BackupCommand::Create { client_id, common } => {
+                remote().and_then(|r| r.backup(client_id, "create", None, common.json))
+            }
+            BackupCommand::List { client_id, common } => {
+                remote().and_then(|r| r.backups(client_id, common.json))
+            }
+            BackupCommand::Verify {
+                client_id,
+                snapshot,
+                common,
+            } => remote().and_then(|r| r.backup(client_id, "verify", snapshot.as_deref(), common.json)),
+            BackupCommand::Restore {
+                client_id,
+                snapshot,
+                yes,
+                common,
+            } => (|| {
+                if !*yes {
+                    anyhow::bail!(
+                        "restore replaces {client_id}'s databases and files with the snapshot's \
+                         (a safety backup is taken first): confirm with --yes"
+                    );
+                }
+                remote()?.backup(client_id, "restore", snapshot.as_deref(), common.json)
+            })(),
+            BackupCommand::Forget { .. } => Err(anyhow::anyhow!(
+                "backup forget runs on the engine's host (without --server); the server forgets \
+                 by its retention policy"
+            )),
+        },
+        Command::Clone {
+            client_id,
+            domain,
+            snapshot,
+            common,
+        } => remote().and_then(|r| r.clone(client_id, domain, snapshot.as_deref(), common.json)),
         Command::Render { .. }
         | Command::Plans { .. }
         | Command::Serve { .. }

@@ -192,6 +192,85 @@ impl Remote {
         self.finish(&id, json, "destroy")
     }
 
+    /// `backup create`, `verify`, `restore` through the server: journaled deployments,
+    /// followed to their end.
+    pub fn backup(
+        &self,
+        client: &str,
+        what: &str,
+        snapshot: Option<&str>,
+        json: bool,
+    ) -> Result<()> {
+        let snapshot = snapshot.unwrap_or("latest");
+        let path = match what {
+            "create" => format!("/v1/clients/{client}/backups"),
+            "verify" => format!("/v1/clients/{client}/backups/{snapshot}/verify"),
+            _ => format!("/v1/clients/{client}/backups/{snapshot}/restore?confirm={client}"),
+        };
+        let deployment = self.ok("POST", &path, None)?;
+        let id = deployment["deployment_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.finish(&id, json, &format!("backup {what}"))
+    }
+
+    pub fn backups(&self, client: &str, json: bool) -> Result<()> {
+        let list = self.ok("GET", &format!("/v1/clients/{client}/backups"), None)?;
+        if json {
+            println!("{list}");
+            return Ok(());
+        }
+        for backup in list["backups"].as_array().into_iter().flatten() {
+            println!(
+                "{:<10} {:<26} {:<12} {:<10} {}",
+                backup["snapshot"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .chars()
+                    .take(8)
+                    .collect::<String>(),
+                backup["started_at"].as_str().unwrap_or_default(),
+                backup["reason"].as_str().unwrap_or_default(),
+                backup["status"].as_str().unwrap_or_default(),
+                match backup["verify_ok"].as_bool() {
+                    Some(true) => "verified",
+                    Some(false) => "VERIFY FAILED",
+                    None => "",
+                }
+            );
+        }
+        if list["state"]["missing"] == true {
+            println!("Missing a backup: the last success is older than the schedule allows.");
+        }
+        Ok(())
+    }
+
+    pub fn clone(
+        &self,
+        client: &str,
+        domain: &str,
+        snapshot: Option<&str>,
+        json: bool,
+    ) -> Result<()> {
+        let mut body = json!({ "domain": domain });
+        if let Some(snapshot) = snapshot {
+            body["snapshot"] = json!(snapshot);
+        }
+        let cloned = self.ok("POST", &format!("/v1/clients/{client}/clone"), Some(&body))?;
+        if !json {
+            println!(
+                "Client {} accepted as a clone of {client}.",
+                cloned["client_id"].as_str().unwrap_or_default()
+            );
+        }
+        let id = cloned["deployment_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.finish(&id, json, "clone")
+    }
+
     pub fn status(&self, client: Option<&str>, json: bool) -> Result<()> {
         match client {
             Some(id) => {

@@ -90,7 +90,9 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// One unsigned request (moto does not check signatures): status and body.
+    /// One request with a dummy SigV4 header: moto does not check signatures, but refuses
+    /// anonymous reads of private objects (403; anonymous listing it allows). No secret key is
+    /// involved: the test never signs anything.
     fn request(&self, method: &str, path: &str) -> (u16, Vec<u8>) {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         stream
@@ -98,8 +100,11 @@ impl Moto {
             .unwrap();
         write!(
             stream,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/20260101/us-east-1/s3/aws4_request, \
+             SignedHeaders=host, Signature={}\r\n\r\n",
+            self.port,
+            "0".repeat(64)
         )
         .unwrap();
         let mut response = Vec::new();

@@ -129,6 +129,20 @@ fn backups_restores_verifies_and_clones_are_journaled_deployments_of_serve() {
     assert_eq!(list["backups"][0]["status"], "succeeded");
     assert_eq!(list["state"]["missing"], false);
     assert!(list["state"]["last_success_at"].is_string());
+    // The CLI's --server mode reads the same list.
+    let listed = server
+        .command()
+        .args(["--server", &format!("http://127.0.0.1:{}", server.port)])
+        .args(["--token", &operator, "backup", "list", &id, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["backups"][0]["status"], "succeeded", "{listed}");
     let (_, detail) = server.http("GET", &format!("/v1/clients/{id}"), &operator, None);
     assert_eq!(detail["backup"]["missing"], false, "{detail}");
 

@@ -608,7 +608,7 @@ impl Control {
             .into_iter()
             .map(|(id, at)| (id, at.unix_millis() / 1000))
             .collect();
-        let mut journaled = 0;
+        let mut candidates = Vec::new();
         let mut after = None;
         loop {
             let filter = ClientFilter {
@@ -617,56 +617,47 @@ impl Control {
             };
             let page = store.list_clients(filter, after.as_ref(), 500).await?;
             for client in &page.clients {
-                if journaled >= self.inner.config.max_parallel.max(1) {
-                    break;
-                }
                 let Ok(spec) = client.spec() else { continue };
                 if effective_provider(&spec, &self.inner.config.operator) == ProviderKind::Aws {
                     continue;
                 }
-                if self.busy(&client.id).await? {
-                    continue;
-                }
-                // A new client's first backup comes one period after its creation (take one
-                // at once with POST /v1/clients/{id}/backups).
-                let since = last
-                    .get(&client.id)
-                    .copied()
-                    .unwrap_or(client.created_at.unix_millis() / 1000);
-                if stackbox_core::backup::backup_due(Some(since), now_s, settings.every_hours) {
-                    if self
-                        .request_backup(&client.id, BackupReason::Scheduled)
-                        .await
-                        .is_ok()
-                    {
-                        journaled += 1;
-                    }
-                    continue;
-                }
-                if settings.verify_every_days > 0 {
-                    let verified = store
+                let last_verified = match last.get(&client.id) {
+                    Some(_) => store
                         .last_verification(&client.id)
                         .await?
                         .and_then(|r| r.verified_at)
-                        .map(|t| t.unix_millis() / 1000);
-                    let period = i64::from(settings.verify_every_days) * 86_400;
-                    let due = now_s - verified.unwrap_or(since) >= period;
-                    if due
-                        && last.contains_key(&client.id)
-                        && self
-                            .request_snapshot_action(&client.id, DeploymentKind::Verify, "latest")
-                            .await
-                            .is_ok()
-                    {
-                        journaled += 1;
-                    }
-                }
+                        .map(|t| t.unix_millis() / 1000),
+                    None => None,
+                };
+                candidates.push(stackbox_core::backup::ScheduledClient {
+                    id: client.id.clone(),
+                    created_at: client.created_at.unix_millis() / 1000,
+                    last_success: last.get(&client.id).copied(),
+                    last_verified,
+                    busy: self.busy(&client.id).await?,
+                });
             }
             match page.next {
-                Some(next) if journaled < self.inner.config.max_parallel.max(1) => {
-                    after = Some(next)
-                }
-                _ => break,
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let limit = self.inner.config.max_parallel.max(1);
+        let mut journaled = 0;
+        for action in stackbox_core::backup::schedule(&candidates, now_s, settings, limit) {
+            let requested = match &action {
+                stackbox_core::backup::ScheduledAction::Backup(id) => self
+                    .request_backup(id, BackupReason::Scheduled)
+                    .await
+                    .map(|_| ()),
+                stackbox_core::backup::ScheduledAction::Verify(id) => self
+                    .request_snapshot_action(id, DeploymentKind::Verify, "latest")
+                    .await
+                    .map(|_| ()),
+            };
+            match requested {
+                Ok(()) => journaled += 1,
+                Err(error) => tracing::warn!(%error, ?action, "scheduled backup not journaled"),
             }
         }
         for retained in store.retained_clients_due(now).await? {

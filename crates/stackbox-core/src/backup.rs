@@ -713,6 +713,62 @@ pub fn backup_missing(
     now - last_success.unwrap_or(client_since) > allowed
 }
 
+/// One client as the backup schedule sees it (times in seconds since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledClient {
+    pub id: ClientId,
+    pub created_at: i64,
+    pub last_success: Option<i64>,
+    pub last_verified: Option<i64>,
+    /// A deployment of the client runs now.
+    pub busy: bool,
+}
+
+/// What the schedule asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduledAction {
+    Backup(ClientId),
+    /// A verified restore of the latest successful backup.
+    Verify(ClientId),
+}
+
+/// The schedule's decisions for running clients, at most `limit`: a backup when the last
+/// success (or, before the first, the creation) is a period old; else a verify of the latest
+/// backup when the last verified restore (or the first backup) is a verify period old. A
+/// client with a deployment running is left for the next pass.
+pub fn schedule(
+    clients: &[ScheduledClient],
+    now: i64,
+    settings: &BackupSettings,
+    limit: usize,
+) -> Vec<ScheduledAction> {
+    let mut actions = Vec::new();
+    for client in clients {
+        if actions.len() >= limit {
+            break;
+        }
+        if client.busy {
+            continue;
+        }
+        let since = client.last_success.unwrap_or(client.created_at);
+        if backup_due(Some(since), now, settings.every_hours) {
+            actions.push(ScheduledAction::Backup(client.id.clone()));
+            continue;
+        }
+        if settings.verify_every_days == 0 {
+            continue;
+        }
+        let Some(first_success) = client.last_success else {
+            continue;
+        };
+        let verified = client.last_verified.unwrap_or(first_success);
+        if now - verified >= i64::from(settings.verify_every_days) * 86_400 {
+            actions.push(ScheduledAction::Verify(client.id.clone()));
+        }
+    }
+    actions
+}
+
 /// Whether a secret is bound to the client's data, so that a clone (which carries that data)
 /// must keep it: passwords written into the apps' own files, hashed into their databases, or
 /// keys that encrypt stored values. Everything else a clone generates anew.
@@ -994,6 +1050,63 @@ mod tests {
         assert!(backup_missing(Some(0), 0, day + 3601, 24));
         assert!(backup_missing(None, 0, day + 3601, 24));
         assert!(!backup_missing(None, day, day + 10, 24));
+    }
+
+    #[test]
+    fn schedule_backs_up_after_a_period_verifies_weekly_and_skips_busy_clients() {
+        let hour = 3600;
+        let day = 24 * hour;
+        let settings = BackupSettings::default();
+        let id = |n: u32| ClientId::parse(&format!("client-{n:08x}")).unwrap();
+        let client = |n, created_at, last_success, last_verified, busy| ScheduledClient {
+            id: id(n),
+            created_at,
+            last_success,
+            last_verified,
+            busy,
+        };
+        let now = 100 * day;
+        let clients = [
+            // New an hour ago: its first backup comes one period after creation.
+            client(1, now - hour, None, None, false),
+            // Created two days ago, never backed up: due.
+            client(2, now - 2 * day, None, None, false),
+            // Backed up 25 h ago: due.
+            client(
+                3,
+                now - 50 * day,
+                Some(now - 25 * hour),
+                Some(now - day),
+                false,
+            ),
+            // Backed up an hour ago, verified 8 days ago: a verify.
+            client(
+                4,
+                now - 50 * day,
+                Some(now - hour),
+                Some(now - 8 * day),
+                false,
+            ),
+            // Backed up an hour ago, never verified, first backup counted: verify is due only
+            // a week after it.
+            client(5, now - 50 * day, Some(now - hour), None, false),
+            // Due, but a deployment runs.
+            client(6, now - 50 * day, None, None, true),
+        ];
+        assert_eq!(
+            schedule(&clients, now, &settings, 10),
+            vec![
+                ScheduledAction::Backup(id(2)),
+                ScheduledAction::Backup(id(3)),
+                ScheduledAction::Verify(id(4)),
+            ]
+        );
+        assert_eq!(schedule(&clients, now, &settings, 1).len(), 1);
+        let no_verify = BackupSettings {
+            verify_every_days: 0,
+            ..BackupSettings::default()
+        };
+        assert_eq!(schedule(&clients, now, &no_verify, 10).len(), 2);
     }
 
     struct Counter(u8);
