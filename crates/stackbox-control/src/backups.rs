@@ -261,13 +261,7 @@ impl Control {
             .unwrap_or(default_reason);
         let id = &deployment.client_id;
         let docker = context.docker().await?;
-        let rendered = stackbox_core::render::render_placed(
-            &context.spec,
-            id,
-            &context.secrets,
-            &self.inner.config.operator,
-            &context.placement,
-        )?;
+        let rendered = self.render_for(id, context)?;
         let subject = BackupSubject {
             id,
             spec: &context.spec,
@@ -337,13 +331,7 @@ impl Control {
             .ok_or_else(|| step_error("restore")("the deployment names no snapshot".into()))?;
         let docker = context.docker().await?;
         let repo = self.repository_of(id).await?;
-        let rendered = stackbox_core::render::render_placed(
-            &context.spec,
-            id,
-            &context.secrets,
-            &self.inner.config.operator,
-            &context.placement,
-        )?;
+        let rendered = self.render_for(id, context)?;
         let plan = backup_plan(&rendered.stack);
         let scratch = self.scratch(id.as_str());
         let restored = async {
@@ -392,13 +380,7 @@ impl Control {
         let copy_id = ClientId::parse(&format!("verify-{suffix:0>8}"))?;
         let _ = lifecycle::cleanup(&docker, &copy_id, None, true, &|_| {}).await;
         let scratch = self.scratch(copy_id.as_str());
-        let rendered = stackbox_core::render::render_placed(
-            &context.spec,
-            id,
-            &context.secrets,
-            &self.inner.config.operator,
-            &context.placement,
-        )?;
+        let rendered = self.render_for(id, context)?;
         let bundle_dir = std::path::absolute(self.inner.bundles.client_dir(id))
             .map_err(|e| step_error("verify")(e.to_string()))?;
         let outcome = async {
@@ -461,13 +443,7 @@ impl Control {
             .ok_or_else(|| fail("the deployment names no snapshot".into()))?;
         let docker = context.docker().await?;
         let repo = self.repository_of(&source).await?;
-        let rendered = stackbox_core::render::render_placed(
-            &context.spec,
-            id,
-            &context.secrets,
-            &self.inner.config.operator,
-            &context.placement,
-        )?;
+        let rendered = self.render_for(id, context)?;
         let plan = backup_plan(&rendered.stack);
         let desired = self.desired(id, context)?;
         let edge = self
@@ -554,15 +530,8 @@ impl Control {
         let Ok(observed) = stackbox_engine::ContainerRuntime::observe(&docker, id).await else {
             return false;
         };
-        let rendered = match stackbox_core::render::render_placed(
-            &context.spec,
-            id,
-            &context.secrets,
-            &self.inner.config.operator,
-            &context.placement,
-        ) {
-            Ok(rendered) => rendered,
-            Err(_) => return false,
+        let Ok(rendered) = self.render_for(id, context) else {
+            return false;
         };
         let plan = backup_plan(&rendered.stack);
         plan.dumps.iter().all(|dump| {

@@ -528,13 +528,7 @@ impl Control {
         };
         match step {
             Step::Render => {
-                let rendered = stackbox_core::render::render_placed(
-                    &context.spec,
-                    id,
-                    &context.secrets,
-                    operator,
-                    &context.placement,
-                )?;
+                let rendered = self.render_for(id, context)?;
                 self.inner.bundles.write_bundle(id, &rendered.bundle)?;
                 Ok(StepOutput::Rendered {
                     files: rendered.bundle.files.len(),
@@ -671,19 +665,28 @@ impl Control {
         }
     }
 
+    /// The client's stack and bundle as the context places it.
+    fn render_for(
+        &self,
+        id: &ClientId,
+        context: &StepContext,
+    ) -> Result<stackbox_core::render::Rendered, ControlError> {
+        Ok(stackbox_core::render::render_placed(
+            &context.spec,
+            id,
+            &context.secrets,
+            &self.inner.config.operator,
+            &context.placement,
+        )?)
+    }
+
     /// The client's desired containers, with its bundle's absolute path.
     fn desired(
         &self,
         id: &ClientId,
         context: &StepContext,
     ) -> Result<stackbox_core::deploy::DesiredState, ControlError> {
-        let rendered = stackbox_core::render::render_placed(
-            &context.spec,
-            id,
-            &context.secrets,
-            &self.inner.config.operator,
-            &context.placement,
-        )?;
+        let rendered = self.render_for(id, context)?;
         let bundle_dir = std::path::absolute(self.inner.bundles.client_dir(id)).map_err(|e| {
             ControlError::Step {
                 step: "render".into(),
