@@ -534,9 +534,24 @@ pub struct DeploymentEnd {
 pub enum DeploymentEvent {
     /// A step was created, started, finished, failed or skipped. Sent as `data: <StepView>`.
     Step(StepView),
+    /// How far a running step is (a backup's dumps and upload: bytes and files). Sent as
+    /// `event: progress` with `data: <StepProgress>`; not replayed to a late subscriber.
+    Progress(StepProgress),
     /// The deployment finished. Sent as `event: end` with `data: <DeploymentEnd>`; the API
     /// closes the stream after it.
     End(DeploymentEnd),
+}
+
+/// Progress of a running step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StepProgress {
+    /// The step's name (`backup`, `restore`, …).
+    pub step: String,
+    /// What happened: `{"event": "phase", "phase": "upload"}`, `{"event": "dumped", "service":
+    /// "mysql", "database": "espocrm", "bytes": 3178, "tables": 2}`, `{"event": "upload",
+    /// "percent": 0.4, "files_done": 10, "total_files": 25, "bytes_done": …, "total_bytes": …}`, …
+    #[schema(value_type = Object)]
+    pub progress: serde_json::Value,
 }
 
 /// One page of a list, with the cursor of the next page.

@@ -106,7 +106,7 @@ pub use dto::{
     ClientDetail, ClientState, ClientSummary, CloneRequest, ClonedClient, CreatedClient,
     Credentials, DeploymentEnd, DeploymentEvent, DeploymentKind, DeploymentOutcome, DeploymentRef,
     DeploymentStatus, DeploymentView, ErrorBody, ErrorDetail, Health, HealthStatus, NewClient,
-    Page, ServiceHealth, ServiceState, StepStatus, StepView,
+    Page, ServiceHealth, ServiceState, StepProgress, StepStatus, StepView,
 };
 pub use error::{INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE};
 pub use input::parse_new_client;

@@ -781,7 +781,7 @@ async fn get_deployment(
     params(("id" = String, Path, description = "The deployment id.")),
     security(("bearer" = [])),
     responses(
-        (status = 200, body = DeploymentEvent, content_type = "text/event-stream", description = "The event stream: each event's `data` is a `StepView`, the last one's (`event: end`) a `DeploymentEnd`."),
+        (status = 200, body = DeploymentEvent, content_type = "text/event-stream", description = "The event stream: each event's `data` is a `StepView`, a running step's progress (`event: progress`) a `StepProgress`, the last one's (`event: end`) a `DeploymentEnd`."),
         (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
         (status = 404, body = ErrorBody, description = "No such deployment (or not of the client token's client)."),
         (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
@@ -844,6 +844,9 @@ fn sse_stream(
             next = events.next() => match next? {
                 DeploymentEvent::Step(step) => {
                     Some((Ok(json_event(None, &step)), Some((events, shutdown))))
+                }
+                DeploymentEvent::Progress(progress) => {
+                    Some((Ok(json_event(Some("progress"), &progress)), Some((events, shutdown))))
                 }
                 DeploymentEvent::End(end) => Some((Ok(json_event(Some("end"), &end)), None)),
             },

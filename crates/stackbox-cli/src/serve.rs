@@ -663,6 +663,14 @@ impl ControlPlane for Served {
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(_) => return None,
                     };
+                    // Progress needs no read of the journal.
+                    if let Some(progress) = update.progress {
+                        let event = DeploymentEvent::Progress(stackbox_api::StepProgress {
+                            step: update.step,
+                            progress,
+                        });
+                        return Some((event, (updates, store, id, false)));
+                    }
                     let current = store.deployment(&id).await.ok().flatten()?;
                     if update.finished {
                         let event = end(&current);

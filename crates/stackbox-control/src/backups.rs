@@ -83,6 +83,24 @@ impl Control {
         }
     }
 
+    /// Progress of a running step, published on the deployment's event stream (SSE).
+    fn progress<'a>(
+        &'a self,
+        deployment: &'a Deployment,
+        step: &'static str,
+    ) -> impl Fn(backup::BackupEvent) + 'a {
+        move |event| {
+            self.publish(crate::StepUpdate {
+                deployment_id: deployment.id.as_str().to_string(),
+                step: step.to_string(),
+                status: "running",
+                error: None,
+                finished: false,
+                progress: serde_json::to_value(&event).ok(),
+            })
+        }
+    }
+
     fn scratch(&self, name: &str) -> PathBuf {
         self.inner.config.data_dir.join("backup-scratch").join(name)
     }
@@ -259,6 +277,11 @@ impl Control {
         let reason = param(deployment, "reason")
             .and_then(|r| BackupReason::from_name(&r))
             .unwrap_or(default_reason);
+        let step = match default_reason {
+            BackupReason::Safety => "safety-backup",
+            BackupReason::PreDestroy => "final-backup",
+            BackupReason::Manual | BackupReason::Scheduled => "backup",
+        };
         let id = &deployment.client_id;
         let docker = context.docker().await?;
         let rendered = self.render_for(id, context)?;
@@ -274,7 +297,7 @@ impl Control {
             &subject,
             reason,
             Some(&deployment.id),
-            &|_| {},
+            &self.progress(deployment, step),
         )
         .await
         .map_err(|e| step_error("backup")(e.to_string()))?;
@@ -335,8 +358,21 @@ impl Control {
         let plan = backup_plan(&rendered.stack);
         let scratch = self.scratch(id.as_str());
         let restored = async {
-            let fetched = backup::fetch(&repo, &snapshot, id, &scratch, &|_| {}).await?;
-            backup::restore_in_place(&docker, &fetched, &plan, &|_| {}).await?;
+            let fetched = backup::fetch(
+                &repo,
+                &snapshot,
+                id,
+                &scratch,
+                &self.progress(deployment, "restore"),
+            )
+            .await?;
+            backup::restore_in_place(
+                &docker,
+                &fetched,
+                &plan,
+                &self.progress(deployment, "restore"),
+            )
+            .await?;
             Ok::<_, backup::BackupError>(fetched.snapshot)
         }
         .await;
@@ -385,7 +421,14 @@ impl Control {
             .map_err(|e| step_error("verify")(e.to_string()))?;
         let outcome = async {
             repo.check(true).await?;
-            let fetched = backup::fetch(&repo, &snapshot, id, &scratch, &|_| {}).await?;
+            let fetched = backup::fetch(
+                &repo,
+                &snapshot,
+                id,
+                &scratch,
+                &self.progress(deployment, "verify"),
+            )
+            .await?;
             let copy = isolated_copy(&rendered.stack, &copy_id);
             let plan = backup_plan(&copy);
             let desired = stackbox_core::deploy::desired_state(
@@ -404,7 +447,7 @@ impl Control {
                 DeployOptions {
                     health_timeout: self.inner.config.health_timeout,
                 },
-                &|_| {},
+                &self.progress(deployment, "verify"),
             )
             .await?;
             backup::check_against_manifest(&docker, &plan, &fetched.manifest).await
@@ -452,7 +495,14 @@ impl Control {
             .edge_router(&self.inner.config.operator)?;
         let scratch = self.scratch(id.as_str());
         let outcome = async {
-            let fetched = backup::fetch(&repo, &snapshot, &source, &scratch, &|_| {}).await?;
+            let fetched = backup::fetch(
+                &repo,
+                &snapshot,
+                &source,
+                &scratch,
+                &self.progress(deployment, "clone"),
+            )
+            .await?;
             backup::restore_into_new(
                 &docker,
                 &fetched,
@@ -462,7 +512,7 @@ impl Control {
                 DeployOptions {
                     health_timeout: self.inner.config.health_timeout,
                 },
-                &|_| {},
+                &self.progress(deployment, "clone"),
             )
             .await?;
             Ok::<_, backup::BackupError>(fetched.snapshot)

@@ -95,6 +95,9 @@ pub struct StepUpdate {
     pub error: Option<String>,
     /// True on the last update of a deployment.
     pub finished: bool,
+    /// How far the running step is (backup events); `None` on a status change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<serde_json::Value>,
 }
 
 /// Settings of the control plane.
@@ -272,7 +275,7 @@ impl Control {
             .unwrap_or_else(|p| p.into_inner());
         watchers
             .entry(deployment.as_str().to_string())
-            .or_insert_with(|| broadcast::channel(64).0)
+            .or_insert_with(|| broadcast::channel(1024).0)
             .subscribe()
     }
 
@@ -409,6 +412,7 @@ impl Control {
             status: status.as_str(),
             error,
             finished: true,
+            progress: None,
         });
     }
 
@@ -456,6 +460,7 @@ impl Control {
                 status: StepStatus::Running.as_str(),
                 error: None,
                 finished: false,
+                progress: None,
             });
             match self.execute(kind, deployment, &mut context).await {
                 Ok(output) => {
@@ -469,6 +474,7 @@ impl Control {
                         status: StepStatus::Succeeded.as_str(),
                         error: None,
                         finished: false,
+                        progress: None,
                     });
                 }
                 Err(error) => {
@@ -482,6 +488,7 @@ impl Control {
                         status: StepStatus::Failed.as_str(),
                         error: Some(message.clone()),
                         finished: false,
+                        progress: None,
                     });
                     let compensated = self.compensate(deployment, &context).await;
                     return Err((compensated, message));
