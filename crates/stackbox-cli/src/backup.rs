@@ -399,6 +399,10 @@ pub fn restore(
         );
     }
     let bundles = BundleStore::new(args.root);
+    if bundles.load(&id)?.is_none() {
+        // A destroyed client coming back: everything it needs is in its snapshot.
+        return come_back(operator, &bundles, &id, snapshot, &args);
+    }
     let client = load_client(operator, &bundles, &id)?;
     let _lock = bundles.lock_client(&id)?;
     let display = Display::new(args.json);
@@ -455,6 +459,94 @@ pub fn restore(
             "Restored {id} from snapshot {}; every service is healthy. Undo with `stackbox backup restore {id} --snapshot {} --yes`.",
             short(&restored),
             short(&safety)
+        );
+    }
+    Ok(())
+}
+
+/// Brings a destroyed client back from its backup: its spec and secrets from the snapshot's
+/// sealed client (opened with the master key), its bundle written again, its stack built from
+/// the snapshot (volumes filled, databases loaded, every service healthy). Nothing else of the
+/// client needs to exist, so this also works on a new control plane that has the master key
+/// and the backup destination.
+fn come_back(
+    operator: &OperatorConfig,
+    bundles: &BundleStore,
+    id: &ClientId,
+    snapshot: Option<&str>,
+    args: &BackupArgs,
+) -> Result<()> {
+    let display = Display::new(args.json);
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let env = env(args.data_dir).await?;
+        let password = repository_key(&env.store, &env.key, id).await?;
+        let repo = repository(operator, args.data_dir, id, password)?;
+        let snapshot = match snapshot {
+            Some(given) => given.to_string(),
+            None => match env.store.latest_succeeded_backup(id).await?.and_then(|r| r.snapshot_id) {
+                Some(known) => known,
+                // A store that never saw the client: the repository's own newest snapshot.
+                None => repo
+                    .snapshots(Some(&format!("client:{id}")))
+                    .await?
+                    .pop()
+                    .map(|s| s.id)
+                    .with_context(|| format!("client {id} has no bundle and no backup to restore it from"))?,
+            },
+        };
+        let events = |event| display.event(event);
+        let scratch = scratch_dir(args.data_dir, id.as_str());
+        let outcome = async {
+            let fetched = backup::fetch(&repo, &snapshot, id, &scratch, &events).await?;
+            let (mut spec, secrets) = backup::open_client(&env.key, id, &fetched.sealed_client)?;
+            if let Some(owner) = bundles.find_by_domain(&spec.domain)? {
+                bail!("the client's domain {} now belongs to client {owner}; clone the backup under another domain instead (`stackbox clone {id} --domain NEW`)", spec.domain);
+            }
+            spec.client_id = Some(id.clone());
+            let rendered = stackbox_core::render::render(&spec, id, &secrets, operator)?;
+            bundles.write_bundle(id, &rendered.bundle)?;
+            let _lock = bundles.lock_client(id)?;
+            let bundle_dir = std::path::absolute(bundles.client_dir(id))?;
+            let desired = desired_state(
+                &rendered.stack,
+                &secrets,
+                &rendered.bundle,
+                &bundle_dir.display().to_string(),
+                &|name| std::env::var(name).ok(),
+            )?;
+            let edge = bundles.edge_router(operator)?;
+            backup::restore_into_new(
+                &env.docker,
+                &fetched,
+                &backup_plan(&rendered.stack),
+                &desired,
+                edge.as_ref(),
+                DeployOptions::default(),
+                &events,
+            )
+            .await?;
+            env.store.release_retained_client(id).await?;
+            Ok(fetched.snapshot)
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        if outcome.is_err() {
+            let _ = lifecycle::cleanup(&env.docker, id, operator.ingress.edge_router_name(), false, &|_| {}).await;
+        }
+        outcome
+    });
+    display.finish();
+    let snapshot = result.with_context(|| format!("bringing {id} back from its backup failed"))?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "result", "success": true, "client_id": id.as_str(), "snapshot": snapshot, "came_back": true})
+        );
+    } else {
+        println!(
+            "Brought {id} back from snapshot {}; every service is healthy.",
+            short(&snapshot)
         );
     }
     Ok(())

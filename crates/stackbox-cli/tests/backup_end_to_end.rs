@@ -517,7 +517,8 @@ fn enterprise_client_is_backed_up_restored_verified_and_cloned_on_a_real_engine(
         .iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
-    let mut bytes = std::fs::read(pack).unwrap();
+    let original = std::fs::read(pack).unwrap();
+    let mut bytes = original.clone();
     let middle = bytes.len() / 2;
     for byte in &mut bytes[middle..middle + 16] {
         *byte ^= 0xff;
@@ -536,7 +537,23 @@ fn enterprise_client_is_backed_up_restored_verified_and_cloned_on_a_real_engine(
     let message = text(&tampered.stderr);
     assert!(message.contains("check"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(600));
+    std::fs::write(pack, &original).unwrap();
 
-    env.ok(&["destroy", &clone_id, "--yes"]);
-    env.ok(&["destroy", &id, "--yes"]);
+    // A destroy keeps the backups (a last one first); the client comes back from them with
+    // its bundle, secrets and data.
+    env.ok(&["destroy", &clone_id, "--yes", "--delete-backups"]);
+    let destroyed = env.json(&["destroy", &id, "--yes", "--json"]);
+    assert!(
+        destroyed["backups"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kept"),
+        "{destroyed}"
+    );
+    assert!(!env.root.path().join("clients").join(&id).exists());
+    let back = env.json(&["backup", "restore", &id, "--yes", "--json"]);
+    assert_eq!(back["came_back"], true, "{back}");
+    assert_eq!(markers_present(&id), Vec::<String>::new());
+    assert_eq!(env.settled_state(&id), "running");
+    env.ok(&["destroy", &id, "--yes", "--delete-backups"]);
 }

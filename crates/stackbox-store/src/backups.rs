@@ -365,6 +365,12 @@ impl Store {
         on_backend!(self, backups_sql::retained_clients_due(now))
     }
 
+    /// A destroyed client came back (restored from its backups): its retention ends without
+    /// deleting anything; its backups are its own again. Returns whether it was retained.
+    pub async fn release_retained_client(&self, id: &ClientId) -> Result<bool, StoreError> {
+        on_backend!(self, backups_sql::release_retained_client(id))
+    }
+
     /// Deletes a destroyed client's retained record, every backup row and its backup key, at
     /// once; returns whether anything was there. Refused with
     /// [`StoreError::ClientNotDestroyed`] while the client exists. Forget its snapshots in the

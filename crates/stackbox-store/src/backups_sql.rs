@@ -481,6 +481,18 @@ pub(crate) async fn retained_clients_due(
 
 /// Deletes a destroyed client's retained record, backup rows and backup key, in one
 /// transaction; refused while the client exists (its key still guards a live repository).
+pub(crate) async fn release_retained_client(
+    pool: &Pool,
+    client: &ClientId,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM retained_clients WHERE client_id = $1")
+        .bind(client.as_str())
+        .execute(pool)
+        .await
+        .map_err(StoreError::database("releasing a retained client"))?;
+    Ok(done.rows_affected() > 0)
+}
+
 pub(crate) async fn forget_retained_client(
     pool: &Pool,
     client: &ClientId,

@@ -24,6 +24,7 @@ on_both_engines!(
     a_backup_step_resumed_after_a_crash_finds_and_fails_the_row_it_left_running,
     backups_and_their_key_outlive_a_destroyed_client_and_are_counted_per_client,
     a_destroyed_client_is_retained_until_its_date_then_forgotten_with_its_backups_and_key,
+    a_destroyed_client_that_came_back_is_released_with_its_backups_and_key_kept,
     deployments_of_the_backup_kinds_carry_their_params,
     the_backups_table_refuses_rows_that_break_its_rules,
 );
@@ -1029,4 +1030,37 @@ fn the_master_key_seals_blobs_that_open_only_with_the_same_associated_data() {
     // Empty plaintext and associated data are fine.
     let empty = key.seal(b"", b"").unwrap();
     assert!(key.open(&empty, b"").unwrap().is_empty());
+}
+
+async fn a_destroyed_client_that_came_back_is_released_with_its_backups_and_key_kept(db: &TestDb) {
+    let store = db.open().await;
+    let master = MasterKey::generate().unwrap();
+    let client = add_client(&store, 1, "professional", ClientState::Running).await;
+    store
+        .put_backup_key_if_absent(&client.id, REPOSITORY_KEY, &master)
+        .await
+        .unwrap();
+    succeeded_backup(&store, &client.id, SNAPSHOT_A).await;
+    store.delete_client(&client.id).await.unwrap();
+    let until = Timestamp::now().plus(Duration::from_secs(86_400));
+    store
+        .retain_client(&client.id, &client.domain, &client.spec_toml, until)
+        .await
+        .unwrap();
+
+    assert!(store.release_retained_client(&client.id).await.unwrap());
+    assert_eq!(store.retained_client(&client.id).await.unwrap(), None);
+    assert!(store
+        .backup_key(&client.id, &master)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store.backups_of_client(&client.id, 10).await.unwrap().len(),
+        1
+    );
+    assert!(
+        !store.release_retained_client(&client.id).await.unwrap(),
+        "once"
+    );
 }
