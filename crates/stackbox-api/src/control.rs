@@ -169,10 +169,12 @@ pub trait ControlPlane: Send + Sync + 'static {
     ) -> impl Future<Output = Result<DeploymentRef, ControlError>> + Send;
 
     /// Journals a destroy (containers, networks, volumes, bundle, stored secrets). The API
-    /// has already checked the `confirm` parameter.
+    /// has already checked the `confirm` parameter. The client's backups are kept for the
+    /// operator's retention unless `delete_backups`.
     fn delete_client(
         &self,
         id: &ClientId,
+        delete_backups: bool,
     ) -> impl Future<Output = Result<DeploymentRef, ControlError>> + Send;
 
     fn get_deployment(
@@ -350,6 +352,7 @@ pub(crate) trait DynControl: Send + Sync + 'static {
     fn delete_client<'a>(
         &'a self,
         id: &'a ClientId,
+        delete_backups: bool,
     ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
     fn get_deployment<'a>(
         &'a self,
@@ -433,8 +436,9 @@ impl<C: ControlPlane> DynControl for C {
     fn delete_client<'a>(
         &'a self,
         id: &'a ClientId,
+        delete_backups: bool,
     ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
-        Box::pin(ControlPlane::delete_client(self, id))
+        Box::pin(ControlPlane::delete_client(self, id, delete_backups))
     }
     fn get_deployment<'a>(
         &'a self,

@@ -165,6 +165,9 @@ struct ListParams {
 struct DeleteParams {
     /// Must repeat the client id: a guard against deleting the wrong client.
     confirm: String,
+    /// `true` deletes the client's backups too; by default they are kept for the operator's
+    /// retention period after a destroy, so that the client can come back.
+    delete_backups: Option<bool>,
 }
 
 /// The query parameters of `POST /v1/clients/{id}/backups/{snapshot}/restore` (documentation).
@@ -510,10 +513,25 @@ async fn delete_client(
 ) -> Result<Response, ApiError> {
     caller.require_operator()?;
     let id = client_id(id)?;
-    require_confirm(query, &id, "deleting a client destroys its data")?;
+    let mut rest = confirmed(
+        query,
+        &id,
+        "deleting a client destroys its data",
+        &["confirm", "delete_backups"],
+    )?;
+    let delete_backups = match rest.remove("delete_backups").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "delete_backups",
+                "delete_backups: is true or false",
+            ))
+        }
+    };
     let deployment = state
         .control
-        .delete_client(&id)
+        .delete_client(&id, delete_backups)
         .await
         .map_err(|error| ApiError::from_control(error, Resource::Client))?;
     tracing::info!(client = %id, deployment = %deployment.deployment_id, "client deletion accepted");
@@ -527,9 +545,19 @@ fn require_confirm(
     id: &ClientId,
     consequence: &str,
 ) -> Result<(), ApiError> {
-    let mut query = query_params(query, &["confirm"])?;
+    confirmed(query, id, consequence, &["confirm"]).map(|_| ())
+}
+
+/// Checks `confirm` among the `allowed` parameters; the others, for the route.
+fn confirmed(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    id: &ClientId,
+    consequence: &str,
+    allowed: &[&str],
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut query = query_params(query, allowed)?;
     match query.remove("confirm") {
-        Some(confirm) if confirm == id.as_str() => Ok(()),
+        Some(confirm) if confirm == id.as_str() => Ok(query),
         Some(_) => Err(ApiError::BadRequest {
             field: Some("confirm".to_string()),
             message: format!("confirm: is not the client id; repeat it: ?confirm={id}"),

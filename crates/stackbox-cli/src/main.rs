@@ -590,18 +590,13 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
             delete_backups,
             common,
         } => (|| {
-            if *delete_backups {
-                anyhow::bail!(
-                    "--delete-backups: the server keeps a destroyed client's backups for its \
-                     retention period; run the destroy on the engine's host to delete them now"
-                );
-            }
+
             if !*yes {
                 anyhow::bail!(
                     "destroy deletes client {client_id}'s data for good; confirm with --yes"
                 );
             }
-            remote()?.destroy(client_id, common.json)
+            remote()?.destroy(client_id, *delete_backups, common.json)
         })(),
         Command::Cleanup { .. } => Err(anyhow::anyhow!(
             "cleanup runs on the engine's host only; the server compensates a failed deployment itself"

@@ -179,10 +179,10 @@ impl Remote {
         self.finish(&id, json, action)
     }
 
-    pub fn destroy(&self, client: &str, json: bool) -> Result<()> {
+    pub fn destroy(&self, client: &str, delete_backups: bool, json: bool) -> Result<()> {
         let deployment = self.ok(
             "DELETE",
-            &format!("/v1/clients/{client}?confirm={client}"),
+            &format!("/v1/clients/{client}?confirm={client}&delete_backups={delete_backups}"),
             None,
         )?;
         let id = deployment["deployment_id"]

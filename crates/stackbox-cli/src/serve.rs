@@ -598,10 +598,14 @@ impl ControlPlane for Served {
         })
     }
 
-    async fn delete_client(&self, id: &ClientId) -> Result<DeploymentRef, ControlError> {
+    async fn delete_client(
+        &self,
+        id: &ClientId,
+        delete_backups: bool,
+    ) -> Result<DeploymentRef, ControlError> {
         let deployment = self
             .control
-            .request(id, DeploymentKind::Destroy)
+            .request_destroy(id, delete_backups)
             .await
             .map_err(control_error)?;
         self.forget_lists();

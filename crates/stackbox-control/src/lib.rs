@@ -247,6 +247,27 @@ impl Control {
         client: &ClientId,
         kind: DeploymentKind,
     ) -> Result<Deployment, ControlError> {
+        self.request_with(client, kind, None).await
+    }
+
+    /// Queues a destroy; its backups are kept for the operator's retention unless
+    /// `delete_backups`.
+    pub async fn request_destroy(
+        &self,
+        client: &ClientId,
+        delete_backups: bool,
+    ) -> Result<Deployment, ControlError> {
+        let params = serde_json::json!({ "delete_backups": delete_backups });
+        self.request_with(client, DeploymentKind::Destroy, Some(&params))
+            .await
+    }
+
+    async fn request_with(
+        &self,
+        client: &ClientId,
+        kind: DeploymentKind,
+        params: Option<&serde_json::Value>,
+    ) -> Result<Deployment, ControlError> {
         let store = &self.inner.store;
         let Some(record) = store.client(client).await? else {
             return Err(ControlError::UnknownClient {
@@ -255,7 +276,7 @@ impl Control {
         };
         let provider = effective_provider(&record.spec()?, &self.inner.config.operator);
         let deployment = store
-            .create_deployment(client, kind, &names(steps_for(kind, provider)))
+            .create_deployment_with_params(client, kind, &names(steps_for(kind, provider)), params)
             .await?;
         if kind == DeploymentKind::Destroy {
             store

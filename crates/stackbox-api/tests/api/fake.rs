@@ -80,6 +80,8 @@ pub struct Fake {
     pub snapshot_calls: Mutex<Vec<(&'static str, ClientId, String)>>,
     /// Every clone passed on: (source, domain, snapshot).
     pub clones: Mutex<Vec<(ClientId, Domain, Option<String>)>>,
+    /// Clients deleted with `delete_backups`.
+    deleted_with_backups: Mutex<Vec<String>>,
 }
 
 /// The one signature header the fake accepts, and the one credentials token it knows.
@@ -122,6 +124,7 @@ impl Fake {
             backups: Mutex::new(BTreeMap::new()),
             snapshot_calls: Mutex::new(Vec::new()),
             clones: Mutex::new(Vec::new()),
+            deleted_with_backups: Mutex::new(Vec::new()),
         };
         lock(&fake.backups).insert(
             id(CLIENT_A),
@@ -318,6 +321,11 @@ impl Fake {
     }
 
     /// Sends an event into the live deployment's open stream.
+    /// The clients deleted with their backups.
+    pub fn deleted_with_backups(&self) -> Vec<String> {
+        lock(&self.deleted_with_backups).clone()
+    }
+
     pub fn live(&self, event: DeploymentEvent) {
         if let Some(sender) = lock(&self.live).as_ref() {
             let _ = sender.send(event);
@@ -481,8 +489,15 @@ impl ControlPlane for Fake {
         self.new_deployment(client, kind)
     }
 
-    async fn delete_client(&self, client: &ClientId) -> Result<DeploymentRef, ControlError> {
+    async fn delete_client(
+        &self,
+        client: &ClientId,
+        delete_backups: bool,
+    ) -> Result<DeploymentRef, ControlError> {
         self.injected()?;
+        if delete_backups {
+            lock(&self.deleted_with_backups).push(client.to_string());
+        }
         if !lock(&self.clients).contains_key(client) {
             return Err(ControlError::NotFound);
         }

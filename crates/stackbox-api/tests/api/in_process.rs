@@ -593,6 +593,16 @@ async fn delete_needs_the_id_confirmed() {
         .await;
     reply.expect(422);
     assert_eq!(reply.error_field().as_deref(), Some("force"));
+    let reply = api
+        .call(
+            "DELETE",
+            &format!("{uri}?confirm={CLIENT_B}&delete_backups=maybe"),
+            Some(OPERATOR),
+            None,
+        )
+        .await;
+    reply.expect(422);
+    assert_eq!(reply.error_field().as_deref(), Some("delete_backups"));
     // Nothing was deleted by the refused attempts.
     let detail = api.get(&uri, Some(OPERATOR)).await.expect(200).json();
     assert_eq!(detail["state"], "stopped");
@@ -600,12 +610,13 @@ async fn delete_needs_the_id_confirmed() {
     let reply = api
         .call(
             "DELETE",
-            &format!("{uri}?confirm={CLIENT_B}"),
+            &format!("{uri}?confirm={CLIENT_B}&delete_backups=true"),
             Some(OPERATOR),
             None,
         )
         .await;
     reply.expect(202);
+    assert_eq!(api.fake.deleted_with_backups(), vec![CLIENT_B.to_string()]);
     let deployment: DeploymentRef = serde_json::from_value(reply.json()).expect("DeploymentRef");
     let view = api
         .get(
