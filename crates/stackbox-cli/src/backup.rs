@@ -783,6 +783,11 @@ pub fn before_destroy(
     id: &ClientId,
     delete_backups: bool,
 ) -> Result<Option<String>> {
+    // No store yet (never backed up, never served): nothing to keep, and nothing is created.
+    let database_url = std::env::var("STACKBOX_DATABASE_URL").unwrap_or_default();
+    if database_url.is_empty() && !data_dir.join(stackbox_store::SQLITE_FILE_NAME).exists() {
+        return Ok(None);
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let store = crate::serve::open_store(data_dir).await?;
