@@ -342,6 +342,53 @@ fn operator_config(cli: &Cli) -> Result<OperatorConfig> {
     Ok(operator)
 }
 
+/// The commands that create containers on the local engine.
+fn starts_containers(command: &Command) -> bool {
+    match command {
+        Command::Deploy { .. }
+        | Command::Start { .. }
+        | Command::Serve { .. }
+        | Command::Clone { .. } => true,
+        Command::Backup { command } => matches!(
+            command,
+            BackupCommand::Restore { .. } | BackupCommand::Verify { .. }
+        ),
+        Command::Render { .. }
+        | Command::Plans { .. }
+        | Command::Status { .. }
+        | Command::Stop { .. }
+        | Command::Cleanup { .. }
+        | Command::Infra { .. }
+        | Command::Token { .. }
+        | Command::Destroy { .. } => false,
+    }
+}
+
+/// Without `[host] max_open_files`, caps the open files services ask for to what the local
+/// dockerd may give (a container asking for more fails to start), saying so once.
+fn fit_open_files_to_the_engine(operator: &mut OperatorConfig) {
+    if operator.max_open_files.is_some() {
+        return;
+    }
+    let Some(limit) = stackbox_engine::host::local_daemon_open_files() else {
+        return;
+    };
+    let asking: Vec<String> = stackbox_core::stack::open_files_requests()
+        .into_iter()
+        .filter(|(_, asked)| *asked > limit)
+        .map(|(service, asked)| format!("{} (asks {asked})", service.name()))
+        .collect();
+    if asking.is_empty() {
+        return;
+    }
+    eprintln!(
+        "warning: the local dockerd allows {limit} open files per container; {} get {limit} \
+         (set [host] max_open_files to choose, or raise dockerd's LimitNOFILE)",
+        asking.join(" and ")
+    );
+    operator.max_open_files = Some(limit);
+}
+
 fn read(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the {what} {}", path.display()))
@@ -353,7 +400,10 @@ fn run(cli: Cli) -> Result<()> {
             return result;
         }
     }
-    let operator = operator_config(&cli)?;
+    let mut operator = operator_config(&cli)?;
+    if starts_containers(&cli.command) {
+        fit_open_files_to_the_engine(&mut operator);
+    }
     let data_dir = serve::data_dir(cli.data_dir.clone());
     match cli.command {
         Command::Serve {

@@ -179,6 +179,24 @@ impl Stack {
     }
 }
 
+/// The services that ask for a raised open-files limit, with what they ask (every app on, the
+/// default operator settings): what a host whose engine allows less must cap.
+pub fn open_files_requests() -> Vec<(ServiceKind, u64)> {
+    let spec = ClientSpec::from_toml(
+        "company_name = \"Limits\"\ndomain = \"limits.example\"\nplan = \"enterprise\"\n\
+         admin_email = \"owner@limits.example\"\n",
+    );
+    let Ok(spec) = spec else {
+        return Vec::new();
+    };
+    let id = ClientId::new(&spec.company_name, 0);
+    build(&spec, &id, &OperatorConfig::default())
+        .services
+        .into_iter()
+        .filter_map(|s| s.nofile.map(|n| (s.kind, n)))
+        .collect()
+}
+
 /// Where a client's databases and secrets live: one client spec renders for either.
 ///
 /// The default is today's single-host stack: a local `mysql` container and the secrets in the
@@ -1373,6 +1391,16 @@ mod tests {
             Err(CoreError::InvalidField { field, problem }) => (field, problem),
             other => panic!("expected an invalid field, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn clickhouse_and_plausible_ask_for_raised_open_file_limits() {
+        let asks = open_files_requests();
+        assert!(
+            asks.contains(&(ServiceKind::PlausibleEventsDb, 262_144)),
+            "{asks:?}"
+        );
+        assert!(asks.contains(&(ServiceKind::Plausible, 65_535)), "{asks:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod docker;
 mod error;
+pub mod host;
 pub mod lifecycle;
 mod runtime;
 
