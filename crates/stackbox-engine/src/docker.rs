@@ -362,6 +362,14 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        // Whatever is still attached is not the client's (its containers are removed first):
+        // an edge router, possibly another operator configuration's, that joined the client's
+        // edge network. Detach it, or the engine refuses with "has active endpoints".
+        if let Ok(network) = self.docker.inspect_network(name, None).await {
+            for container in network.containers.unwrap_or_default().into_keys() {
+                self.disconnect_network(name, &container).await?;
+            }
+        }
         match self.docker.remove_network(name).await {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => Ok(()),
