@@ -94,7 +94,9 @@ fn destroy_detaches_a_foreign_edge_router_from_the_clients_edge_network() {
     let b_destroyed = stackbox(root.path(), &second, &["destroy", &b, "--yes"]);
     for edge in ["stackbox-foreign-edge-a", "stackbox-foreign-edge-b"] {
         let _ = Command::new("docker").args(["rm", "-f", edge]).output();
-        let _ = Command::new("docker").args(["network", "rm", edge]).output();
+        let _ = Command::new("docker")
+            .args(["network", "rm", edge])
+            .output();
     }
     support::remove_from_engine("stackbox-foreign-edge-a", &[a.clone(), b.clone()]);
     // The second router joined the first client's network (the condition under test).
