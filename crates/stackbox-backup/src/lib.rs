@@ -133,6 +133,8 @@ pub enum BackupEvent {
         database: String,
         bytes: u64,
         tables: usize,
+        /// The database had not changed since the previous backup's dump, which was reused.
+        reused: bool,
     },
     Upload {
         percent: f64,
@@ -333,10 +335,77 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
     file.sync_all().map_err(io_error("write", path))
 }
 
-/// Removes the dumps a backup staged: they hold the client's data in the clear.
-fn clear_staging(staging: &Path) {
-    for folder in [core::DATABASES_DIR, "stackbox"] {
-        let _ = std::fs::remove_dir_all(staging.join(folder));
+/// Removes what a backup staged but the next one must make anew (the manifest and sealed
+/// client), and dumps of databases the plan no longer has. The plan's own dumps stay (0600
+/// files in the 0700 staging folder, beside the volumes' own data on this host): an unchanged
+/// database's dump is reused, and restic, finding the same file, does not read it again.
+fn clear_staging(staging: &Path, plan: &BackupPlan) {
+    let _ = std::fs::remove_dir_all(staging.join("stackbox"));
+    let keep: Vec<PathBuf> = plan
+        .dumps
+        .iter()
+        .flat_map(|d| {
+            let file = staging.join(&d.file);
+            [
+                file.clone(),
+                sidecar(&file, "fingerprint"),
+                sidecar(&file, "entry.json"),
+            ]
+        })
+        .collect();
+    let mut pending = vec![staging.join(core::DATABASES_DIR)];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if !keep.contains(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+/// `<dump>.<what>` beside a dump: its fingerprint, its manifest entry.
+fn sidecar(file: &Path, what: &str) -> PathBuf {
+    let mut name = file.as_os_str().to_os_string();
+    name.push(".");
+    name.push(what);
+    PathBuf::from(name)
+}
+
+/// The manifest entry of the dump staged before, when its database has not changed since:
+/// then the dump is reused as it is.
+async fn reusable_dump<R: ContainerRuntime>(
+    runtime: &R,
+    container: &str,
+    dump: &DatabaseDump,
+    path: &Path,
+) -> Result<(Option<DatabaseEntry>, Option<String>), BackupError> {
+    let Some(command) = &dump.fingerprint else {
+        return Ok((None, None));
+    };
+    let mut out: Vec<u8> = Vec::new();
+    let outcome = runtime
+        .exec_streaming(container, command, None, &mut out)
+        .await?;
+    if !outcome.succeeded() {
+        return Ok((None, None)); // no fingerprint: dump as always
+    }
+    let current = String::from_utf8_lossy(&out).to_string();
+    let previous = std::fs::read_to_string(sidecar(path, "fingerprint")).unwrap_or_default();
+    let entry = std::fs::read(sidecar(path, "entry.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<DatabaseEntry>(&bytes).ok());
+    let size = std::fs::metadata(path).map(|m| m.len()).ok();
+    match entry {
+        Some(entry) if size == Some(entry.bytes) && core::dump_still_valid(&previous, &current) => {
+            Ok((Some(entry), Some(current)))
+        }
+        _ => Ok((None, Some(current))),
     }
 }
 
@@ -350,10 +419,10 @@ pub async fn create<R: ContainerRuntime>(
     let plan = request.plan;
     let client = &plan.client_id;
     let staging = request.staging;
-    clear_staging(staging);
+    clear_staging(staging, plan);
     make_private_dir(staging)?;
     let result = create_staged(runtime, repository, &request, events).await;
-    clear_staging(staging);
+    let _ = std::fs::remove_dir_all(staging.join("stackbox"));
     let _ = client;
     result
 }
@@ -383,6 +452,22 @@ async fn create_staged<R: ContainerRuntime>(
         if let Some(parent) = path.parent() {
             make_private_dir(parent)?;
         }
+        let (reused, fingerprint) = reusable_dump(runtime, container, dump, &path).await?;
+        if let Some(entry) = reused {
+            events(BackupEvent::Dumped {
+                service: dump.service.name().to_string(),
+                database: dump.database.clone(),
+                bytes: entry.bytes,
+                tables: entry.tables.len(),
+                reused: true,
+            });
+            databases.push(entry);
+            continue;
+        }
+        // From here the staged dump is being replaced: nothing may vouch for it until it is
+        // complete.
+        let _ = std::fs::remove_file(sidecar(&path, "fingerprint"));
+        let _ = std::fs::remove_file(sidecar(&path, "entry.json"));
         let file = {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
@@ -424,8 +509,9 @@ async fn create_staged<R: ContainerRuntime>(
             database: dump.database.clone(),
             bytes: sink.bytes,
             tables: tables.len(),
+            reused: false,
         });
-        databases.push(DatabaseEntry {
+        let entry = DatabaseEntry {
             service: dump.service.name().to_string(),
             engine: dump.engine,
             database: dump.database.clone(),
@@ -433,7 +519,17 @@ async fn create_staged<R: ContainerRuntime>(
             bytes: sink.bytes,
             sha256,
             tables,
-        });
+        };
+        // The fingerprint taken before this dump: the next backup reuses the dump while the
+        // database is unchanged since then.
+        if let Some(fingerprint) = fingerprint {
+            write_private(
+                &sidecar(&path, "entry.json"),
+                &serde_json::to_vec(&entry).unwrap_or_default(),
+            )?;
+            write_private(&sidecar(&path, "fingerprint"), fingerprint.as_bytes())?;
+        }
+        databases.push(entry);
     }
     let mut volumes = Vec::new();
     for (volume, dir) in &volume_dirs {

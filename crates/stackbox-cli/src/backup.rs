@@ -120,7 +120,11 @@ fn describe(event: &BackupEvent) -> String {
             database,
             bytes,
             tables,
-        } => format!("dumped {service}/{database}: {tables} tables, {bytes} bytes"),
+            reused,
+        } => format!(
+            "{} {service}/{database}: {tables} tables, {bytes} bytes",
+            if *reused { "unchanged" } else { "dumped" }
+        ),
         BackupEvent::Upload { percent, .. } => format!("upload {:.0} %", percent * 100.0),
         BackupEvent::VolumeRestored {
             volume,

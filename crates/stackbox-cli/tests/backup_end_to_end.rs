@@ -406,6 +406,26 @@ fn enterprise_client_is_backed_up_restored_verified_and_cloned_on_a_real_engine(
     // An unchanged client's second backup adds next to nothing (the new dumps and manifest:
     // the 4 MB of files are not read again).
     let second = env.json(&["backup", "create", &id, "--json"]);
+    // A third: every MariaDB database untouched since the second's dump was taken is not
+    // dumped again (its staged dump and manifest entry are reused).
+    let third = env.ok(&["backup", "create", &id, "--json"]);
+    let reused: Vec<String> = third
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "dumped" && e["reused"] == true)
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["service"].as_str().unwrap(),
+                e["database"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(reused.contains(&"mysql/espocrm".to_string()), "{third}");
+    assert!(
+        reused.iter().all(|r| r.starts_with("mysql/")),
+        "only MariaDB dumps are reused: {reused:?}"
+    );
     let first_added = created["bytes_added"].as_u64().unwrap();
     let second_added = second["bytes_added"].as_u64().unwrap();
     assert!(
@@ -433,10 +453,10 @@ fn enterprise_client_is_backed_up_restored_verified_and_cloned_on_a_real_engine(
     assert!(!refused.status.success());
     assert!(text(&refused.stderr).contains("--yes"));
 
-    // The list: two manual backups and the restore's safety backup, all succeeded.
+    // The list: three manual backups and the restore's safety backup, all succeeded.
     let listed = env.json(&["backup", "list", &id, "--json"]);
     let backups = listed["backups"].as_array().unwrap();
-    assert_eq!(backups.len(), 3, "{listed}");
+    assert_eq!(backups.len(), 4, "{listed}");
     assert!(backups.iter().all(|b| b["status"] == "succeeded"));
     assert!(backups.iter().any(|b| b["reason"] == "safety"));
 

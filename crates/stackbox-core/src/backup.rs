@@ -71,6 +71,10 @@ pub struct DatabaseDump {
     pub restore: Vec<String>,
     /// Prints `table<TAB>rows` lines, exact counts.
     pub inventory: Vec<String>,
+    /// Prints the server's time, then each table with its creation and last-change times: a
+    /// previous dump whose fingerprint says nothing changed since it was taken is reused (see
+    /// [`dump_still_valid`]). `None` where the engine keeps no such times.
+    pub fingerprint: Option<Vec<String>>,
 }
 
 /// A data volume copied file by file.
@@ -173,7 +177,42 @@ fn mariadb_dump(database: &str) -> DatabaseDump {
              AND table_type = 'BASE TABLE'\"); \
              if [ \"$q\" != NULL ] && [ -n \"$q\" ]; then mariadb -uroot -N -B -e \"$q\"; fi"
         )),
+        // InnoDB keeps each table's last commit time (in memory: NULL after a restart, which
+        // makes the next backup dump again).
+        fingerprint: Some(sh(format!(
+            "{MARIADB_LOGIN} exec mariadb -uroot -N -B -e \"SELECT NOW(); \
+             SELECT table_name, create_time, IFNULL(update_time, 'NULL'), engine \
+             FROM information_schema.tables WHERE table_schema = '{database}' ORDER BY table_name\""
+        ))),
     }
+}
+
+/// Whether a dump taken right after fingerprint `previous` still holds the database that
+/// fingerprint `current` describes: the same tables, created at the same times, and every
+/// table's last change known and in a second strictly before `previous` was taken (a change
+/// within that second, or during the dump, could be newer than the dump's snapshot). Anything
+/// unknown, malformed or different means dump again.
+pub fn dump_still_valid(previous: &str, current: &str) -> bool {
+    let mut lines = previous.lines();
+    let Some(taken) = lines.next().map(str::trim) else {
+        return false;
+    };
+    // `YYYY-MM-DD HH:MM:SS`: compared as text, which orders like time.
+    if taken.len() != 19 {
+        return false;
+    }
+    let tables: Vec<&str> = lines.collect();
+    let current_tables: Vec<&str> = current.lines().skip(1).collect();
+    if tables != current_tables {
+        return false;
+    }
+    tables.iter().all(|line| {
+        let fields: Vec<&str> = line.split('\t').collect();
+        match fields.as_slice() {
+            [_, _, updated, _] => updated.len() == 19 && *updated < taken,
+            _ => false,
+        }
+    })
 }
 
 const POSTGRES_LOGIN: &str = "PGPASSWORD=\"$POSTGRES_PASSWORD\"";
@@ -187,6 +226,8 @@ fn postgres_dump(database: &str) -> DatabaseDump {
         dump: sh(format!(
             "{POSTGRES_LOGIN} exec pg_dump -U postgres -Fc -d {database}"
         )),
+        // PostgreSQL's statistics lag its commits: no safe "unchanged" test, dump every time.
+        fingerprint: None,
         // One transaction: a restore that fails half-way changes nothing.
         restore: sh(format!(
             "{POSTGRES_LOGIN} exec pg_restore -U postgres -d {database} --clean --if-exists \
@@ -234,6 +275,7 @@ fn clickhouse_dump() -> DatabaseDump {
             "exec {c} --query \"SELECT name, total_rows FROM system.tables WHERE database = \
              currentDatabase() ORDER BY name FORMAT TSV\""
         )),
+        fingerprint: None,
     }
 }
 
@@ -259,6 +301,7 @@ fn mongo_dump() -> DatabaseDump {
             "--eval".into(),
             MONGO_INVENTORY_SCRIPT.into(),
         ],
+        fingerprint: None,
     }
 }
 
@@ -1107,6 +1150,30 @@ mod tests {
             ..BackupSettings::default()
         };
         assert_eq!(schedule(&clients, now, &no_verify, 10).len(), 2);
+    }
+
+    #[test]
+    fn a_dump_is_reused_only_when_every_table_is_unchanged_since_a_second_before_it() {
+        let taken =
+            "2026-12-03 12:00:10\naccount\t2026-12-01 08:00:00\t2026-12-03 12:00:05\tInnoDB\n";
+        let later =
+            "2026-12-03 13:00:00\naccount\t2026-12-01 08:00:00\t2026-12-03 12:00:05\tInnoDB\n";
+        assert!(dump_still_valid(taken, later));
+        // A change since.
+        let changed = later.replace("12:00:05", "12:30:00");
+        assert!(!dump_still_valid(taken, &changed));
+        // A change in the very second the fingerprint was taken may postdate the dump.
+        let same_second = taken.replace("12:00:05", "12:00:10");
+        assert!(!dump_still_valid(&same_second, &same_second));
+        // Unknown change time (after a restart), a new table, a recreated one: dump again.
+        let unknown = taken.replace("2026-12-03 12:00:05", "NULL");
+        assert!(!dump_still_valid(&unknown, &unknown));
+        let added = format!("{later}email\t2026-12-03 12:40:00\t2026-12-03 12:40:00\tInnoDB\n");
+        assert!(!dump_still_valid(taken, &added));
+        let recreated = later.replace("2026-12-01 08:00:00", "2026-12-03 12:50:00");
+        assert!(!dump_still_valid(taken, &recreated));
+        assert!(!dump_still_valid("", later));
+        assert!(!dump_still_valid("garbage", later));
     }
 
     struct Counter(u8);

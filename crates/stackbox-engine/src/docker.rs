@@ -362,18 +362,28 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
-        // Whatever is still attached is not the client's (its containers are removed first):
-        // an edge router, possibly another operator configuration's, that joined the client's
-        // edge network. Detach it, or the engine refuses with "has active endpoints".
-        if let Ok(network) = self.docker.inspect_network(name, None).await {
-            for container in network.containers.unwrap_or_default().into_keys() {
-                self.disconnect_network(name, &container).await?;
+        // A few attempts: the engine releases a just-removed container's endpoints a moment
+        // after the removal returns, and refuses the network meanwhile ("has active
+        // endpoints").
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Whatever is still attached is not the client's (its containers are removed
+            // first): an edge router, possibly another operator configuration's, that joined
+            // the client's edge network. Detach it.
+            if let Ok(network) = self.docker.inspect_network(name, None).await {
+                for container in network.containers.unwrap_or_default().into_keys() {
+                    self.disconnect_network(name, &container).await?;
+                }
             }
-        }
-        match self.docker.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(map_err("remove network", name)(e)),
+            match self.docker.remove_network(name).await {
+                Ok(()) => return Ok(()),
+                Err(e) if status_of(&e) == Some(404) => return Ok(()),
+                Err(e) if attempt < 10 && short(&e).contains("active endpoints") => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(map_err("remove network", name)(e)),
+            }
         }
     }
 
