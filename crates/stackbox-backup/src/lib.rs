@@ -20,8 +20,9 @@
 mod service;
 
 pub use service::{
-    apply_retention, derive_repository_key, open_client, repository, repository_key, run_backup,
-    seal_client, BackupContext, BackupSubject, ServiceError,
+    apply_retention, delete_backups, derive_repository_key, open_client, repository,
+    repository_key, run_backup, seal_client, verify_backup, BackupContext, BackupSubject,
+    ServiceError, VerifyRequest,
 };
 
 use std::collections::BTreeMap;

@@ -5,11 +5,12 @@
 use std::path::Path;
 
 use serde_json::json;
-use stackbox_core::backup::{backup_plan, Destination, Manifest};
+use stackbox_core::backup::{backup_plan, isolated_copy, Destination, Manifest};
 use stackbox_core::client::{ClientId, ClientSpec};
 use stackbox_core::operator::OperatorConfig;
 use stackbox_core::secrets::{SecretKey, Secrets};
 use stackbox_core::stack::Stack;
+use stackbox_engine::lifecycle::{self, DeployOptions};
 use stackbox_engine::ContainerRuntime;
 use stackbox_restic::{Location, Redacted, Repository, Retention};
 use stackbox_store::{BackupReason, DeploymentId, MasterKey, Store, StoreError};
@@ -282,4 +283,106 @@ pub async fn apply_retention(
         }
     }
     Ok(())
+}
+
+/// What a verified restore needs: the client as its caller renders it, the snapshot, and
+/// where the throwaway copy goes.
+pub struct VerifyRequest<'a> {
+    pub client: &'a ClientId,
+    pub stack: &'a Stack,
+    pub secrets: &'a Secrets,
+    /// The client's bundle and its folder: the copy mounts the client's own read-only
+    /// configuration files and init scripts (the caller keeps them from changing meanwhile).
+    pub bundle: &'a stackbox_core::render::Bundle,
+    pub bundle_dir: &'a Path,
+    pub snapshot: &'a str,
+    /// The copy's id; a copy left by an interrupted verify of the same id is removed first.
+    pub copy_id: &'a ClientId,
+    /// Where the snapshot is fetched to (removed afterwards).
+    pub scratch: &'a Path,
+    pub options: DeployOptions,
+}
+
+/// A verified restore, whole: every byte of the repository read (`check --read-data`), the
+/// snapshot restored into a throwaway isolated copy, healthy, compared with its manifest; the
+/// copy and the scratch folder removed whatever happened, and the result recorded on the
+/// backup's row.
+pub async fn verify_backup<R: ContainerRuntime>(
+    store: &Store,
+    runtime: &R,
+    repo: &Repository,
+    request: VerifyRequest<'_>,
+    events: Events<'_>,
+) -> Result<(), ServiceError> {
+    let copy_id = request.copy_id;
+    let _ = lifecycle::cleanup(runtime, copy_id, None, true, &|_| {}).await;
+    let outcome = async {
+        events(crate::BackupEvent::Phase { phase: "check" });
+        repo.check(true).await?;
+        let fetched = crate::fetch(
+            repo,
+            request.snapshot,
+            request.client,
+            request.scratch,
+            events,
+        )
+        .await?;
+        let copy = isolated_copy(request.stack, copy_id);
+        let plan = backup_plan(&copy);
+        let desired = stackbox_core::deploy::desired_state(
+            &copy,
+            request.secrets,
+            request.bundle,
+            &request.bundle_dir.display().to_string(),
+            &|name| std::env::var(name).ok(),
+        )?;
+        crate::restore_into_new(
+            runtime,
+            &fetched,
+            &plan,
+            &desired,
+            None,
+            request.options.clone(),
+            events,
+        )
+        .await?;
+        crate::check_against_manifest(runtime, &plan, &fetched.manifest).await
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(request.scratch);
+    let removed = lifecycle::cleanup(runtime, copy_id, None, true, &|_| {}).await;
+    if let Some(record) = store
+        .backup_by_snapshot(request.client, request.snapshot)
+        .await?
+    {
+        let error = outcome.as_ref().err().map(ToString::to_string);
+        store
+            .record_verification(&record.id, outcome.is_ok(), error.as_deref())
+            .await?;
+    }
+    outcome?;
+    removed.map_err(BackupError::from)?;
+    Ok(())
+}
+
+/// Deletes every snapshot of a client (the repository's data pruned) and marks its backup
+/// rows forgotten; returns how many snapshots there were. A repository never made is empty.
+pub async fn delete_backups(
+    store: &Store,
+    repo: &Repository,
+    client: &ClientId,
+) -> Result<usize, ServiceError> {
+    let snapshots = match repo.snapshots(None).await {
+        Ok(snapshots) => snapshots,
+        Err(stackbox_restic::ResticError::RepositoryMissing { .. }) => Vec::new(),
+        Err(e) => return Err(BackupError::from(e).into()),
+    };
+    let ids: Vec<String> = snapshots.into_iter().map(|s| s.id).collect();
+    if !ids.is_empty() {
+        repo.forget(&ids).await.map_err(BackupError::from)?;
+    }
+    for record in store.backups_of_client(client, 10_000).await? {
+        store.mark_backup_forgotten(&record.id).await?;
+    }
+    Ok(ids.len())
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use stackbox_backup::{self as backup, BackupEvent};
 use stackbox_bundle::{BundleStore, OsRandom};
-use stackbox_core::backup::{backup_plan, isolated_copy, BackupPlan};
+use stackbox_core::backup::backup_plan;
 use stackbox_core::client::{ClientId, ClientSpec, Domain};
 use stackbox_core::deploy::desired_state;
 use stackbox_core::operator::OperatorConfig;
@@ -580,29 +580,28 @@ pub fn verify(
         let password = repository_key(&env.store, &env.key, &id).await?;
         let repo = repository(operator, args.data_dir, &id, password)?;
         let events = |event| display.event(event);
-        // The whole repository's data first: a flipped byte in any pack is found here.
-        events(BackupEvent::Phase { phase: "check" });
-        let checked = repo.check(true).await.map_err(anyhow::Error::new);
         let copy_id = ClientId::parse(&format!("verify-{:08x}", random_suffix()))?;
         let scratch = scratch_dir(args.data_dir, copy_id.as_str());
-        let outcome = match checked {
-            Err(e) => Err(e),
-            Ok(()) => verify_copy(&env, &repo, &client, &copy_id, &snapshot, &scratch, &events)
-                .await
-                .map_err(anyhow::Error::new),
-        };
-        let _ = std::fs::remove_dir_all(&scratch);
-        // The copy goes, whatever happened.
-        let removed = lifecycle::cleanup(&env.docker, &copy_id, None, true, &|_| {}).await;
-        let record = env.store.backup_by_snapshot(&id, &snapshot).await?;
-        if let Some(record) = &record {
-            let error = outcome.as_ref().err().map(|e| format!("{e:#}"));
-            env.store
-                .record_verification(&record.id, outcome.is_ok(), error.as_deref())
-                .await?;
-        }
-        removed?;
-        outcome.map(|()| (snapshot, copy_id))
+        let outcome = backup::verify_backup(
+            &env.store,
+            &env.docker,
+            &repo,
+            backup::VerifyRequest {
+                client: &id,
+                stack: &client.stack,
+                secrets: &client.secrets,
+                bundle: &client.bundle,
+                bundle_dir: &client.bundle_dir,
+                snapshot: &snapshot,
+                copy_id: &copy_id,
+                scratch: &scratch,
+                options: DeployOptions::default(),
+            },
+            &events,
+        )
+        .await;
+        outcome?;
+        Ok::<_, anyhow::Error>((snapshot, copy_id))
     });
     display.finish();
     let (snapshot, copy_id) = result.with_context(|| format!("verify of {id}'s backup failed"))?;
@@ -619,40 +618,6 @@ pub fn verify(
         );
     }
     Ok(())
-}
-
-async fn verify_copy(
-    env: &Env,
-    repo: &Repository,
-    client: &Client,
-    copy_id: &ClientId,
-    snapshot: &str,
-    scratch: &Path,
-    events: backup::Events<'_>,
-) -> Result<(), backup::BackupError> {
-    let fetched = backup::fetch(repo, snapshot, &client.id, scratch, events).await?;
-    let copy = isolated_copy(&client.stack, copy_id);
-    let plan: BackupPlan = backup_plan(&copy);
-    // The copy mounts the client's own bundle files (read-only configuration and init
-    // scripts; the client's lock keeps them from changing meanwhile).
-    let desired = desired_state(
-        &copy,
-        &client.secrets,
-        &client.bundle,
-        &client.bundle_dir.display().to_string(),
-        &|name| std::env::var(name).ok(),
-    )?;
-    backup::restore_into_new(
-        &env.docker,
-        &fetched,
-        &plan,
-        &desired,
-        None,
-        DeployOptions::default(),
-        events,
-    )
-    .await?;
-    backup::check_against_manifest(&env.docker, &plan, &fetched.manifest).await
 }
 
 pub fn forget(operator: &OperatorConfig, id: &str, snapshot: &str, args: BackupArgs) -> Result<()> {
@@ -804,19 +769,8 @@ pub fn before_destroy(
         let password = repository_key(&store, &key, id).await?;
         let repo = repository(operator, data_dir, id, password)?;
         if delete_backups || days == 0 {
-            let ids: Vec<String> = repo
-                .snapshots(None)
-                .await?
-                .into_iter()
-                .map(|s| s.id)
-                .collect();
-            if !ids.is_empty() {
-                repo.forget(&ids).await?;
-            }
-            for record in store.backups_of_client(id, 10_000).await? {
-                store.mark_backup_forgotten(&record.id).await?;
-            }
-            return Ok(Some(format!("its {} backups were deleted", ids.len())));
+            let deleted = backup::delete_backups(&store, &repo, id).await?;
+            return Ok(Some(format!("its {deleted} backups were deleted")));
         }
         let bundles = BundleStore::new(root);
         let mut note = "its backups are kept".to_string();

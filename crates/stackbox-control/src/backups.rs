@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use stackbox_backup::{self as backup, BackupContext, BackupSubject};
 use stackbox_bundle::OsRandom;
-use stackbox_core::backup::{backup_plan, isolated_copy};
+use stackbox_core::backup::backup_plan;
 use stackbox_core::client::{ClientId, Domain};
 use stackbox_core::infra::{effective_provider, ProviderKind};
 use stackbox_core::secrets::SecretKey;
-use stackbox_engine::lifecycle::{self, DeployOptions};
+use stackbox_engine::lifecycle::DeployOptions;
 use stackbox_store::{
     BackupReason, ClientFilter, ClientState, Deployment, DeploymentKind, Timestamp,
 };
@@ -414,56 +414,31 @@ impl Control {
             .collect::<String>()
             .to_ascii_lowercase();
         let copy_id = ClientId::parse(&format!("verify-{suffix:0>8}"))?;
-        let _ = lifecycle::cleanup(&docker, &copy_id, None, true, &|_| {}).await;
-        let scratch = self.scratch(copy_id.as_str());
         let rendered = self.render_for(id, context)?;
         let bundle_dir = std::path::absolute(self.inner.bundles.client_dir(id))
             .map_err(|e| step_error("verify")(e.to_string()))?;
-        let outcome = async {
-            repo.check(true).await?;
-            let fetched = backup::fetch(
-                &repo,
-                &snapshot,
-                id,
-                &scratch,
-                &self.progress(deployment, "verify"),
-            )
-            .await?;
-            let copy = isolated_copy(&rendered.stack, &copy_id);
-            let plan = backup_plan(&copy);
-            let desired = stackbox_core::deploy::desired_state(
-                &copy,
-                &context.secrets,
-                &rendered.bundle,
-                &bundle_dir.display().to_string(),
-                &host_env,
-            )?;
-            backup::restore_into_new(
-                &docker,
-                &fetched,
-                &plan,
-                &desired,
-                None,
-                DeployOptions {
+        let scratch = self.scratch(copy_id.as_str());
+        backup::verify_backup(
+            &self.inner.store,
+            &docker,
+            &repo,
+            backup::VerifyRequest {
+                client: id,
+                stack: &rendered.stack,
+                secrets: &context.secrets,
+                bundle: &rendered.bundle,
+                bundle_dir: &bundle_dir,
+                snapshot: &snapshot,
+                copy_id: &copy_id,
+                scratch: &scratch,
+                options: DeployOptions {
                     health_timeout: self.inner.config.health_timeout,
                 },
-                &self.progress(deployment, "verify"),
-            )
-            .await?;
-            backup::check_against_manifest(&docker, &plan, &fetched.manifest).await
-        }
-        .await;
-        let _ = std::fs::remove_dir_all(&scratch);
-        let removed = lifecycle::cleanup(&docker, &copy_id, None, true, &|_| {}).await;
-        let store = &self.inner.store;
-        if let Some(record) = store.backup_by_snapshot(id, &snapshot).await? {
-            let error = outcome.as_ref().err().map(ToString::to_string);
-            store
-                .record_verification(&record.id, outcome.is_ok(), error.as_deref())
-                .await?;
-        }
-        outcome.map_err(|e| step_error("verify")(e.to_string()))?;
-        removed?;
+            },
+            &self.progress(deployment, "verify"),
+        )
+        .await
+        .map_err(|e| step_error("verify")(e.to_string()))?;
         Ok(StepOutput::Verified {
             snapshot,
             copy: copy_id.to_string(),
@@ -594,24 +569,11 @@ impl Control {
 
     /// Forgets every snapshot of a client and its records (the repository's data is pruned).
     async fn delete_repository(&self, id: &ClientId) -> Result<(), ControlError> {
-        let store = &self.inner.store;
         let repo = self.repository_of(id).await?;
-        let snapshots = match repo.snapshots(None).await {
-            Ok(snapshots) => snapshots,
-            // Never backed up: nothing to delete.
-            Err(stackbox_restic::ResticError::RepositoryMissing { .. }) => Vec::new(),
-            Err(e) => return Err(step_error("final-backup")(e.to_string())),
-        };
-        if !snapshots.is_empty() {
-            let ids: Vec<String> = snapshots.into_iter().map(|s| s.id).collect();
-            repo.forget(&ids)
-                .await
-                .map_err(|e| step_error("final-backup")(e.to_string()))?;
-        }
-        for record in store.backups_of_client(id, 10_000).await? {
-            store.mark_backup_forgotten(&record.id).await?;
-        }
-        Ok(())
+        backup::delete_backups(&self.inner.store, &repo, id)
+            .await
+            .map(|_| ())
+            .map_err(|e| step_error("final-backup")(e.to_string()))
     }
 
     /// One pass of the schedule: backups and verifies that are due, destroyed clients whose
