@@ -4,6 +4,10 @@
 //! every write answers 403 (whatever the target, so a 403 says nothing about which ids
 //! exist), and a read of another client or of another client's deployment answers exactly
 //! what a read of a missing one answers, 404, so a client token cannot probe for ids.
+//!
+//! Nothing here keeps a verified token: every request asks the control plane, so a token
+//! revoked (`DELETE /v1/tokens/{id}`, `stackbox token revoke`) is refused from the next
+//! request on.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -11,7 +15,7 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use stackbox_core::client::ClientId;
 
-use crate::control::Principal;
+use crate::control::{Authenticated, Principal};
 use crate::error::{ApiError, Resource};
 use crate::routes::AppState;
 
@@ -20,7 +24,7 @@ use crate::routes::AppState;
 const MAX_TOKEN_BYTES: usize = 1024;
 
 /// The caller of a route that needs a token, as an extractor: 401 without a valid one.
-pub struct Caller(pub Principal);
+pub struct Caller(pub Authenticated);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -31,7 +35,10 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// Reads `Authorization: Bearer <token>` and asks the control plane whose it is.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Authenticated, ApiError> {
     let token = bearer_token(headers)?;
     state
         .control
@@ -75,9 +82,13 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 impl Caller {
+    pub fn principal(&self) -> &Principal {
+        &self.0.principal
+    }
+
     /// 403 unless the caller is the operator.
     pub fn require_operator(&self) -> Result<(), ApiError> {
-        match self.0 {
+        match self.0.principal {
             Principal::Operator => Ok(()),
             Principal::Client(_) => Err(ApiError::Forbidden(
                 "a client token is read-only: it may read its own client and deployments",
@@ -87,7 +98,7 @@ impl Caller {
 
     /// Whether the caller may read this client (and its deployments).
     pub fn may_read(&self, client: &ClientId) -> bool {
-        match &self.0 {
+        match &self.0.principal {
             Principal::Operator => true,
             Principal::Client(own) => own == client,
         }

@@ -13,8 +13,9 @@ use stackbox_core::client::{ClientId, ClientSpec, Domain};
 use stackbox_core::plan::Plan;
 
 use crate::dto::{
-    BackupList, ClientDetail, ClientState, ClientSummary, ClonedClient, CreatedClient,
-    DeploymentEvent, DeploymentOutcome, DeploymentRef, DeploymentView, Page,
+    BackupList, ClientChange, ClientDetail, ClientState, ClientSummary, ClonedClient,
+    CreatedClient, DeploymentEvent, DeploymentOutcome, DeploymentRef, DeploymentSummary,
+    DeploymentView, Page, TokenList,
 };
 use crate::metrics::DurationHistogram;
 
@@ -25,6 +26,15 @@ pub enum Principal {
     Operator,
     /// Read-only, and only this client and its deployments.
     Client(ClientId),
+}
+
+/// A bearer token the control plane recognised: whose it is, and its id (never the token),
+/// which the control plane journals as who asked for a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The token's id, as `stackbox token list` and `GET /v1/tokens` show it.
+    pub token_id: String,
+    pub principal: Principal,
 }
 
 /// A lifecycle action on an existing client.
@@ -52,6 +62,17 @@ pub struct ListQuery {
 impl ListQuery {
     pub const DEFAULT_LIMIT: u32 = 50;
     pub const MAX_LIMIT: u32 = 500;
+}
+
+/// `GET /v1/clients/{id}/deployments`, validated by the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentQuery {
+    /// Keyset cursor: only deployments older than this one (the `next` of the previous page),
+    /// as written in the URL (at most 64 characters of `[A-Za-z0-9_-]`): answer
+    /// [`ControlError::Invalid`] naming `after` for one that is not a deployment id.
+    pub after: Option<String>,
+    /// Between 1 and [`ListQuery::MAX_LIMIT`]; [`ListQuery::DEFAULT_LIMIT`] when not given.
+    pub limit: u32,
 }
 
 /// The figures behind `GET /metrics`. Every client state and every outcome is written, with 0
@@ -135,11 +156,13 @@ impl ControlError {
 pub trait ControlPlane: Send + Sync + 'static {
     /// Who holds this bearer token: `Ok(None)` for an unknown or revoked one (401), an error
     /// when it cannot be checked (a store outage answers 503, not a misleading 401). Compare in
-    /// constant time (the store keeps hashes). Called on every `/v1` request: keep it cheap.
+    /// constant time (the store keeps hashes). Called on every `/v1` request: keep it cheap,
+    /// but a token revoked (through [`ControlPlane::revoke_token`] or `stackbox token revoke`)
+    /// must be refused from the next request on, so do not keep verified tokens.
     fn verify_token(
         &self,
         bearer: &str,
-    ) -> impl Future<Output = Result<Option<Principal>, ControlError>> + Send;
+    ) -> impl Future<Output = Result<Option<Authenticated>, ControlError>> + Send;
 
     /// Stores the client, generates its secrets and starts its first deployment; returns as
     /// soon as the deployment is journaled (the API answers 202).
@@ -160,22 +183,62 @@ pub trait ControlPlane: Send + Sync + 'static {
         id: &ClientId,
     ) -> impl Future<Output = Result<ClientDetail, ControlError>> + Send;
 
-    /// Journals a stop, start or redeploy; `Conflict` when the client already has an
-    /// unfinished deployment.
+    /// Journals a stop, start or redeploy, recording who asked; `Conflict` when the client
+    /// already has an unfinished deployment.
     fn client_action(
         &self,
         id: &ClientId,
         action: ClientAction,
+        requested_by: &Authenticated,
     ) -> impl Future<Output = Result<DeploymentRef, ControlError>> + Send;
 
-    /// Journals a destroy (containers, networks, volumes, bundle, stored secrets). The API
-    /// has already checked the `confirm` parameter. The client's backups are kept for the
-    /// operator's retention unless `delete_backups`.
+    /// Journals a destroy (containers, networks, volumes, bundle, stored secrets), recording
+    /// who asked. The API has already checked the `confirm` parameter. The client's backups
+    /// are kept for the operator's retention unless `delete_backups`.
     fn delete_client(
         &self,
         id: &ClientId,
         delete_backups: bool,
+        requested_by: &Authenticated,
     ) -> impl Future<Output = Result<DeploymentRef, ControlError>> + Send;
+
+    /// The client's configuration as stored: what `PATCH /v1/clients/{id}` merges its patch
+    /// into.
+    fn client_spec(
+        &self,
+        id: &ClientId,
+    ) -> impl Future<Output = Result<ClientSpec, ControlError>> + Send;
+
+    /// `PATCH /v1/clients/{id}` (operator): stores `spec` (the stored configuration with the
+    /// patch merged in, validated by the core like a new client's, with the client's id),
+    /// generates the secrets its apps need and journals the redeploy that applies it, with
+    /// who asked and what changed. `Ok(None)` when `spec` is the stored configuration:
+    /// nothing is stored or queued. `Conflict` while another deployment of the client is
+    /// unfinished and when the domain is another client's; `Invalid` naming the field for a
+    /// change a client cannot make (its id, its provider).
+    fn update_client(
+        &self,
+        id: &ClientId,
+        spec: ClientSpec,
+        requested_by: &Authenticated,
+    ) -> impl Future<Output = Result<Option<ClientChange>, ControlError>> + Send;
+
+    /// `GET /v1/clients/{id}/deployments` (operator, or that client's token): one page of the
+    /// client's deployments, newest first. `next` is the last item's id when older ones
+    /// follow, else `None`.
+    fn client_deployments(
+        &self,
+        id: &ClientId,
+        query: DeploymentQuery,
+    ) -> impl Future<Output = Result<Page<DeploymentSummary>, ControlError>> + Send;
+
+    /// `GET /v1/tokens` (operator): every API token, oldest first, without its secret.
+    fn list_tokens(&self) -> impl Future<Output = Result<TokenList, ControlError>> + Send;
+
+    /// `DELETE /v1/tokens/{id}` (operator): revokes the token with this id (as written in the
+    /// URL; `NotFound` for a malformed or unknown one). [`ControlPlane::verify_token`] refuses
+    /// it from the next request on.
+    fn revoke_token(&self, id: &str) -> impl Future<Output = Result<(), ControlError>> + Send;
 
     fn get_deployment(
         &self,
@@ -197,6 +260,19 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// `POST /v1/clients/{id}/backups` (operator): journals a `backup` deployment and returns
     /// once it is journaled (202); `Conflict` when the client is busy with another deployment.
     /// The default answers 404: a control plane without backups has no such route.
+    /// Journals a rotation of the client's secrets (every one that can be rotated while it
+    /// runs, or exactly `only`), recording who asked; `Invalid` naming `only` for a secret
+    /// that cannot be rotated.
+    fn rotate_secrets(
+        &self,
+        id: &ClientId,
+        only: Vec<String>,
+        requested_by: &Authenticated,
+    ) -> impl Future<Output = Result<DeploymentRef, ControlError>> + Send {
+        let _ = (id, only, requested_by);
+        async { Err(ControlError::NotFound) }
+    }
+
     fn create_backup(
         &self,
         id: &ClientId,
@@ -333,7 +409,7 @@ pub(crate) trait DynControl: Send + Sync + 'static {
     fn verify_token<'a>(
         &'a self,
         bearer: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Principal>, ControlError>>;
+    ) -> BoxFuture<'a, Result<Option<Authenticated>, ControlError>>;
     fn create_client(&self, spec: ClientSpec)
         -> BoxFuture<'_, Result<CreatedClient, ControlError>>;
     fn list_clients(
@@ -348,12 +424,31 @@ pub(crate) trait DynControl: Send + Sync + 'static {
         &'a self,
         id: &'a ClientId,
         action: ClientAction,
+        requested_by: &'a Authenticated,
     ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
     fn delete_client<'a>(
         &'a self,
         id: &'a ClientId,
         delete_backups: bool,
+        requested_by: &'a Authenticated,
     ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
+    fn client_spec<'a>(
+        &'a self,
+        id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<ClientSpec, ControlError>>;
+    fn update_client<'a>(
+        &'a self,
+        id: &'a ClientId,
+        spec: ClientSpec,
+        requested_by: &'a Authenticated,
+    ) -> BoxFuture<'a, Result<Option<ClientChange>, ControlError>>;
+    fn client_deployments<'a>(
+        &'a self,
+        id: &'a ClientId,
+        query: DeploymentQuery,
+    ) -> BoxFuture<'a, Result<Page<DeploymentSummary>, ControlError>>;
+    fn list_tokens(&self) -> BoxFuture<'_, Result<TokenList, ControlError>>;
+    fn revoke_token<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ControlError>>;
     fn get_deployment<'a>(
         &'a self,
         id: &'a str,
@@ -375,6 +470,12 @@ pub(crate) trait DynControl: Send + Sync + 'static {
         reveal: bool,
     ) -> BoxFuture<'_, Result<HtmlPage, ControlError>>;
     fn resend_welcome<'a>(&'a self, id: &'a ClientId) -> BoxFuture<'a, Result<(), ControlError>>;
+    fn rotate_secrets<'a>(
+        &'a self,
+        id: &'a ClientId,
+        only: Vec<String>,
+        requested_by: &'a Authenticated,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
     fn create_backup<'a>(
         &'a self,
         id: &'a ClientId,
@@ -405,7 +506,7 @@ impl<C: ControlPlane> DynControl for C {
     fn verify_token<'a>(
         &'a self,
         bearer: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Principal>, ControlError>> {
+    ) -> BoxFuture<'a, Result<Option<Authenticated>, ControlError>> {
         Box::pin(ControlPlane::verify_token(self, bearer))
     }
     fn create_client(
@@ -430,15 +531,49 @@ impl<C: ControlPlane> DynControl for C {
         &'a self,
         id: &'a ClientId,
         action: ClientAction,
+        requested_by: &'a Authenticated,
     ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
-        Box::pin(ControlPlane::client_action(self, id, action))
+        Box::pin(ControlPlane::client_action(self, id, action, requested_by))
     }
     fn delete_client<'a>(
         &'a self,
         id: &'a ClientId,
         delete_backups: bool,
+        requested_by: &'a Authenticated,
     ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
-        Box::pin(ControlPlane::delete_client(self, id, delete_backups))
+        Box::pin(ControlPlane::delete_client(
+            self,
+            id,
+            delete_backups,
+            requested_by,
+        ))
+    }
+    fn client_spec<'a>(
+        &'a self,
+        id: &'a ClientId,
+    ) -> BoxFuture<'a, Result<ClientSpec, ControlError>> {
+        Box::pin(ControlPlane::client_spec(self, id))
+    }
+    fn update_client<'a>(
+        &'a self,
+        id: &'a ClientId,
+        spec: ClientSpec,
+        requested_by: &'a Authenticated,
+    ) -> BoxFuture<'a, Result<Option<ClientChange>, ControlError>> {
+        Box::pin(ControlPlane::update_client(self, id, spec, requested_by))
+    }
+    fn client_deployments<'a>(
+        &'a self,
+        id: &'a ClientId,
+        query: DeploymentQuery,
+    ) -> BoxFuture<'a, Result<Page<DeploymentSummary>, ControlError>> {
+        Box::pin(ControlPlane::client_deployments(self, id, query))
+    }
+    fn list_tokens(&self) -> BoxFuture<'_, Result<TokenList, ControlError>> {
+        Box::pin(ControlPlane::list_tokens(self))
+    }
+    fn revoke_token<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
+        Box::pin(ControlPlane::revoke_token(self, id))
     }
     fn get_deployment<'a>(
         &'a self,
@@ -474,6 +609,14 @@ impl<C: ControlPlane> DynControl for C {
     }
     fn resend_welcome<'a>(&'a self, id: &'a ClientId) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(ControlPlane::resend_welcome(self, id))
+    }
+    fn rotate_secrets<'a>(
+        &'a self,
+        id: &'a ClientId,
+        only: Vec<String>,
+        requested_by: &'a Authenticated,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
+        Box::pin(ControlPlane::rotate_secrets(self, id, only, requested_by))
     }
     fn create_backup<'a>(
         &'a self,

@@ -15,7 +15,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use stackbox_core::client::{ClientId, ClientSpec};
 use stackbox_core::plan::{App, Plan};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::ToSchema;
 
@@ -162,6 +162,26 @@ name_enum!(
 );
 
 name_enum!(
+    /// What an API token may do.
+    TokenRole {
+        /// Everything.
+        Operator = "operator",
+        /// Read its one client, its deployments and its backups.
+        Client = "client",
+    }
+);
+
+name_enum!(
+    /// Who asked for a deployment, in kind.
+    RequesterKind {
+        /// A request through this API: `token_id` and `role` say with which token.
+        Token = "token",
+        /// The backup schedule of `stackbox serve`.
+        Schedule = "schedule",
+    }
+);
+
+name_enum!(
     /// A service's container as the engine reports it, or `missing` when the client should
     /// have the service and the engine holds no container for it.
     ServiceState {
@@ -246,6 +266,39 @@ pub struct NewClient {
     pub features: Option<BTreeMap<String, bool>>,
 }
 
+/// The body of `PATCH /v1/clients/{id}`: a JSON merge patch (RFC 7386) of the client's
+/// configuration, whose fields are those of [`NewClient`]. A field left out stays as it is;
+/// `null` removes it (an optional one takes its default: `brand_color` the default blue,
+/// `infrastructure` the operator's provider, an app switch the plan's choice); `features`
+/// merges app by app. The result is validated exactly like a new client's configuration.
+/// `client_id` may only repeat the client's id. (This type documents the body; the server
+/// reads it as a patch.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientPatch {
+    /// Only the client's own id: the id cannot change.
+    #[schema(nullable = false, example = "smithrealestate-e11f059b")]
+    pub client_id: Option<String>,
+    #[schema(nullable = false, example = "Smith & Sons Real Estate")]
+    pub company_name: Option<String>,
+    /// Another client's domain is refused with 409.
+    #[schema(nullable = false, example = "smithandsons.stackbox.io")]
+    pub domain: Option<String>,
+    /// `starter`, `professional` or `enterprise`; apps switched on above the plan are refused.
+    #[schema(nullable = false, example = "enterprise")]
+    pub plan: Option<String>,
+    #[schema(nullable = false, example = "office@smithrealestate.com")]
+    pub admin_email: Option<String>,
+    /// `null` sets the default blue back.
+    #[schema(example = "#aa0000")]
+    pub brand_color: Option<String>,
+    /// The provider the client runs on cannot change (its data is there).
+    pub infrastructure: Option<String>,
+    /// App key → on/off, merged app by app; `null` for an app gives it back to the plan.
+    #[schema(schema_with = feature_patch_schema)]
+    pub features: Option<BTreeMap<String, Option<bool>>>,
+}
+
 /// The one-time login of a new client's apps. Its `Debug` hides the password.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Credentials {
@@ -303,6 +356,11 @@ pub struct ClientConfiguration {
     pub plan: Plan,
     pub admin_email: String,
     pub brand_color: String,
+    /// The provider the configuration names (`local` or `aws`); absent when it names none
+    /// and the operator's default applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "local")]
+    pub infrastructure: Option<String>,
     /// Explicit app switches, by app key.
     #[schema(schema_with = features_schema)]
     pub features: BTreeMap<App, bool>,
@@ -317,6 +375,7 @@ impl ClientConfiguration {
             plan: spec.plan,
             admin_email: spec.admin_email.as_str().to_string(),
             brand_color: spec.brand_color.as_str().to_string(),
+            infrastructure: spec.infrastructure.map(|p| p.key().to_string()),
             features: spec.features.clone(),
         }
     }
@@ -451,6 +510,18 @@ pub struct CloneRequest {
     pub snapshot: Option<String>,
 }
 
+/// The body of `POST /v1/clients/{id}/rotate-secrets` (optional: no body rotates every secret
+/// that can be rotated while the client runs).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotationRequest {
+    /// Only these secrets, by their `.env` names; every one that can be rotated live when
+    /// empty or left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(example = json!(["MYSQL_ROOT_PASSWORD"]))]
+    pub only: Vec<String>,
+}
+
 /// The answer to `POST /v1/clients/{id}/clone` (202).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClonedClient {
@@ -515,6 +586,132 @@ pub struct DeploymentView {
     /// What went wrong, for people (never an internal error text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Who asked for a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RequestedBy {
+    pub by: RequesterKind,
+    /// The API token's id (never the token), for `by = token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "tok_4f9c2a7be0d14c3a")]
+    pub token_id: Option<String>,
+    /// That token's role, for `by = token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<TokenRole>,
+}
+
+/// One field of a client's configuration as a change found it and left it; `null` for a
+/// field that was not set (an app switch not written, the operator's default provider).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FieldChange {
+    #[schema(example = "#003366")]
+    pub from: serde_json::Value,
+    #[schema(example = "#aa0000")]
+    pub to: serde_json::Value,
+}
+
+/// A deployment's steps in brief: how many stand where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StepsSummary {
+    pub total: u32,
+    pub pending: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    /// The step that failed, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "health")]
+    pub failed_step: Option<String>,
+}
+
+impl StepsSummary {
+    /// The summary of these steps.
+    pub fn of(steps: &[StepView]) -> StepsSummary {
+        let mut summary = StepsSummary {
+            total: u32::try_from(steps.len()).unwrap_or(u32::MAX),
+            ..StepsSummary::default()
+        };
+        for step in steps {
+            let count = match step.status {
+                StepStatus::Pending => &mut summary.pending,
+                StepStatus::Running => &mut summary.running,
+                StepStatus::Succeeded => &mut summary.succeeded,
+                StepStatus::Failed => &mut summary.failed,
+                StepStatus::Skipped => &mut summary.skipped,
+            };
+            *count += 1;
+            if step.status == StepStatus::Failed && summary.failed_step.is_none() {
+                summary.failed_step = Some(step.name.clone());
+            }
+        }
+        summary
+    }
+}
+
+/// One deployment of `GET /v1/clients/{id}/deployments`: what it did, how it went, who asked,
+/// and for a configuration change, the change (its steps in full are at
+/// `/v1/deployments/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentSummary {
+    #[schema(example = "dep_0195501e2c4a9f3b2d7e8c1a0b4d")]
+    pub id: String,
+    pub kind: DeploymentKind,
+    pub status: DeploymentStatus,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// What went wrong, for people (never an internal error text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub steps: StepsSummary,
+    /// Absent when not recorded: deployments the control plane starts on its own account
+    /// (billing) and those made before StackBox recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<RequestedBy>,
+    /// For a change of the client's configuration (`PATCH /v1/clients/{id}`): each changed
+    /// field (`company_name`, `features.calcom`, …) with its old and new value. Empty
+    /// (left out) for other deployments. Never a secret: a configuration holds none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub changes: BTreeMap<String, FieldChange>,
+}
+
+/// The answer to a `PATCH /v1/clients/{id}` that changed something (202): the redeploy that
+/// applies the change, and the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClientChange {
+    /// Follow it at `/v1/deployments/{deployment_id}` and its `/events`.
+    #[schema(example = "dep_0195501e2c4a9f3b2d7e8c1a0b4d")]
+    pub deployment_id: String,
+    /// Each changed field with its old and new value.
+    pub changes: BTreeMap<String, FieldChange>,
+}
+
+/// An API token as `GET /v1/tokens` lists it: never the token or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    /// What `DELETE /v1/tokens/{id}` and `stackbox token revoke` take.
+    #[schema(example = "tok_4f9c2a7be0d14c3a")]
+    pub id: String,
+    pub role: TokenRole,
+    /// The client a client token reads; absent for operator tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "smithrealestate-e11f059b")]
+    pub client_id: Option<String>,
+    pub created_at: Timestamp,
+    /// When the token was last used, to within a minute; absent when never used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// `GET /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    /// Oldest first.
+    pub tokens: Vec<TokenView>,
 }
 
 /// The `data` of the last server-sent event of a deployment's stream (`event: end`).
@@ -587,6 +784,21 @@ fn features_schema() -> RefOr<Schema> {
                 .enum_values(Some(App::ALL.iter().map(|app| app.key()))),
         ))
         .additional_properties(Some(ObjectBuilder::new().schema_type(Type::Boolean)))
+        .into()
+}
+
+/// The `features` of a patch: app key → on, off or `null` (back to the plan's choice).
+fn feature_patch_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(App::ALL.iter().map(|app| app.key()))),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::Boolean, Type::Null])),
+        ))
         .into()
 }
 

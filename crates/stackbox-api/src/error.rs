@@ -27,6 +27,8 @@ pub enum Resource {
     /// snapshot is unknown, so neither does the message.
     Backup,
     Route,
+    /// An API token (by its id).
+    Token,
     /// Sign-ups and the payment webhook on a server without a payment provider.
     Onboarding,
 }
@@ -62,9 +64,9 @@ pub enum ApiError {
     /// 413.
     #[error("payload too large")]
     PayloadTooLarge { limit: usize },
-    /// 415.
+    /// 415, naming the content types the route takes (`application/json`, …).
     #[error("unsupported media type")]
-    UnsupportedMediaType,
+    UnsupportedMediaType(&'static [&'static str]),
     /// 422 naming the field (absent when the whole body is of the wrong shape).
     #[error("{message}")]
     Invalid {
@@ -117,7 +119,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -163,6 +165,11 @@ impl ApiError {
                 "sign-ups and payments are not enabled on this server".to_string(),
                 None,
             ),
+            ApiError::NotFound(Resource::Token) => (
+                "not_found",
+                "no such token; GET /v1/tokens lists them".to_string(),
+                None,
+            ),
             ApiError::NotFound(Resource::Route) => (
                 "not_found",
                 "no such route; see /openapi.json".to_string(),
@@ -179,9 +186,12 @@ impl ApiError {
                 format!("the body is larger than {limit} bytes"),
                 None,
             ),
-            ApiError::UnsupportedMediaType => (
+            ApiError::UnsupportedMediaType(accepted) => (
                 "unsupported_media_type",
-                "send the body as `Content-Type: application/json`".to_string(),
+                format!(
+                    "send the body as `Content-Type: {}`",
+                    accepted.join("` or `")
+                ),
                 None,
             ),
             ApiError::Invalid { field, message } => {

@@ -7,18 +7,25 @@
 //! no TOML is involved: the JSON fields go into it and through `ClientSpec::from_file`, the
 //! same validation as a TOML file. `POST /v1/clients/{id}/clone` ([`CloneRequest`]) goes
 //! through the same stages, its domain through `Domain::parse`.
+//!
+//! `PATCH /v1/clients/{id}` is a JSON merge patch (RFC 7386) of the configuration: the first
+//! two stages as for a new client ([`parse_client_patch`]: not JSON → 400; not an object, an
+//! unknown field or another `client_id` → 422 naming it), then the patch is merged into the
+//! stored configuration in the very JSON shape `POST /v1/clients` takes
+//! ([`apply_client_patch`]), and the result goes through the last two stages exactly like a
+//! new client's body, so a PATCH refuses what a create refuses, with the same messages.
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
-use stackbox_core::client::{ClientConfigFile, ClientSpec, Domain};
+use serde_json::{Map, Value};
+use stackbox_core::client::{ClientConfigFile, ClientId, ClientSpec, Domain};
 use stackbox_core::CoreError;
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::PartialSchema;
 
-use crate::dto::{CloneRequest, NewClient};
+use crate::dto::{CloneRequest, NewClient, RotationRequest};
 use crate::error::ApiError;
 
 /// The longest snapshot reference: a whole restic snapshot id.
@@ -39,6 +46,41 @@ fn schema_fields<T: PartialSchema>() -> BTreeSet<String> {
 pub fn new_client_fields() -> &'static BTreeSet<String> {
     static FIELDS: OnceLock<BTreeSet<String>> = OnceLock::new();
     FIELDS.get_or_init(schema_fields::<NewClient>)
+}
+
+/// The fields of [`RotationRequest`].
+fn rotation_request_fields() -> &'static BTreeSet<String> {
+    static FIELDS: OnceLock<BTreeSet<String>> = OnceLock::new();
+    FIELDS.get_or_init(schema_fields::<RotationRequest>)
+}
+
+/// `POST /v1/clients/{id}/rotate-secrets`'s body: none, or `{"only": [NAME, …]}` of at most
+/// 32 `.env` names (the control plane says which it can rotate).
+pub(crate) fn parse_rotation_request(body: &[u8]) -> Result<Vec<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let value = known_object(
+        body,
+        rotation_request_fields(),
+        "optionally `only`, the secrets to rotate",
+    )?;
+    let request: RotationRequest = typed(value)?;
+    if request.only.len() > 32 {
+        return Err(ApiError::invalid("only", "only: at most 32 names"));
+    }
+    for name in &request.only {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(ApiError::invalid(
+                "only",
+                "only: each entry is a secret's .env name such as MYSQL_ROOT_PASSWORD",
+            ));
+        }
+    }
+    Ok(request.only)
 }
 
 /// The fields of [`CloneRequest`].
@@ -83,18 +125,119 @@ fn typed<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
 /// Parses and validates a client configuration sent as JSON.
 pub fn parse_new_client(body: &[u8]) -> Result<ClientSpec, ApiError> {
     let value = known_object(body, new_client_fields(), "the client's configuration")?;
+    validated_client(value, None)
+}
+
+/// The last two stages of a client configuration: types (422 naming the path), then the core
+/// (422 naming its field). `id`, when given, is the configuration's `client_id`.
+fn validated_client(value: Value, id: Option<&ClientId>) -> Result<ClientSpec, ApiError> {
     let new: NewClient = typed(value)?;
     let file = ClientConfigFile {
-        client_id: new.client_id,
+        client_id: id.map(|id| id.to_string()).or(new.client_id),
         company_name: new.company_name,
         domain: new.domain,
         plan: new.plan,
         admin_email: new.admin_email,
         brand_color: new.brand_color,
         infrastructure: new.infrastructure,
+        // Not an API field: the control plane records it, and `upgrade` changes it.
+        release: None,
         features: new.features.unwrap_or_default(),
     };
     ClientSpec::from_file(file).map_err(core_error)
+}
+
+/// The first two stages of `PATCH /v1/clients/{id}`: a JSON object whose fields are those of
+/// a client's configuration, and whose `client_id`, if given, is this client's (the id cannot
+/// change). Returns the patch without `client_id`.
+pub(crate) fn parse_client_patch(
+    body: &[u8],
+    id: &ClientId,
+) -> Result<Map<String, Value>, ApiError> {
+    let value = known_object(
+        body,
+        new_client_fields(),
+        "the fields of the client's configuration to change (a JSON merge patch)",
+    )?;
+    let Value::Object(mut patch) = value else {
+        unreachable!("known_object returns objects only");
+    };
+    match patch.remove("client_id") {
+        None => {}
+        Some(Value::String(given)) if given == id.as_str() => {}
+        Some(given) => {
+            return Err(ApiError::invalid(
+                "client_id",
+                format!(
+                    "client_id: cannot be changed: this is client {id}, and the patch gives \
+                     {given}; leave client_id out of the patch"
+                ),
+            ))
+        }
+    }
+    Ok(patch)
+}
+
+/// The stored configuration with the patch merged in (RFC 7386), validated like a new client's
+/// body: the client's configuration after the change.
+pub(crate) fn apply_client_patch(
+    current: &ClientSpec,
+    id: &ClientId,
+    patch: Map<String, Value>,
+) -> Result<ClientSpec, ApiError> {
+    let mut merged = configuration_json(current);
+    merge_patch(&mut merged, &Value::Object(patch));
+    validated_client(merged, Some(id))
+}
+
+/// A configuration in the JSON shape of `POST /v1/clients` (without its id): what a patch
+/// applies to.
+fn configuration_json(spec: &ClientSpec) -> Value {
+    let mut object = Map::new();
+    let mut put = |field: &str, value: Value| {
+        object.insert(field.to_string(), value);
+    };
+    put("company_name", Value::from(spec.company_name.as_str()));
+    put("domain", Value::from(spec.domain.as_str()));
+    put("plan", Value::from(spec.plan.key()));
+    put("admin_email", Value::from(spec.admin_email.as_str()));
+    put("brand_color", Value::from(spec.brand_color.as_str()));
+    if let Some(provider) = spec.infrastructure {
+        put("infrastructure", Value::from(provider.key()));
+    }
+    if !spec.features.is_empty() {
+        put(
+            "features",
+            Value::Object(
+                spec.features
+                    .iter()
+                    .map(|(app, on)| (app.key().to_string(), Value::from(*on)))
+                    .collect(),
+            ),
+        );
+    }
+    Value::Object(object)
+}
+
+/// RFC 7386, section 2: objects merge member by member, `null` removes a member, anything
+/// else replaces the target.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(members) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(object) = target {
+        for (name, value) in members {
+            if value.is_null() {
+                object.remove(name);
+            } else {
+                merge_patch(object.entry(name.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
 }
 
 /// Parses the body of `POST /v1/clients/{id}/clone`: the new domain, validated by the core,
@@ -295,6 +438,150 @@ mod tests {
             parse_clone_request(b"{"),
             Err(ApiError::MalformedJson(_))
         ));
+    }
+
+    fn client() -> (ClientId, ClientSpec) {
+        let id = ClientId::parse("smith-0000000a").expect("id");
+        let mut spec = parse_new_client(GOOD.as_bytes()).expect("valid");
+        spec.client_id = Some(id.clone());
+        (id, spec)
+    }
+
+    fn patched(patch: &str) -> Result<ClientSpec, ApiError> {
+        let (id, spec) = client();
+        let patch = parse_client_patch(patch.as_bytes(), &id)?;
+        apply_client_patch(&spec, &id, patch)
+    }
+
+    fn patch_field_of(patch: &str) -> Option<String> {
+        match patched(patch) {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("expected a 422 for {patch}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7386s_examples() {
+        // RFC 7386, appendix A, a selection.
+        for (target, patch, result) in [
+            (r#"{"a":"b"}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
+            (r#"{"a":"b"}"#, r#"{"b":"c"}"#, r#"{"a":"b","b":"c"}"#),
+            (r#"{"a":"b"}"#, r#"{"a":null}"#, r#"{}"#),
+            (r#"{"a":"b","b":"c"}"#, r#"{"a":null}"#, r#"{"b":"c"}"#),
+            (r#"{"a":["b"]}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
+            (
+                r#"{"a":{"b":"c"}}"#,
+                r#"{"a":{"b":"d","c":null}}"#,
+                r#"{"a":{"b":"d"}}"#,
+            ),
+            (r#"{"a":[{"b":"c"}]}"#, r#"{"a":[1]}"#, r#"{"a":[1]}"#),
+            (r#"{"e":null}"#, r#"{"a":1}"#, r#"{"e":null,"a":1}"#),
+            (r#"[1,2]"#, r#"{"a":"b","c":null}"#, r#"{"a":"b"}"#),
+            (
+                r#"{}"#,
+                r#"{"a":{"bb":{"ccc":null}}}"#,
+                r#"{"a":{"bb":{}}}"#,
+            ),
+        ] {
+            let mut target: Value = serde_json::from_str(target).expect("JSON");
+            merge_patch(&mut target, &serde_json::from_str(patch).expect("JSON"));
+            assert_eq!(
+                target,
+                serde_json::from_str::<Value>(result).expect("JSON"),
+                "{patch}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_patch_gives_the_stored_configuration_back() {
+        let (_, spec) = client();
+        assert_eq!(patched("{}").expect("valid"), spec);
+        assert_eq!(
+            patched(r#"{"client_id": "smith-0000000a", "plan": "professional"}"#).expect("valid"),
+            spec
+        );
+    }
+
+    #[test]
+    fn a_patch_changes_only_what_it_names_and_null_gives_defaults_back() {
+        let (_, spec) = client();
+        let changed = patched(r##"{"company_name": "Smith & Sons", "brand_color": "#aa0000"}"##)
+            .expect("valid");
+        assert_eq!(changed.company_name.as_str(), "Smith & Sons");
+        assert_eq!(changed.brand_color.as_str(), "#aa0000");
+        assert_eq!(changed.domain, spec.domain);
+        assert_eq!(changed.features, spec.features);
+        assert_eq!(changed.client_id, spec.client_id);
+        let defaults =
+            patched(r#"{"brand_color": null, "features": {"calcom": null}}"#).expect("valid");
+        assert_eq!(
+            defaults.brand_color,
+            stackbox_core::client::BrandColor::default()
+        );
+        assert!(defaults.features.is_empty(), "{:?}", defaults.features);
+        let switched = patched(r#"{"features": {"nextcloud": false}}"#).expect("valid");
+        assert_eq!(
+            switched.features.len(),
+            2,
+            "merged app by app: {:?}",
+            switched.features
+        );
+    }
+
+    #[test]
+    fn each_patch_problem_names_its_field_with_the_creates_message() {
+        assert_eq!(
+            patch_field_of(r#"{"colour": "red"}"#).as_deref(),
+            Some("colour")
+        );
+        assert_eq!(
+            patch_field_of(r#"{"domain": "smith..com"}"#).as_deref(),
+            Some("domain")
+        );
+        assert_eq!(
+            patch_field_of(r#"{"plan": "platinum"}"#).as_deref(),
+            Some("plan")
+        );
+        assert_eq!(patch_field_of(r#"{"plan": 3}"#).as_deref(), Some("plan"));
+        assert_eq!(
+            patch_field_of(r#"{"company_name": null}"#).as_deref(),
+            Some("company_name")
+        );
+        assert_eq!(
+            patch_field_of(r#"{"features": {"website": true}}"#).as_deref(),
+            Some("features.website")
+        );
+        // Professional has no Mailtrain: switching it on is refused as on a create.
+        assert_eq!(
+            patch_field_of(r#"{"features": {"mailtrain": true}}"#).as_deref(),
+            Some("features.mailtrain")
+        );
+        assert_eq!(
+            patch_field_of(r#"{"client_id": "jones-0000000b"}"#).as_deref(),
+            Some("client_id")
+        );
+        assert_eq!(
+            patch_field_of(r#"{"client_id": null}"#).as_deref(),
+            Some("client_id")
+        );
+        assert_eq!(patch_field_of("[]"), None);
+        assert!(matches!(patched("{"), Err(ApiError::MalformedJson(_))));
+        // The same message as a create's for the same value.
+        let create = parse_new_client(
+            GOOD.replace("smith.example.com\"", "smith..com\"")
+                .as_bytes(),
+        );
+        let patch = patched(r#"{"domain": "smith..com"}"#);
+        match (create, patch) {
+            (
+                Err(ApiError::Invalid { message: a, .. }),
+                Err(ApiError::Invalid { message: b, .. }),
+            ) => {
+                assert_eq!(a, b)
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! | `POST /v1/clients` | operator | 202 [`CreatedClient`] (credentials, once) |
 //! | `GET /v1/clients?state=&plan=&after=&limit=` | operator | 200 `{items, next}` |
 //! | `GET /v1/clients/{id}` | operator, that client | 200 [`ClientDetail`] |
+//! | `PATCH /v1/clients/{id}` (a JSON merge patch) | operator | 202 [`ClientChange`]; 200 [`ClientDetail`] when nothing changes |
+//! | `GET /v1/clients/{id}/deployments?after=&limit=` | operator, that client | 200 `{items, next}` of [`DeploymentSummary`] |
 //! | `POST /v1/clients/{id}/stop\|start\|redeploy` | operator | 202 [`DeploymentRef`] |
 //! | `DELETE /v1/clients/{id}?confirm={id}` | operator | 202 [`DeploymentRef`] |
 //! | `POST /v1/clients/{id}/backups` | operator | 202 [`DeploymentRef`] (a `backup`) |
@@ -24,6 +26,8 @@
 //! | `POST /v1/clients/{id}/clone` | operator | 202 [`ClonedClient`] (the new client) |
 //! | `GET /v1/deployments/{id}` | operator, its client | 200 [`DeploymentView`] |
 //! | `GET /v1/deployments/{id}/events` | operator, its client | `text/event-stream` |
+//! | `GET /v1/tokens` | operator | 200 [`TokenList`] (never a token or its hash) |
+//! | `DELETE /v1/tokens/{id}` | operator | 204; the token is refused from the next request on |
 //! | `POST /v1/signup` | anyone, rate-limited | 201 [`SignupAccepted`] (the checkout URL) |
 //! | `POST /v1/webhooks/stripe` | Stripe (signed) | 200; 400 for a bad or stale signature |
 //! | `GET\|POST /welcome/{token}` | the link's holder | HTML: confirm, then reveal once; 410 after |
@@ -38,7 +42,8 @@
 //! unreadable query string or a wrong `confirm`; 401 with `WWW-Authenticate: Bearer` without a
 //! valid token; 403 a client token asking for a write or the list; 404 unknown (or invalid, or
 //! not the client token's own) ids and routes; 405; 409 conflicts; 413 bodies over the limit;
-//! 415 a body that is not `application/json`; 422 unknown fields and unacceptable values,
+//! 415 a body that is not `application/json` (or, for a PATCH, `application/merge-patch+json`);
+//! 422 unknown fields and unacceptable values,
 //! naming the field; 500 with a generic message (the detail goes to the log through `tracing`,
 //! never to the response); 503 with `Retry-After`, also when a token cannot be checked (a store
 //! outage is not a revoked token). A panic in a handler or in the control plane answers 500
@@ -64,9 +69,20 @@
 //!   on a private address. `/healthz` and `/openapi.json` are public too (no data).
 //! - **Unknown query parameters are refused (422)**, like unknown body fields: `?stat=running`
 //!   silently listing every client would be worse than an error.
-//! - **`verify_token` returns `Result<Option<Principal>, ControlError>`** (the first sketch had
-//!   `Option`): with `Option`, a store outage could only answer 401, and a client told its token
-//!   is invalid may throw it away.
+//! - **`verify_token` returns `Result<Option<Authenticated>, ControlError>`** (the first sketch
+//!   had `Option`): with `Option`, a store outage could only answer 401, and a client told its
+//!   token is invalid may throw it away. [`Authenticated`] carries the token's id with its
+//!   [`Principal`], so that every change the API asks for names who asked (the history's
+//!   `requested_by`); the token itself never leaves the request.
+//! - **A revoked token is refused from the next request on**: neither the API nor its control
+//!   plane keeps a verified token. A cache of verified tokens would make `DELETE
+//!   /v1/tokens/{id}`, or `stackbox token revoke` run beside the server, a promise kept only
+//!   after the cache's lifetime, for the one token an operator most wants gone.
+//! - **`PATCH /v1/clients/{id}` is a merge patch of the configuration in the shape of `POST
+//!   /v1/clients`**, merged into the stored configuration and then validated by the same
+//!   code as a new client's body: one set of rules and messages for both. A patch that
+//!   changes nothing answers 200 and journals nothing, so a client that sends its whole file
+//!   every time does not redeploy for nothing.
 //! - **One object-safe adapter inside**: the public trait uses `impl Future` (no boxing for the
 //!   implementer); the router boxes each call once (`DynControl`), so the handlers are plain
 //!   functions that `utoipa-axum` can register and the generic code is compiled once.
@@ -98,15 +114,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use control::{
-    ClientAction, ControlError, ControlPlane, HtmlPage, ListQuery, MetricsSnapshot, Principal,
-    SignupAccepted, WebhookOutcome,
+    Authenticated, ClientAction, ControlError, ControlPlane, DeploymentQuery, HtmlPage, ListQuery,
+    MetricsSnapshot, Principal, SignupAccepted, WebhookOutcome,
 };
 pub use dto::{
-    BackupList, BackupReason, BackupState, BackupStatus, BackupView, ClientConfiguration,
-    ClientDetail, ClientState, ClientSummary, CloneRequest, ClonedClient, CreatedClient,
-    Credentials, DeploymentEnd, DeploymentEvent, DeploymentKind, DeploymentOutcome, DeploymentRef,
-    DeploymentStatus, DeploymentView, ErrorBody, ErrorDetail, Health, HealthStatus, NewClient,
-    Page, ServiceHealth, ServiceState, StepProgress, StepStatus, StepView,
+    BackupList, BackupReason, BackupState, BackupStatus, BackupView, ClientChange,
+    ClientConfiguration, ClientDetail, ClientPatch, ClientState, ClientSummary, CloneRequest,
+    ClonedClient, CreatedClient, Credentials, DeploymentEnd, DeploymentEvent, DeploymentKind,
+    DeploymentOutcome, DeploymentRef, DeploymentStatus, DeploymentSummary, DeploymentView,
+    ErrorBody, ErrorDetail, FieldChange, Health, HealthStatus, NewClient, Page, RequestedBy,
+    RequesterKind, RotationRequest, ServiceHealth, ServiceState, StepProgress, StepStatus,
+    StepView, StepsSummary, TokenList, TokenRole, TokenView,
 };
 pub use error::{INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE};
 pub use input::parse_new_client;

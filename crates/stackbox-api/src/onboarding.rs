@@ -20,7 +20,7 @@ use crate::control::{ControlError, HtmlPage, SignupAccepted, WebhookOutcome};
 use crate::dto::{ErrorBody, NewClient};
 use crate::error::{ApiError, Resource};
 use crate::input::parse_new_client;
-use crate::routes::AppState;
+use crate::routes::{AppState, JSON};
 
 /// The largest webhook body read. Stripe's events are small, but an invoice with many lines
 /// can pass the API's 64 KiB default, and a refused delivery would be retried for days.
@@ -139,7 +139,7 @@ pub(crate) async fn signup(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     if !crate::routes::is_json(&headers) {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(ApiError::UnsupportedMediaType(JSON));
     }
     let body = crate::routes::read_body(&state, body)?;
     let limits = state.options.signup_limits;

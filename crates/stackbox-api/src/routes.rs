@@ -26,14 +26,17 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{authenticate, Caller};
-use crate::control::{ClientAction, DynControl, ListQuery, Principal};
+use crate::control::{ClientAction, DeploymentQuery, DynControl, ListQuery, Principal};
 use crate::dto::{
-    BackupList, ClientDetail, ClientState, ClientSummary, CloneRequest, ClonedClient,
-    CreatedClient, DeploymentEvent, DeploymentRef, DeploymentView, ErrorBody, Health, NewClient,
-    Page,
+    BackupList, ClientChange, ClientDetail, ClientPatch, ClientState, ClientSummary, CloneRequest,
+    ClonedClient, CreatedClient, DeploymentEvent, DeploymentRef, DeploymentSummary, DeploymentView,
+    ErrorBody, Health, NewClient, Page, RotationRequest, TokenList,
 };
 use crate::error::{ApiError, Resource};
-use crate::input::{is_snapshot_ref, parse_clone_request, parse_new_client};
+use crate::input::{
+    apply_client_patch, is_snapshot_ref, parse_client_patch, parse_clone_request, parse_new_client,
+    parse_rotation_request,
+};
 use crate::{metrics, ApiOptions, MetricsAccess};
 
 /// How often an idle event stream sends a comment, so that proxies keep it open.
@@ -41,6 +44,15 @@ const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The longest deployment id passed to the control plane.
 const MAX_DEPLOYMENT_ID_BYTES: usize = 64;
+
+/// The longest token id passed to the control plane (they are 20 characters).
+const MAX_TOKEN_ID_BYTES: usize = 64;
+
+/// The content type of JSON bodies.
+pub(crate) const JSON: &[&str] = &["application/json"];
+
+/// The content types `PATCH /v1/clients/{id}` takes.
+const MERGE_PATCH: &[&str] = &["application/merge-patch+json", "application/json"];
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -93,8 +105,9 @@ impl Shutdown {
     ),
     modifiers(&BearerScheme),
     tags(
-        (name = "clients", description = "Create, list, read, stop, start, redeploy and delete clients."),
-        (name = "deployments", description = "Follow what the control plane does for a client."),
+        (name = "clients", description = "Create, list, read, change, stop, start, redeploy and delete clients."),
+        (name = "deployments", description = "Follow what the control plane does for a client, and a client's history."),
+        (name = "tokens", description = "The API tokens: list and revoke (operator only)."),
         (name = "backups", description = "Back a client up, list its backups, verify or restore one, clone a client from one."),
         (name = "service", description = "Liveness, metrics and this document; no token needed."),
         (name = "onboarding", description = "Public: sign-up, the payment provider's webhook, the one-time credentials page."),
@@ -122,17 +135,21 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics_text))
         .routes(routes!(openapi_json))
         .routes(routes!(create_client, list_clients))
-        .routes(routes!(get_client, delete_client))
+        .routes(routes!(get_client, update_client, delete_client))
+        .routes(routes!(client_deployments))
         .routes(routes!(stop_client))
         .routes(routes!(start_client))
         .routes(routes!(redeploy_client))
         .routes(routes!(resend_welcome))
+        .routes(routes!(rotate_secrets))
         .routes(routes!(create_backup, list_backups))
         .routes(routes!(restore_backup))
         .routes(routes!(verify_backup))
         .routes(routes!(clone_client))
         .routes(routes!(get_deployment))
         .routes(routes!(deployment_events))
+        .routes(routes!(list_tokens))
+        .routes(routes!(revoke_token))
         .routes(routes!(crate::onboarding::signup))
         .routes(routes!(crate::onboarding::stripe_webhook))
         .routes(routes!(
@@ -152,6 +169,19 @@ struct ListParams {
     #[param(schema_with = crate::dto::plan_schema)]
     plan: Option<String>,
     /// The `next` of the previous page: clients whose id sorts after it.
+    after: Option<String>,
+    /// Page size, 1 to 500; 50 when left out.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+}
+
+/// The query parameters of `GET /v1/clients/{id}/deployments` (documentation;
+/// [`deployment_query`] reads them).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct HistoryParams {
+    /// The `next` of the previous page: deployments older than that one.
     after: Option<String>,
     /// Page size, 1 to 500; 50 when left out.
     #[param(minimum = 1, maximum = 500)]
@@ -275,7 +305,7 @@ async fn create_client(
 ) -> Result<Response, ApiError> {
     caller.require_operator()?;
     if !is_json(&headers) {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(ApiError::UnsupportedMediaType(JSON));
     }
     let body = read_body(&state, body)?;
     let spec = parse_new_client(&body)?;
@@ -310,7 +340,7 @@ async fn list_clients(
     caller: Caller,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Page<ClientSummary>>, ApiError> {
-    if let Principal::Client(_) = caller.0 {
+    if let Principal::Client(_) = caller.principal() {
         return Err(ApiError::Forbidden(
             "a client token may read only its own client: GET /v1/clients/{id}",
         ));
@@ -354,6 +384,121 @@ async fn get_client(
         .await
         .map_err(|error| ApiError::from_control(error, Resource::Client))?;
     Ok(Json(detail))
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/clients/{id}",
+    tag = "clients",
+    summary = "Change a client's configuration and redeploy it.",
+    description = "The body is a JSON merge patch (RFC 7386) of the client's configuration, in \
+        the shape `POST /v1/clients` takes: a field left out stays, `null` removes one (an \
+        optional field takes its default), `features` merges app by app. The result is \
+        validated exactly like a new client's configuration. The new configuration is stored, \
+        the secrets new apps need are generated, and a redeploy that applies it is journaled \
+        with who asked and what changed (see `GET /v1/clients/{id}/deployments`). A patch \
+        that changes nothing answers 200 with the client and journals nothing. The id and the \
+        provider a client runs on cannot change.",
+    params(("id" = String, Path, description = "The client id.")),
+    request_body(
+        description = "The fields to change.",
+        content(
+            (ClientPatch = "application/merge-patch+json"),
+            (ClientPatch = "application/json"),
+        )
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = ClientDetail, description = "Nothing changed: the client as it is; nothing was journaled."),
+        (status = 202, body = ClientChange, description = "Accepted: the new configuration is stored and its redeploy journaled.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 400, body = ErrorBody, description = "The body is not JSON."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client."),
+        (status = 409, body = ErrorBody, description = "The client is busy with another deployment, its configuration changed meanwhile, or the domain belongs to another client."),
+        (status = 413, body = ErrorBody, description = "The body is over the size limit (64 KiB by default)."),
+        (status = 415, body = ErrorBody, description = "Not `Content-Type: application/merge-patch+json` or `application/json`."),
+        (status = 422, body = ErrorBody, description = "An unknown field, another `client_id`, a changed `infrastructure`, or a value that is not acceptable; `field` names it."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn update_client(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let id = client_id(id)?;
+    if !has_content_type(&headers, MERGE_PATCH) {
+        return Err(ApiError::UnsupportedMediaType(MERGE_PATCH));
+    }
+    let body = read_body(&state, body)?;
+    let patch = parse_client_patch(&body, &id)?;
+    let not_found = |error| ApiError::from_control(error, Resource::Client);
+    let current = state.control.client_spec(&id).await.map_err(not_found)?;
+    let spec = apply_client_patch(&current, &id, patch)?;
+    let changed = if spec == current {
+        None
+    } else {
+        state
+            .control
+            .update_client(&id, spec, &caller.0)
+            .await
+            .map_err(not_found)?
+    };
+    match changed {
+        Some(change) => {
+            tracing::info!(client = %id, deployment = %change.deployment_id, fields = ?change.changes.keys().collect::<Vec<_>>(), "client change accepted");
+            Ok(accepted(&change.deployment_id, Json(&change)))
+        }
+        None => {
+            let detail = state.control.get_client(&id).await.map_err(not_found)?;
+            Ok(Json(detail).into_response())
+        }
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{id}/deployments",
+    tag = "deployments",
+    summary = "A client's deployments, newest first, a page at a time: who asked, how it went, what changed.",
+    description = "Each deployment with its kind, status, times, its steps in brief, who asked \
+        for it (the API token's id and role, or the schedule) and, for a change of the \
+        configuration, each changed field's old and new value (never a secret). The steps in \
+        full are at `/v1/deployments/{id}`.",
+    params(("id" = String, Path, description = "The client id."), HistoryParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Page<DeploymentSummary>, description = "One page of the client's deployments."),
+        (status = 400, body = ErrorBody, description = "The query string cannot be read."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 404, body = ErrorBody, description = "No such client (or not the client token's own)."),
+        (status = 422, body = ErrorBody, description = "A parameter is not acceptable; `field` names it."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn client_deployments(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<DeploymentSummary>>, ApiError> {
+    let id = client_id(id)?;
+    if !caller.may_read(&id) {
+        return Err(ApiError::NotFound(Resource::Client));
+    }
+    let query = deployment_query(query)?;
+    let page = state
+        .control
+        .client_deployments(&id, query)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    Ok(Json(page))
 }
 
 #[utoipa::path(
@@ -479,7 +624,7 @@ async fn client_action(
     let id = client_id(id)?;
     let deployment = state
         .control
-        .client_action(&id, action)
+        .client_action(&id, action, &caller.0)
         .await
         .map_err(|error| ApiError::from_control(error, Resource::Client))?;
     tracing::info!(client = %id, deployment = %deployment.deployment_id, ?action, "client action accepted");
@@ -531,7 +676,7 @@ async fn delete_client(
     };
     let deployment = state
         .control
-        .delete_client(&id, delete_backups)
+        .delete_client(&id, delete_backups, &caller.0)
         .await
         .map_err(|error| ApiError::from_control(error, Resource::Client))?;
     tracing::info!(client = %id, deployment = %deployment.deployment_id, "client deletion accepted");
@@ -567,6 +712,56 @@ fn confirmed(
             message: format!("confirm: is missing; {consequence}, so repeat its id: ?confirm={id}"),
         }),
     }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{id}/rotate-secrets",
+    tag = "clients",
+    summary = "Give a running client new secrets, with rollback to the previous ones.",
+    description = "The databases are told the new passwords first, then every service that uses \
+        one is recreated, health-gated; if anything fails, the databases, the services, the \
+        bundle and the store return to the previous secrets (the deployment ends \
+        `compensated`). Secrets bound to the apps' data (the admin password, EspoCRM's and \
+        Nextcloud's database passwords, Cal.com's and Plausible's encryption keys) are refused \
+        with the reason. No new value is ever shown.",
+    params(("id" = String, Path, description = "The client id.")),
+    request_body(content = RotationRequest, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = DeploymentRef, description = "Accepted: the rotation is journaled and runs in the background.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 400, body = ErrorBody, description = "The body is not JSON."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client."),
+        (status = 409, body = ErrorBody, description = "The client is busy with another deployment."),
+        (status = 415, body = ErrorBody, description = "A body that is not `application/json`."),
+        (status = 422, body = ErrorBody, description = "`only` names a secret the client does not use or that cannot be rotated live; `field` is `only`."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn rotate_secrets(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let id = client_id(id)?;
+    let body = read_body(&state, body)?;
+    if !body.iter().all(u8::is_ascii_whitespace) && !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType(JSON));
+    }
+    let only = parse_rotation_request(&body)?;
+    let deployment = state
+        .control
+        .rotate_secrets(&id, only, &caller.0)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    tracing::info!(client = %id, deployment = %deployment.deployment_id, "secret rotation accepted");
+    Ok(accepted(&deployment.deployment_id, Json(&deployment)))
 }
 
 #[utoipa::path(
@@ -759,7 +954,7 @@ async fn clone_client(
     // The 404 of an unknown client or snapshot, which the control plane does not tell apart.
     let id = client_id(id).map_err(|_| ApiError::NotFound(Resource::Backup))?;
     if !is_json(&headers) {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(ApiError::UnsupportedMediaType(JSON));
     }
     let body = read_body(&state, body)?;
     let (domain, snapshot) = parse_clone_request(&body)?;
@@ -822,7 +1017,7 @@ async fn deployment_events(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = deployment_id(id)?;
-    if let Principal::Client(_) = caller.0 {
+    if let Principal::Client(_) = caller.principal() {
         readable_deployment(&state, &caller, &id).await?;
     }
     let events = state
@@ -839,6 +1034,74 @@ async fn deployment_events(
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Every API token, oldest first: id, role, client, created, last used.",
+    description = "Never a token or its hash: the server keeps only hashes, and shows a token \
+        once, when `stackbox token create` makes it.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = TokenList, description = "The tokens."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<TokenList>, ApiError> {
+    caller.require_operator()?;
+    let tokens = state
+        .control
+        .list_tokens()
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Token))?;
+    Ok(Json(tokens))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    tag = "tokens",
+    summary = "Revoke a token: it is refused from the next request on.",
+    description = "Also the caller's own token, which then stops working too.",
+    params(("id" = String, Path, description = "The token's id (`tok_…`, from `GET /v1/tokens`), not the token.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such token."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_operator()?;
+    let not_found = ApiError::NotFound(Resource::Token);
+    let Ok(Path(id)) = id else {
+        return Err(not_found);
+    };
+    if !is_url_token(&id, MAX_TOKEN_ID_BYTES) {
+        return Err(not_found);
+    }
+    state
+        .control
+        .revoke_token(&id)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Token))?;
+    tracing::info!(token = %id, by = %caller.0.token_id, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The deployment, if the caller may read it: 404 for another client's, like a missing one.
@@ -1021,22 +1284,7 @@ fn list_query(
             )
         })?),
     };
-    let limit = match params.remove("limit") {
-        None => ListQuery::DEFAULT_LIMIT,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|limit| (1..=ListQuery::MAX_LIMIT).contains(limit))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "limit",
-                    format!(
-                        "limit: {text:?} is not a whole number from 1 to {}",
-                        ListQuery::MAX_LIMIT
-                    ),
-                )
-            })?,
-    };
+    let limit = page_limit(params.remove("limit"))?;
     Ok(ListQuery {
         state,
         plan,
@@ -1045,7 +1293,48 @@ fn list_query(
     })
 }
 
-/// Whether the request says its body is JSON (`application/json`, any parameters).
+/// The validated parameters of `GET /v1/clients/{id}/deployments`.
+fn deployment_query(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<DeploymentQuery, ApiError> {
+    let mut params = query_params(query, &["after", "limit"])?;
+    let after = match params.remove("after") {
+        None => None,
+        Some(text) if is_url_token(&text, MAX_DEPLOYMENT_ID_BYTES) => Some(text),
+        Some(text) => {
+            return Err(ApiError::invalid(
+                "after",
+                format!(
+                    "after: {text:?} is not a deployment id; pass the `next` of the previous page"
+                ),
+            ))
+        }
+    };
+    Ok(DeploymentQuery {
+        after,
+        limit: page_limit(params.remove("limit"))?,
+    })
+}
+
+/// A page size from 1 to [`ListQuery::MAX_LIMIT`]; [`ListQuery::DEFAULT_LIMIT`] when not given.
+fn page_limit(text: Option<String>) -> Result<u32, ApiError> {
+    let Some(text) = text else {
+        return Ok(ListQuery::DEFAULT_LIMIT);
+    };
+    text.parse::<u32>()
+        .ok()
+        .filter(|limit| (1..=ListQuery::MAX_LIMIT).contains(limit))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "limit",
+                format!(
+                    "limit: {text:?} is not a whole number from 1 to {}",
+                    ListQuery::MAX_LIMIT
+                ),
+            )
+        })
+}
+
 /// The body, or 413 over the limit and 400 when it cannot be read.
 pub(crate) fn read_body(
     state: &AppState,
@@ -1065,10 +1354,20 @@ pub(crate) fn read_body(
     })
 }
 
+/// Whether the request says its body is JSON (`application/json`, any parameters).
 pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    has_content_type(headers, JSON)
+}
+
+/// Whether the request's content type is one of `accepted` (any parameters).
+fn has_content_type(headers: &HeaderMap, accepted: &[&str]) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+        .is_some_and(|essence| {
+            accepted
+                .iter()
+                .any(|expected| essence.trim().eq_ignore_ascii_case(expected))
+        })
 }

@@ -41,6 +41,17 @@ pub enum BundleError {
     /// Another client already uses the domain.
     #[error("domain: {domain} already belongs to client {owner}; use another domain, or set client_id = \"{owner}\" to change that client")]
     DomainInUse { domain: String, owner: ClientId },
+    /// A deploy's configuration names another release than the client runs.
+    #[error(
+        "release: client {client} runs release {running}; change it with `stackbox upgrade \
+         {client} --to {asked}` (it takes a backup first and checks the upgrade path), or \
+         leave `release` out of the file"
+    )]
+    ReleaseChange {
+        client: ClientId,
+        running: String,
+        asked: String,
+    },
     /// A stored bundle lacks its client.toml.
     #[error("{path} is not a StackBox bundle (no {CLIENT_FILE}); move it away or restore it")]
     NotABundle { path: PathBuf },
@@ -92,10 +103,21 @@ pub struct RenderOutcome {
 }
 
 /// Options of a render.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RenderOptions {
-    /// Replace every secret the client needs with a new one.
+    /// Replace every secret the client needs with a new one (a bundle that was never
+    /// deployed; a running client rotates with `rotate_only`).
     pub rotate_secrets: bool,
+    /// Replace exactly these secrets (a running client's rotation, see
+    /// `stackbox_core::secrets::rotation_keys`).
+    pub rotate_only: BTreeSet<SecretKey>,
+    /// Write exactly these secrets (and generate only what is missing): puts a client's
+    /// previous secrets back after a rotation that failed.
+    pub restore_secrets: Option<Secrets>,
+    /// Move the client to this release (`stackbox upgrade`, or putting it back after an
+    /// upgrade failed). Without it the client keeps the release it runs, and a new client
+    /// gets the operator's newest.
+    pub release: Option<String>,
 }
 
 /// The bundles under one root folder.
@@ -252,13 +274,47 @@ impl BundleStore {
         };
         let stored = self.load(&id)?;
         let created = stored.is_none();
-        let mut secrets = stored.map(|client| client.secrets).unwrap_or_default();
+        let running = stored
+            .as_ref()
+            .map(|client| client.spec.release.clone())
+            .unwrap_or_default();
+        let release = match (&options.release, &spec.release, created) {
+            (Some(to), _, _) => to.clone(),
+            (None, Some(asked), true) => asked.clone(),
+            (None, None, true) => operator.latest_release().to_string(),
+            (None, asked, false) => {
+                let running = running
+                    .clone()
+                    .unwrap_or_else(|| stackbox_core::release::BASE_RELEASE.to_string());
+                match asked {
+                    Some(asked) if *asked != running => {
+                        return Err(BundleError::ReleaseChange {
+                            client: id,
+                            running,
+                            asked: asked.clone(),
+                        });
+                    }
+                    _ => running,
+                }
+            }
+        };
+        let spec = &ClientSpec {
+            release: Some(release),
+            ..spec.clone()
+        };
+        let mut secrets = match options.restore_secrets {
+            Some(secrets) => secrets,
+            None => stored.map(|client| client.secrets).unwrap_or_default(),
+        };
         let needed = SecretKey::needed_for(&spec.apps());
         let generated = if options.rotate_secrets {
             secrets.rotate(&needed, random);
             needed
         } else {
-            secrets.fill_missing(&needed, random)
+            let mut generated = secrets.fill_missing(&needed, random);
+            secrets.rotate(&options.rotate_only, random);
+            generated.extend(options.rotate_only.iter().copied());
+            generated
         };
         let rendered = render::render(spec, &id, &secrets, operator)?;
         let path = self.client_dir(&id);
@@ -544,6 +600,7 @@ mod tests {
                 &operator,
                 RenderOptions {
                     rotate_secrets: true,
+                    ..RenderOptions::default()
                 },
                 &mut TestRandom(2),
             )
@@ -555,6 +612,57 @@ mod tests {
         assert_eq!(
             store.load(&first.id).unwrap().unwrap().secrets,
             second.secrets
+        );
+    }
+
+    #[test]
+    fn a_rotation_of_named_keys_replaces_only_those_and_the_old_set_can_be_written_back() {
+        let root = tempfile::tempdir().unwrap();
+        let store = BundleStore::new(root.path());
+        let operator = OperatorConfig::default();
+        let first = store
+            .render_client(
+                &spec(""),
+                &operator,
+                RenderOptions::default(),
+                &mut TestRandom(1),
+            )
+            .unwrap();
+        let only = BTreeSet::from([SecretKey::MysqlRootPassword]);
+        let rotated = store
+            .render_client(
+                &spec(""),
+                &operator,
+                RenderOptions {
+                    rotate_only: only.clone(),
+                    ..RenderOptions::default()
+                },
+                &mut TestRandom(2),
+            )
+            .unwrap();
+        assert_eq!(rotated.generated, only);
+        for (key, value) in first.secrets.iter() {
+            let now = rotated.secrets.get(key).unwrap();
+            if key == SecretKey::MysqlRootPassword {
+                assert_ne!(now, value);
+            } else {
+                assert_eq!(now, value, "{key:?} changed");
+            }
+        }
+        store
+            .render_client(
+                &spec(""),
+                &operator,
+                RenderOptions {
+                    restore_secrets: Some(first.secrets.clone()),
+                    ..RenderOptions::default()
+                },
+                &mut TestRandom(3),
+            )
+            .unwrap();
+        assert_eq!(
+            store.load(&first.id).unwrap().unwrap().secrets,
+            first.secrets
         );
     }
 

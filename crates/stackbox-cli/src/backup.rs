@@ -815,3 +815,176 @@ pub fn before_destroy(
         Ok(Some(note))
     })
 }
+
+/// `stackbox upgrade ID --to RELEASE`: the move checked against the upgrade graph, a backup
+/// first, then the client's services replaced by the one deploy path (in dependency order,
+/// health-gated, stateless ones start-first). On failure the deploy's rollback puts the
+/// previous containers back; when a service that keeps data ran the new release's image (it
+/// may have migrated the data), the pre-upgrade backup is restored into it; the bundle keeps
+/// the previous release.
+pub fn upgrade(
+    operator: &OperatorConfig,
+    id: &str,
+    to: &str,
+    health_timeout: Option<std::time::Duration>,
+    args: BackupArgs,
+) -> Result<()> {
+    let id = ClientId::parse(id)?;
+    let bundles = BundleStore::new(args.root);
+    let client = load_client(operator, &bundles, &id)?;
+    let from = client
+        .spec
+        .release
+        .clone()
+        .unwrap_or_else(|| stackbox_core::release::BASE_RELEASE.to_string());
+    let change =
+        stackbox_core::release::plan_move(&operator.images, &operator.releases, &from, to)?;
+    if change.images.is_empty() && from == to {
+        bail!("client {id} already runs release {to}");
+    }
+    let _lock = bundles.lock_client(&id)?;
+    let display = Display::new(args.json);
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let env = env(args.data_dir).await?;
+        let safety = backup_once(operator, &args, &env, &client, BackupReason::Safety, &display)
+            .await
+            .context("the backup before the upgrade failed; nothing was changed")?;
+        let outcome = bundles.render_client(
+            &client.spec,
+            operator,
+            stackbox_bundle::RenderOptions {
+                release: Some(to.to_string()),
+                ..Default::default()
+            },
+            &mut OsRandom,
+        )?;
+        let desired = desired_state(
+            &outcome.rendered.stack,
+            &outcome.secrets,
+            &outcome.rendered.bundle,
+            &client.bundle_dir.display().to_string(),
+            &|name| std::env::var(name).ok(),
+        )?;
+        let edge = bundles.edge_router(operator)?;
+        let progress = crate::progress::Progress::new(args.json);
+        let events = |event| progress.event(event);
+        let deployment = lifecycle::Deployment::prepare(
+            &env.docker,
+            &desired,
+            edge.as_ref(),
+            DeployOptions { health_timeout },
+        )
+        .await?;
+        let run = deployment.run(&events).await;
+        progress.finish();
+        let error = match run {
+            Ok(done) => return Ok::<_, anyhow::Error>((safety.snapshot_id, done)),
+            Err(error) => error,
+        };
+        // Back to the previous release: containers first (the deploy's own rollback), then
+        // the data when a service that keeps data ran the new image, then the bundle.
+        let rolled_back = deployment.rollback(&|_| {}).await;
+        let touched_data: Vec<&str> = outcome
+            .rendered
+            .stack
+            .services
+            .iter()
+            .filter(|service| {
+                service
+                    .mounts
+                    .iter()
+                    .any(|m| matches!(m, stackbox_core::stack::Mount::Volume { .. }))
+                    && client
+                        .stack
+                        .service(service.kind)
+                        .is_some_and(|old| old.image != service.image)
+            })
+            .map(|service| service.kind.name())
+            .collect();
+        bundles.render_client(
+            &client.spec,
+            operator,
+            stackbox_bundle::RenderOptions {
+                release: Some(from.clone()),
+                ..Default::default()
+            },
+            &mut OsRandom,
+        )?;
+        let restored = if touched_data.is_empty() {
+            Ok(())
+        } else {
+            let password = repository_key(&env.store, &env.key, &id).await?;
+            let repo = repository(operator, args.data_dir, &id, password)?;
+            let scratch = scratch_dir(args.data_dir, id.as_str());
+            let events = |event| display.event(event);
+            let plan = backup_plan(&client.stack);
+            let restored = async {
+                converge_client(operator, &bundles, &env.docker, &client).await?;
+                let fetched =
+                    backup::fetch(&repo, &safety.snapshot_id, &id, &scratch, &events).await?;
+                backup::restore_in_place(&env.docker, &fetched, &plan, &events).await?;
+                Ok::<_, anyhow::Error>(())
+            }
+            .await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            restored
+        };
+        // Whatever happened, the client ends running on the previous release.
+        let converged = converge_client(operator, &bundles, &env.docker, &client).await;
+        let mut message = format!(
+            "upgrade of {id} from release {from} to {to} failed: {error}\nthe client runs release {from} again"
+        );
+        if !touched_data.is_empty() {
+            message.push_str(&format!(
+                " with its data restored from the backup taken before the upgrade ({}: {} ran the new release)",
+                short(&safety.snapshot_id),
+                touched_data.join(", ")
+            ));
+        }
+        for (what, problem) in [
+            ("the rollback", rolled_back.err().map(|e| e.to_string())),
+            ("the restore", restored.err().map(|e| format!("{e:#}"))),
+            ("the final converge", converged.err().map(|e| format!("{e:#}"))),
+        ] {
+            if let Some(problem) = problem {
+                message.push_str(&format!(
+                    "\n{what} failed too: {problem}; the data before the upgrade is in snapshot {}",
+                    short(&safety.snapshot_id)
+                ));
+            }
+        }
+        bail!(message)
+    });
+    display.finish();
+    let (snapshot, done) = result?;
+    let images: Vec<serde_json::Value> = change
+        .images
+        .iter()
+        .map(|(key, old, new)| json!({"image": key.key(), "from": old, "to": new}))
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "event": "result",
+                "success": true,
+                "client_id": id.as_str(),
+                "from": from,
+                "to": to,
+                "backup": snapshot,
+                "images": images,
+                "containers": done.services,
+            })
+        );
+    } else {
+        println!(
+            "Upgraded {id} from release {from} to {to}; every service is healthy (backup {} taken first).",
+            short(&snapshot)
+        );
+        for (key, old, new) in &change.images {
+            println!("  {:<12} {old} -> {new}", key.key());
+        }
+    }
+    Ok(())
+}

@@ -78,14 +78,147 @@ pub fn deploy(operator: &OperatorConfig, spec: &ClientSpec, args: DeployArgs) ->
     let store = BundleStore::new(args.root);
     let outcome = store.render_client(spec, operator, RenderOptions::default(), &mut OsRandom)?;
     let lock = store.lock_client(&outcome.id)?;
-    let result = converge(operator, &store, &outcome, &args, &rt, &docker);
+    let result = converge(operator, &store, spec, &outcome, &args, &rt, &docker);
     drop(lock);
     result
+}
+
+/// The bundle root that holds a client: the given one when the client is there, else the one
+/// its containers were deployed from (their working-directory label), so commands on an
+/// existing client need no `--out`.
+fn root_holding(
+    root: &Path,
+    id: &ClientId,
+    rt: &tokio::runtime::Runtime,
+    docker: &DockerRuntime,
+) -> Result<PathBuf> {
+    if BundleStore::new(root).load(id)?.is_some() {
+        return Ok(root.to_path_buf());
+    }
+    let found = rt
+        .block_on(docker.client_bundle_dir(id))?
+        .map(PathBuf::from)
+        .and_then(|dir| dir.parent().and_then(Path::parent).map(Path::to_path_buf))
+        .filter(|found| matches!(BundleStore::new(found).load(id), Ok(Some(_))));
+    found.with_context(|| {
+        format!(
+            "client {id} has no bundle under {} and no container on the engine that names its \
+             bundle folder; pass --out with the bundle root it was deployed from",
+            root.display()
+        )
+    })
+}
+
+/// The bundle root that holds an existing client (see `root_holding`), for commands that
+/// take a root rather than resolving it themselves.
+pub fn root_for(root: &Path, id: &str) -> Result<PathBuf> {
+    let id = parse_id(id)?;
+    let rt = runtime()?;
+    let docker = rt.block_on(DockerRuntime::connect())?;
+    root_holding(root, &id, &rt, &docker)
+}
+
+/// Replaces a running client's secrets: the chosen ones get new values in the bundle, the
+/// deploy tells each database its new passwords (the converge step, with the previous
+/// superuser password handed over once) and recreates, health-gated, every service that
+/// uses them. If anything fails the deploy rolls the containers back, the databases get
+/// their previous passwords again, and the bundle its previous secrets.
+pub fn rotate_secrets(
+    operator: &OperatorConfig,
+    id: &str,
+    only: &[String],
+    args: DeployArgs,
+) -> Result<()> {
+    let id = parse_id(id)?;
+    let rt = runtime()?;
+    let docker = rt.block_on(DockerRuntime::connect())?;
+    let root = root_holding(args.root, &id, &rt, &docker)?;
+    let store = BundleStore::new(&root);
+    let lock = store.lock_client(&id)?;
+    let stored = store
+        .load(&id)?
+        .with_context(|| format!("client {id} has no bundle under {}", root.display()))?;
+    let mut spec = stored.spec.clone();
+    spec.client_id = Some(id.clone());
+    if stackbox_core::infra::effective_provider(&spec, operator)
+        == stackbox_core::infra::ProviderKind::Aws
+    {
+        bail!(
+            "infrastructure: this client's secrets live in AWS Secrets Manager; rotate them \
+             through `stackbox serve` (POST /v1/clients/{id}/rotate-secrets)"
+        );
+    }
+    let needed = stackbox_core::secrets::SecretKey::needed_for(&spec.apps());
+    let keys = stackbox_core::secrets::rotation_keys(&needed, only)?;
+    if keys.is_empty() {
+        bail!("client {id} has no secret that can be rotated while it runs");
+    }
+    let previous = stored.secrets.clone();
+    let outcome = store.render_client(
+        &spec,
+        operator,
+        RenderOptions {
+            rotate_only: keys.clone(),
+            ..RenderOptions::default()
+        },
+        &mut OsRandom,
+    )?;
+    let args = DeployArgs {
+        root: &root,
+        json: args.json,
+        health_timeout: args.health_timeout,
+    };
+    let names: Vec<&str> = keys.iter().map(|k| k.env_name()).collect();
+    if !args.json {
+        println!(
+            "Rotating {} secrets of {id}: {}",
+            names.len(),
+            names.join(", ")
+        );
+    }
+    let result = converge(operator, &store, &spec, &outcome, &args, &rt, &docker);
+    if let Err(error) = result {
+        // The containers are back on the previous secrets; so must the bundle be.
+        let restored = store.render_client(
+            &spec,
+            operator,
+            RenderOptions {
+                restore_secrets: Some(previous),
+                ..RenderOptions::default()
+            },
+            &mut OsRandom,
+        );
+        drop(lock);
+        return match restored {
+            Ok(_) => Err(error.context(format!(
+                "rotation of {id}'s secrets failed; the client and its bundle keep the previous secrets"
+            ))),
+            Err(write) => Err(error.context(format!(
+                "rotation of {id}'s secrets failed, and its bundle could not be given the previous \
+                 secrets back ({write}); the containers run on the previous ones"
+            ))),
+        };
+    }
+    drop(lock);
+    if args.json {
+        println!(
+            "{}",
+            json!({"event": "rotated", "client_id": id.as_str(), "secrets": names})
+        );
+    } else {
+        println!(
+            "Rotated: {} (new values only in {}, mode 0600)",
+            names.join(", "),
+            outcome.path.join(".env").display()
+        );
+    }
+    Ok(())
 }
 
 fn converge(
     operator: &OperatorConfig,
     store: &BundleStore,
+    spec: &ClientSpec,
     outcome: &RenderOutcome,
     args: &DeployArgs,
     rt: &tokio::runtime::Runtime,
@@ -163,11 +296,12 @@ fn converge(
                 "success": true,
                 "client_id": outcome.id.as_str(),
                 "path": bundle_dir,
-                "plan": outcome.rendered.stack.services.len(),
+                "plan": spec.plan.key(),
                 "unchanged": done.unchanged,
                 "services": services,
                 "containers": done.services,
                 "removed": done.removed,
+                "kept_volumes": done.kept_volumes,
                 "credentials": {
                     "admin_username": ADMIN_USERNAME,
                     "admin_password": password,
@@ -187,6 +321,16 @@ fn converge(
                 "  {:<20} {:<10} {:>6.1} s",
                 service.service, service.action, service.seconds
             );
+        }
+        if !done.kept_volumes.is_empty() {
+            println!();
+            println!(
+                "Kept the data of apps no longer in the plan (switching them on again finds it; \
+                 only `stackbox destroy` removes it):"
+            );
+            for volume in &done.kept_volumes {
+                println!("  {volume}");
+            }
         }
         println!();
         println!("Services:");
@@ -212,16 +356,24 @@ fn converge(
 /// Starts a stopped client: a deploy of its stored bundle (the same converge path).
 pub fn start(operator: &OperatorConfig, id: &str, args: DeployArgs) -> Result<()> {
     let id = parse_id(id)?;
-    let store = BundleStore::new(args.root);
-    let stored = store.load(&id)?.with_context(|| {
-        format!(
-            "client {id} has no bundle under {}; pass --out with the bundle root it was deployed from",
-            args.root.display()
-        )
-    })?;
+    let rt = runtime()?;
+    let docker = rt.block_on(DockerRuntime::connect())?;
+    let root = root_holding(args.root, &id, &rt, &docker)?;
+    drop(docker);
+    let stored = BundleStore::new(&root)
+        .load(&id)?
+        .with_context(|| format!("client {id} has no bundle under {}", root.display()))?;
     let mut spec = stored.spec;
     spec.client_id = Some(id);
-    deploy(operator, &spec, args)
+    deploy(
+        operator,
+        &spec,
+        DeployArgs {
+            root: &root,
+            json: args.json,
+            health_timeout: args.health_timeout,
+        },
+    )
 }
 
 pub fn status(
@@ -235,16 +387,15 @@ pub fn status(
     match (id, all) {
         (Some(id), false) => {
             let id = parse_id(id)?;
-            let store = BundleStore::new(root);
+            let docker = rt.block_on(DockerRuntime::connect())?;
+            let root = root_holding(root, &id, &rt, &docker).unwrap_or_else(|_| root.to_path_buf());
+            let store = BundleStore::new(&root);
             let stored = store.load(&id)?;
             let expected: Vec<String> = stored
                 .as_ref()
                 .map(|s| stackbox_core::infra::expected_service_names(&s.spec, operator))
                 .unwrap_or_default();
-            let status = rt.block_on(async {
-                let docker = DockerRuntime::connect().await?;
-                lifecycle::status(&docker, &id, &expected).await
-            })?;
+            let status = rt.block_on(lifecycle::status(&docker, &id, &expected))?;
             let urls = stored
                 .as_ref()
                 .map(|s| service_urls(&s.spec))
@@ -343,14 +494,15 @@ fn print_status(status: &ClientStatus, urls: &[stackbox_core::stack::ServiceUrl]
 
 pub fn stop(root: &Path, id: &str, json: bool) -> Result<()> {
     let id = parse_id(id)?;
-    let store = BundleStore::new(root);
+    let rt = runtime()?;
+    let docker = rt.block_on(DockerRuntime::connect())?;
+    // The lock lives beside the client's bundle, wherever it was deployed from.
+    let root = root_holding(root, &id, &rt, &docker).unwrap_or_else(|_| root.to_path_buf());
+    let store = BundleStore::new(&root);
     let _lock = store.lock_client(&id)?;
     let progress = Progress::new(json);
     let events = |event| progress.event(event);
-    let stopped = runtime()?.block_on(async {
-        let docker = DockerRuntime::connect().await?;
-        lifecycle::stop(&docker, &id, &events).await
-    });
+    let stopped = rt.block_on(lifecycle::stop(&docker, &id, &events));
     progress.finish();
     let stopped = stopped?;
     if json {

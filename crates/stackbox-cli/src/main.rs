@@ -20,6 +20,7 @@ use stackbox_core::stack::ADMIN_USERNAME;
 
 mod backup;
 mod cloud;
+mod doctor;
 mod lifecycle;
 mod progress;
 mod remote;
@@ -118,6 +119,40 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         health_timeout: Option<u64>,
     },
+    /// Give a running client new secrets: the databases are told the new passwords first,
+    /// then every service that uses them is recreated, health-gated; on failure everything
+    /// returns to the previous secrets. Secrets bound to the apps' data (the admin password,
+    /// EspoCRM's and Nextcloud's database passwords, encryption keys) are left alone.
+    RotateSecrets {
+        client_id: String,
+        /// Rotate only this secret (its `.env` name, e.g. MYSQL_ROOT_PASSWORD); repeatable.
+        #[arg(long, value_name = "KEY")]
+        only: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_name = "SECONDS")]
+        health_timeout: Option<u64>,
+    },
+    /// Move a client to another release of the images (see `stackbox releases`): the upgrade
+    /// graph is checked, a backup is taken first, services are replaced health-gated, and a
+    /// failure returns the client to its release (restoring the backup when data may have
+    /// been migrated).
+    Upgrade {
+        client_id: String,
+        /// The release to move to (a `[[releases]]` name, or "base").
+        #[arg(long, value_name = "RELEASE")]
+        to: String,
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_name = "SECONDS")]
+        health_timeout: Option<u64>,
+    },
+    /// List the releases (the base catalog, then `[[releases]]`) and what each changes.
+    Releases {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the containers and networks of a failed or partial deployment.
     Cleanup {
         client_id: String,
@@ -182,6 +217,15 @@ enum Command {
         delete_backups: bool,
         #[command(flatten)]
         common: Common,
+    },
+    /// Check what a deploy needs (the engine and its address pools, the open-file limit, the
+    /// ingress ports, every catalog image, free disk, the data directory and master key, the
+    /// store, the Stripe, SMTP and AWS settings) and say what to do about each failure; exits
+    /// 1 when something blocks a deploy.
+    Doctor {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -270,6 +314,18 @@ enum TokenCommand {
         #[arg(long, value_name = "CLIENT_ID")]
         client: Option<String>,
     },
+    /// List the tokens: id, role, client, created, last used (never a token itself).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (`tok_…`, from `token list`): refused from the next request
+    /// on, also by a server that is running.
+    Revoke {
+        /// The token's id, not the token.
+        token_id: String,
+    },
 }
 
 /// Options every lifecycle command takes.
@@ -288,11 +344,15 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let json = match &cli.command {
-        Command::Render { json, .. } | Command::Plans { json } => *json,
+        Command::Render { json, .. } | Command::Plans { json } | Command::Releases { json } => {
+            *json
+        }
         Command::Deploy { common, .. }
         | Command::Status { common, .. }
         | Command::Stop { common, .. }
         | Command::Start { common, .. }
+        | Command::RotateSecrets { common, .. }
+        | Command::Upgrade { common, .. }
         | Command::Cleanup { common, .. }
         | Command::Destroy { common, .. }
         | Command::Clone { common, .. } => common.json,
@@ -308,6 +368,10 @@ fn main() -> ExitCode {
             | InfraCommand::Apply { json, .. }
             | InfraCommand::Destroy { json, .. } => *json,
         },
+        Command::Token {
+            command: TokenCommand::List { json },
+        } => *json,
+        Command::Doctor { json } => *json,
         Command::Serve { .. } | Command::Token { .. } => false,
     };
     match run(cli) {
@@ -347,6 +411,8 @@ fn starts_containers(command: &Command) -> bool {
     match command {
         Command::Deploy { .. }
         | Command::Start { .. }
+        | Command::RotateSecrets { .. }
+        | Command::Upgrade { .. }
         | Command::Serve { .. }
         | Command::Clone { .. } => true,
         Command::Backup { command } => matches!(
@@ -355,11 +421,13 @@ fn starts_containers(command: &Command) -> bool {
         ),
         Command::Render { .. }
         | Command::Plans { .. }
+        | Command::Releases { .. }
         | Command::Status { .. }
         | Command::Stop { .. }
         | Command::Cleanup { .. }
         | Command::Infra { .. }
         | Command::Token { .. }
+        | Command::Doctor { .. }
         | Command::Destroy { .. } => false,
     }
 }
@@ -400,12 +468,23 @@ fn run(cli: Cli) -> Result<()> {
             return result;
         }
     }
+    if let Command::Doctor { json } = &cli.command {
+        // Before the configuration is loaded: doctor reports a broken one as a failed check.
+        let data_dir = serve::data_dir(cli.data_dir.clone());
+        return doctor::run(
+            operator_config(&cli),
+            cli.operator.as_deref(),
+            &data_dir,
+            *json,
+        );
+    }
     let mut operator = operator_config(&cli)?;
     if starts_containers(&cli.command) {
         fit_open_files_to_the_engine(&mut operator);
     }
     let data_dir = serve::data_dir(cli.data_dir.clone());
     match cli.command {
+        Command::Doctor { .. } => unreachable!("doctor returns before the configuration loads"),
         Command::Serve {
             listen,
             master_key_file,
@@ -420,9 +499,13 @@ fn run(cli: Cli) -> Result<()> {
                 health_timeout: None,
             },
         ),
-        Command::Token {
-            command: TokenCommand::Create { client, .. },
-        } => serve::create_token(&data_dir, client.as_deref()),
+        Command::Token { command } => match command {
+            TokenCommand::Create { client, .. } => {
+                serve::create_token(&data_dir, client.as_deref())
+            }
+            TokenCommand::List { json } => serve::list_tokens(&data_dir, json),
+            TokenCommand::Revoke { token_id } => serve::revoke_token(&data_dir, &token_id),
+        },
         Command::Infra { command } => {
             let args = match command {
                 InfraCommand::Plan { config, json } => cloud::InfraArgs::Plan { config, json },
@@ -462,7 +545,10 @@ fn run(cli: Cli) -> Result<()> {
             let outcome = store.render_client(
                 &spec,
                 &operator,
-                RenderOptions { rotate_secrets },
+                RenderOptions {
+                    rotate_secrets,
+                    ..RenderOptions::default()
+                },
                 &mut OsRandom,
             )?;
             if json {
@@ -518,6 +604,47 @@ fn run(cli: Cli) -> Result<()> {
                     health_timeout,
                 },
             )
+        }
+        Command::RotateSecrets {
+            client_id,
+            only,
+            common,
+            health_timeout,
+        } => {
+            let root = root_of(&common, &operator);
+            lifecycle::rotate_secrets(
+                &operator,
+                &client_id,
+                &only,
+                lifecycle::DeployArgs {
+                    root: &root,
+                    json: common.json,
+                    health_timeout,
+                },
+            )
+        }
+        Command::Upgrade {
+            client_id,
+            to,
+            common,
+            health_timeout,
+        } => {
+            let root = lifecycle::root_for(&root_of(&common, &operator), &client_id)?;
+            backup::upgrade(
+                &operator,
+                &client_id,
+                &to,
+                health_timeout.map(std::time::Duration::from_secs),
+                backup::BackupArgs {
+                    root: &root,
+                    data_dir: &data_dir,
+                    json: common.json,
+                },
+            )
+        }
+        Command::Releases { json } => {
+            print_releases(&operator, json);
+            Ok(())
         }
         Command::Status {
             client_id,
@@ -688,10 +815,22 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
             snapshot,
             common,
         } => remote().and_then(|r| r.clone(client_id, domain, snapshot.as_deref(), common.json)),
+        Command::RotateSecrets {
+            client_id,
+            only,
+            common,
+            ..
+        } => remote().and_then(|r| r.rotate_secrets(client_id, only, common.json)),
+        Command::Upgrade { .. } => Err(anyhow::anyhow!(
+            "upgrade runs on the engine's host (without --server) for now; the server's \
+             deployments do not take upgrades yet"
+        )),
         Command::Render { .. }
         | Command::Plans { .. }
+        | Command::Releases { .. }
         | Command::Serve { .. }
         | Command::Token { .. }
+        | Command::Doctor { .. }
         | Command::Infra { .. } => {
             return None
         }
@@ -710,6 +849,41 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 /// The admin password, only when this run generated it: secrets are shown once.
+fn print_releases(operator: &OperatorConfig, json: bool) {
+    let all = stackbox_core::release::release_catalogs(&operator.images, &operator.releases);
+    if json {
+        let releases: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(name, catalog)| {
+                let images: serde_json::Map<String, serde_json::Value> = catalog
+                    .iter()
+                    .map(|(key, image)| (key.key().to_string(), serde_json::json!(image)))
+                    .collect();
+                serde_json::json!({"name": name, "images": images})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"releases": releases, "latest": operator.latest_release()})
+        );
+        return;
+    }
+    for (index, (name, catalog)) in all.iter().enumerate() {
+        let latest = if name == operator.latest_release() {
+            "  (newest: new clients get it)"
+        } else {
+            ""
+        };
+        println!("{name}{latest}");
+        for (key, image) in catalog.iter() {
+            let changed = index == 0 || all[index - 1].1.image(key) != image;
+            if changed {
+                println!("  {:<12} {image}", key.key());
+            }
+        }
+    }
+}
+
 fn new_admin_password(outcome: &RenderOutcome) -> Option<&str> {
     outcome
         .generated

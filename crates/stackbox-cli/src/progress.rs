@@ -120,6 +120,7 @@ fn label(phase: Phase) -> &'static str {
         Phase::Creating => "creating",
         Phase::Starting => "starting",
         Phase::CheckingHealth => "waiting until healthy",
+        Phase::Converging => "setting databases, users and passwords",
         Phase::Healthy => "healthy",
         Phase::Unchanged => "unchanged",
         Phase::Failed => "failed",

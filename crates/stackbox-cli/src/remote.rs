@@ -3,6 +3,11 @@
 //!
 //! Plain HTTP/1.1 over TCP (the server listens on a private address or behind the operator's
 //! TLS proxy); `https://` is refused with a message rather than sent in clear.
+//!
+//! `deploy` of a file that names its `client_id` sends the file's configuration as a merge
+//! patch (`PATCH /v1/clients/{id}`), so that its edits reach the server, and follows the
+//! redeploy that applies them; a file that changes nothing is redeployed as stored (`POST
+//! …/redeploy`), so that `deploy` keeps meaning "converge to this file".
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -33,6 +38,17 @@ impl Remote {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        self.call_as(method, path, body, "application/json")
+    }
+
+    /// [`Remote::call`] with the body sent as `content_type`.
+    fn call_as(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        content_type: &str,
+    ) -> Result<(u16, Value)> {
         let mut stream = TcpStream::connect(&self.host)
             .with_context(|| format!("cannot reach the StackBox server at http://{}", self.host))?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -42,7 +58,7 @@ impl Remote {
             self.host, self.token
         );
         if !body.is_empty() {
-            request.push_str("Content-Type: application/json\r\n");
+            request.push_str(&format!("Content-Type: {content_type}\r\n"));
         }
         request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
         stream.write_all(request.as_bytes())?;
@@ -64,6 +80,10 @@ impl Remote {
     /// The body on success; the server's error message otherwise.
     fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let (status, value) = self.call(method, path, body)?;
+        Self::success(status, value)
+    }
+
+    fn success(status: u16, value: Value) -> Result<Value> {
         if (200..300).contains(&status) {
             return Ok(value);
         }
@@ -132,17 +152,9 @@ impl Remote {
 
     pub fn deploy(&self, spec: &ClientSpec, json: bool) -> Result<()> {
         let deployment = match &spec.client_id {
-            Some(id) => self.ok("POST", &format!("/v1/clients/{id}/redeploy"), None)?,
+            Some(id) => self.change(id.as_str(), spec, json)?,
             None => {
-                let body = json!({
-                    "company_name": spec.company_name.as_str(),
-                    "domain": spec.domain.to_string(),
-                    "plan": spec.plan.key(),
-                    "admin_email": spec.admin_email.as_str(),
-                    "brand_color": spec.brand_color.as_str(),
-                    "features": spec.features.iter().map(|(app, on)| (app.key().to_string(), json!(on))).collect::<serde_json::Map<_, _>>(),
-                });
-                let created = self.ok("POST", "/v1/clients", Some(&body))?;
+                let created = self.ok("POST", "/v1/clients", Some(&configuration(spec)))?;
                 if json {
                     println!("{}", json!({"event": "created", "client": created}));
                 } else {
@@ -170,6 +182,46 @@ impl Remote {
         self.finish(&id, json, "deploy")
     }
 
+    /// An existing client to the file's configuration: its edits as a merge patch, or, when
+    /// there are none, a redeploy of what is stored. Returns the deployment to follow.
+    fn change(&self, id: &str, spec: &ClientSpec, json: bool) -> Result<Value> {
+        let (status, current) = self.call("GET", &format!("/v1/clients/{id}"), None)?;
+        if status == 404 {
+            bail!(
+                "client {id} (the file's client_id) is not known to the server; remove \
+                 client_id from the file to create the client"
+            );
+        }
+        let current = Self::success(status, current)?;
+        let patch = patch_to(&current["configuration"], spec);
+        let (status, answer) = self.call_as(
+            "PATCH",
+            &format!("/v1/clients/{id}"),
+            Some(&patch),
+            "application/merge-patch+json",
+        )?;
+        let answer = Self::success(status, answer)?;
+        if status != 202 {
+            // Nothing to change: converge to what is stored.
+            if !json {
+                eprintln!("Client {id}: the configuration is unchanged; redeploying it.");
+            }
+            return self.ok("POST", &format!("/v1/clients/{id}/redeploy"), None);
+        }
+        if json {
+            println!(
+                "{}",
+                json!({"event": "changed", "client_id": id, "changes": answer["changes"]})
+            );
+        } else {
+            eprintln!("Client {id}: changing");
+            for (field, change) in answer["changes"].as_object().into_iter().flatten() {
+                eprintln!("  {field}: {} -> {}", change["from"], change["to"]);
+            }
+        }
+        Ok(answer)
+    }
+
     pub fn action(&self, client: &str, action: &str, json: bool) -> Result<()> {
         let deployment = self.ok("POST", &format!("/v1/clients/{client}/{action}"), None)?;
         let id = deployment["deployment_id"]
@@ -177,6 +229,21 @@ impl Remote {
             .unwrap_or_default()
             .to_string();
         self.finish(&id, json, action)
+    }
+
+    /// `POST /v1/clients/{id}/rotate-secrets`, then follows the deployment.
+    pub fn rotate_secrets(&self, client: &str, only: &[String], json: bool) -> Result<()> {
+        let body = json!({ "only": only });
+        let deployment = self.ok(
+            "POST",
+            &format!("/v1/clients/{client}/rotate-secrets"),
+            Some(&body),
+        )?;
+        let id = deployment["deployment_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.finish(&id, json, "rotate-secrets")
     }
 
     pub fn destroy(&self, client: &str, delete_backups: bool, json: bool) -> Result<()> {
@@ -326,5 +393,86 @@ impl Remote {
             }
         }
         Ok(())
+    }
+}
+
+/// A configuration as `POST /v1/clients` takes it (without its id).
+fn configuration(spec: &ClientSpec) -> Value {
+    let mut body = json!({
+        "company_name": spec.company_name.as_str(),
+        "domain": spec.domain.as_str(),
+        "plan": spec.plan.key(),
+        "admin_email": spec.admin_email.as_str(),
+        "brand_color": spec.brand_color.as_str(),
+        "features": spec
+            .features
+            .iter()
+            .map(|(app, on)| (app.key().to_string(), json!(on)))
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    if let Some(provider) = spec.infrastructure {
+        body["infrastructure"] = json!(provider.key());
+    }
+    body
+}
+
+/// The merge patch that makes the stored configuration (`current`, as `GET /v1/clients/{id}`
+/// shows it) the file's: every field of the file, and `null` for what the file no longer
+/// sets (an app switch taken out, a provider no longer named), which a merge would keep.
+fn patch_to(current: &Value, spec: &ClientSpec) -> Value {
+    let mut patch = configuration(spec);
+    for app in current["features"]
+        .as_object()
+        .into_iter()
+        .flat_map(|f| f.keys())
+    {
+        if patch["features"].get(app).is_none() {
+            patch["features"][app] = Value::Null;
+        }
+    }
+    if current.get("infrastructure").is_some_and(|p| !p.is_null()) && spec.infrastructure.is_none()
+    {
+        patch["infrastructure"] = Value::Null;
+    }
+    patch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> ClientSpec {
+        ClientSpec::from_toml(&format!(
+            "client_id = \"smith-0000000a\"\ncompany_name = \"Smith\"\n\
+             domain = \"smith.example.com\"\nplan = \"professional\"\n\
+             admin_email = \"owner@smith.example.com\"\n{extra}"
+        ))
+        .expect("valid")
+    }
+
+    #[test]
+    fn the_patch_sets_every_field_of_the_file_and_clears_what_it_no_longer_sets() {
+        let current = json!({
+            "company_name": "Smith", "domain": "smith.example.com", "plan": "professional",
+            "admin_email": "owner@smith.example.com", "brand_color": "#003366",
+            "infrastructure": "local", "features": {"calcom": false, "nextcloud": false}
+        });
+        let file = spec("brand_color = \"#aa0000\"\n[features]\nnextcloud = true\n");
+        assert_eq!(
+            patch_to(&current, &file),
+            json!({
+                "company_name": "Smith", "domain": "smith.example.com", "plan": "professional",
+                "admin_email": "owner@smith.example.com", "brand_color": "#aa0000",
+                "infrastructure": null, "features": {"calcom": null, "nextcloud": true}
+            })
+        );
+    }
+
+    #[test]
+    fn a_file_that_names_its_provider_keeps_it_in_the_patch() {
+        let current = json!({"infrastructure": "local", "features": {}});
+        let patch = patch_to(&current, &spec("infrastructure = \"local\"\n"));
+        assert_eq!(patch["infrastructure"], "local");
+        assert_eq!(patch["features"], json!({}));
     }
 }

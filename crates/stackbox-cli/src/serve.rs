@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use stackbox_api::Timestamp as ApiTime;
 use stackbox_api::{
-    ClientAction, ControlError, ControlPlane, ListQuery, MetricsSnapshot, Principal,
+    Authenticated, ClientAction, ControlError, ControlPlane, DeploymentQuery, ListQuery,
+    MetricsSnapshot, Principal,
 };
 use stackbox_api::{
     ClientConfiguration, ClientDetail, ClientState as ApiState, ClientSummary, CreatedClient,
@@ -26,8 +27,8 @@ use stackbox_core::stack::{service_urls, ADMIN_USERNAME};
 use stackbox_engine::lifecycle;
 use stackbox_engine::DockerRuntime;
 use stackbox_store::{
-    ClientFilter, ClientState, Deployment, DeploymentId, DeploymentKind, MasterKey, Store,
-    StoreError, TokenRole,
+    ClientFilter, ClientState, Deployment, DeploymentId, DeploymentKind, MasterKey, RequestedBy,
+    Store, StoreError, TokenId, TokenRole,
 };
 
 /// Where the data directory is: `--data-dir`, `STACKBOX_DATA_DIR`, else the per-user one.
@@ -108,6 +109,9 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // `stackbox doctor`'s checks, one log line each; a failure is logged, not refused.
+        crate::doctor::log_at_start(&operator, &args.data_dir, args.master_key_file.as_deref())
+            .await;
         let store = open_store(&args.data_dir).await?;
         let key = master_key(&args.data_dir, args.master_key_file.as_deref())?;
         // Refuses a key other than the one the store's secrets were sealed with (the store
@@ -148,7 +152,7 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
             operator: operator_for_cloud,
             docker: tokio::sync::Mutex::new(None),
             outcome_floor: std::sync::Mutex::new(BTreeMap::new()),
-            token_cache: std::sync::Mutex::new(HashMap::new()),
+            unknown_tokens: std::sync::Mutex::new(HashMap::new()),
             list_cache: std::sync::Mutex::new(HashMap::new()),
         };
         stackbox_api::serve(listener, Arc::new(served), shutdown_signal()).await?;
@@ -198,6 +202,81 @@ pub fn create_token(data_dir: &Path, client: Option<&str>) -> Result<()> {
     })
 }
 
+/// `stackbox token list`: every token of the data directory's store, never a secret.
+pub fn list_tokens(data_dir: &Path, json: bool) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let store = open_store(data_dir).await?;
+        let tokens = store.tokens().await?;
+        if json {
+            let list = stackbox_api::TokenList {
+                tokens: tokens.iter().map(token_view).collect(),
+            };
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            return Ok(());
+        }
+        if tokens.is_empty() {
+            eprintln!("no tokens; make one with `stackbox token create --operator`");
+            return Ok(());
+        }
+        println!(
+            "{:<20} {:<9} {:<32} {:<24} LAST USED",
+            "ID", "ROLE", "CLIENT", "CREATED"
+        );
+        for token in &tokens {
+            println!(
+                "{:<20} {:<9} {:<32} {:<24} {}",
+                token.id.as_str(),
+                token.role.as_str(),
+                token.client_id.as_ref().map_or("-", |c| c.as_str()),
+                token.created_at.to_string(),
+                token
+                    .last_used_at
+                    .map_or_else(|| "never".to_string(), |t| t.to_string())
+            );
+        }
+        Ok(())
+    })
+}
+
+/// `stackbox token revoke ID`: the token stops working at once, also for a running server
+/// (which keeps no verified token).
+pub fn revoke_token(data_dir: &Path, id: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let id = TokenId::parse(id).with_context(|| {
+            format!("{id:?} is not a token id; `stackbox token list` shows them (tok_…)")
+        })?;
+        let store = open_store(data_dir).await?;
+        store.revoke_token(&id).await.map_err(|error| match error {
+            StoreError::TokenNotFound { .. } => anyhow::anyhow!(
+                "token {id} is not known to this control plane; `stackbox token list` shows \
+                 the tokens"
+            ),
+            other => other.into(),
+        })?;
+        eprintln!("token {id} revoked; it is refused from the next request on");
+        Ok(())
+    })
+}
+
+fn token_view(token: &stackbox_store::TokenRecord) -> stackbox_api::TokenView {
+    stackbox_api::TokenView {
+        id: token.id.as_str().to_string(),
+        role: match token.role {
+            TokenRole::Operator => stackbox_api::TokenRole::Operator,
+            TokenRole::Client => stackbox_api::TokenRole::Client,
+        },
+        client_id: token.client_id.as_ref().map(|c| c.as_str().to_string()),
+        created_at: time(token.created_at),
+        last_used_at: token.last_used_at.map(time),
+    }
+}
+
 struct Served {
     control: Control,
     store: Store,
@@ -209,10 +288,12 @@ struct Served {
     /// The highest count seen per outcome: a destroy removes the client's deployment rows,
     /// and a Prometheus counter must not go down while the process runs.
     outcome_floor: std::sync::Mutex<BTreeMap<DeploymentOutcome, u64>>,
-    /// Recently verified tokens (by SHA-256 of the token, never the token), so that a busy
-    /// client is not one database read per request. Entries live [`TOKEN_CACHE_TTL`]: a token
-    /// revoked in the store stops working within that time.
-    token_cache: std::sync::Mutex<TokenCache>,
+    /// Tokens recently found unknown (by SHA-256 of the token, never the token), so that a
+    /// client retrying a bad token is not one database read per request; entries live
+    /// [`UNKNOWN_TOKEN_TTL`]. Verified tokens are never kept: a revoked token is refused on
+    /// the next request, whichever process revoked it (the API, or `stackbox token revoke`
+    /// beside the server).
+    unknown_tokens: std::sync::Mutex<HashMap<[u8; 32], Instant>>,
     /// Pages of `GET /v1/clients` for up to [`LIST_CACHE_TTL`], dropped whenever a request
     /// through this API changes a client; changes the pipeline and the monitor make show
     /// within that time.
@@ -221,10 +302,10 @@ struct Served {
 
 const LIST_CACHE_TTL: Duration = Duration::from_secs(1);
 
-/// SHA-256 of a token → who it is (or `None`: unknown) and when that was read.
-type TokenCache = HashMap<[u8; 32], (Option<Principal>, Instant)>;
+const UNKNOWN_TOKEN_TTL: Duration = Duration::from_secs(30);
 
-const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
+/// The most unknown tokens remembered.
+const UNKNOWN_TOKENS_KEPT: usize = 10_000;
 
 fn internal(error: impl std::error::Error + 'static) -> ControlError {
     ControlError::internal(&error)
@@ -263,6 +344,9 @@ fn control_error(error: stackbox_control::ControlError) -> ControlError {
         stackbox_control::ControlError::BadWebhook(problem) => ControlError::BadRequest(problem),
         stackbox_control::ControlError::Invalid { field, problem } => {
             ControlError::Invalid { field, problem }
+        }
+        error @ stackbox_control::ControlError::ConfigurationChanged { .. } => {
+            ControlError::Conflict(error.to_string())
         }
         // Stripe retries a webhook answered 503; a buyer is told to retry.
         error @ (stackbox_control::ControlError::Busy { .. }
@@ -309,6 +393,64 @@ fn api_kind(kind: DeploymentKind) -> ApiKind {
         DeploymentKind::Verify => ApiKind::Verify,
         DeploymentKind::Clone => ApiKind::Clone,
     }
+}
+
+/// Who asked, as the control plane journals it.
+fn requested(caller: &Authenticated) -> Result<RequestedBy, ControlError> {
+    let id = TokenId::parse(&caller.token_id).map_err(internal)?;
+    let role = match caller.principal {
+        Principal::Operator => TokenRole::Operator,
+        Principal::Client(_) => TokenRole::Client,
+    };
+    Ok(RequestedBy::Token { id, role })
+}
+
+/// A deployment in a client's history.
+fn summary(deployment: &Deployment) -> stackbox_api::DeploymentSummary {
+    use stackbox_api::{RequesterKind, TokenRole as ApiRole};
+    let full = view(deployment);
+    stackbox_api::DeploymentSummary {
+        steps: stackbox_api::StepsSummary::of(&full.steps),
+        id: full.id,
+        kind: full.kind,
+        status: full.status,
+        created_at: full.created_at,
+        started_at: full.started_at,
+        finished_at: full.finished_at,
+        error: full.error,
+        requested_by: deployment.requested_by().map(|by| match by {
+            RequestedBy::Token { id, role } => stackbox_api::RequestedBy {
+                by: RequesterKind::Token,
+                token_id: Some(id.as_str().to_string()),
+                role: Some(match role {
+                    TokenRole::Operator => ApiRole::Operator,
+                    TokenRole::Client => ApiRole::Client,
+                }),
+            },
+            RequestedBy::Schedule => stackbox_api::RequestedBy {
+                by: RequesterKind::Schedule,
+                token_id: None,
+                role: None,
+            },
+        }),
+        changes: changes_view(deployment),
+    }
+}
+
+fn changes_view(deployment: &Deployment) -> BTreeMap<String, stackbox_api::FieldChange> {
+    deployment
+        .changes()
+        .into_iter()
+        .map(|(field, change)| {
+            (
+                field,
+                stackbox_api::FieldChange {
+                    from: change.from,
+                    to: change.to,
+                },
+            )
+        })
+        .collect()
 }
 
 fn backup_view(record: &stackbox_store::BackupRecord) -> stackbox_api::BackupView {
@@ -402,7 +544,10 @@ impl Served {
             .clear();
     }
 
-    async fn verify_token_in_store(&self, bearer: &str) -> Result<Option<Principal>, ControlError> {
+    async fn verify_token_in_store(
+        &self,
+        bearer: &str,
+    ) -> Result<Option<Authenticated>, ControlError> {
         // A store that cannot answer is a 503, not a 401: the caller keeps its token.
         let Some(info) = self
             .store
@@ -412,11 +557,15 @@ impl Served {
         else {
             return Ok(None);
         };
-        Ok(match (info.role, info.client_id) {
-            (TokenRole::Operator, _) => Some(Principal::Operator),
-            (TokenRole::Client, Some(client)) => Some(Principal::Client(client)),
-            (TokenRole::Client, None) => None,
-        })
+        let principal = match (info.role, info.client_id) {
+            (TokenRole::Operator, _) => Principal::Operator,
+            (TokenRole::Client, Some(client)) => Principal::Client(client),
+            (TokenRole::Client, None) => return Ok(None),
+        };
+        Ok(Some(Authenticated {
+            token_id: info.id.as_str().to_string(),
+            principal,
+        }))
     }
 }
 
@@ -455,27 +604,37 @@ impl Served {
 }
 
 impl ControlPlane for Served {
-    async fn verify_token(&self, bearer: &str) -> Result<Option<Principal>, ControlError> {
+    async fn verify_token(&self, bearer: &str) -> Result<Option<Authenticated>, ControlError> {
         use sha2::Digest;
         let key: [u8; 32] = sha2::Sha256::digest(bearer.as_bytes()).into();
         {
-            let cache = self.token_cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((principal, at)) = cache.get(&key) {
-                if at.elapsed() < TOKEN_CACHE_TTL {
-                    return Ok(principal.clone());
-                }
+            let unknown = self
+                .unknown_tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if unknown
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < UNKNOWN_TOKEN_TTL)
+            {
+                return Ok(None);
             }
         }
-        let principal = self.verify_token_in_store(bearer).await?;
-        let mut cache = self.token_cache.lock().unwrap_or_else(|p| p.into_inner());
-        // Unknown tokens are cached too (a client retrying a bad token), within a bound.
-        if cache.len() > 10_000 {
-            cache.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+        // Every known token is looked up: one indexed read, and a write at most once a
+        // minute per token (its last use).
+        let verified = self.verify_token_in_store(bearer).await?;
+        if verified.is_none() {
+            let mut unknown = self
+                .unknown_tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if unknown.len() >= UNKNOWN_TOKENS_KEPT {
+                unknown.retain(|_, at| at.elapsed() < UNKNOWN_TOKEN_TTL);
+            }
+            if unknown.len() < UNKNOWN_TOKENS_KEPT {
+                unknown.insert(key, Instant::now());
+            }
         }
-        if cache.len() <= 10_000 {
-            cache.insert(key, (principal.clone(), Instant::now()));
-        }
-        Ok(principal)
+        Ok(verified)
     }
 
     async fn create_client(&self, spec: ClientSpec) -> Result<CreatedClient, ControlError> {
@@ -581,6 +740,7 @@ impl ControlPlane for Served {
         &self,
         id: &ClientId,
         action: ClientAction,
+        requested_by: &Authenticated,
     ) -> Result<DeploymentRef, ControlError> {
         let kind = match action {
             ClientAction::Stop => DeploymentKind::Stop,
@@ -589,7 +749,7 @@ impl ControlPlane for Served {
         };
         let deployment = self
             .control
-            .request(id, kind)
+            .request_by(id, kind, &requested(requested_by)?)
             .await
             .map_err(control_error)?;
         self.forget_lists();
@@ -602,16 +762,92 @@ impl ControlPlane for Served {
         &self,
         id: &ClientId,
         delete_backups: bool,
+        requested_by: &Authenticated,
     ) -> Result<DeploymentRef, ControlError> {
         let deployment = self
             .control
-            .request_destroy(id, delete_backups)
+            .request_destroy_by(id, delete_backups, &requested(requested_by)?)
             .await
             .map_err(control_error)?;
         self.forget_lists();
         Ok(DeploymentRef {
             deployment_id: deployment.id.as_str().to_string(),
         })
+    }
+
+    async fn client_spec(&self, id: &ClientId) -> Result<ClientSpec, ControlError> {
+        self.store
+            .client(id)
+            .await
+            .map_err(store_error)?
+            .ok_or(ControlError::NotFound)?
+            .spec()
+            .map_err(store_error)
+    }
+
+    async fn update_client(
+        &self,
+        id: &ClientId,
+        spec: ClientSpec,
+        requested_by: &Authenticated,
+    ) -> Result<Option<stackbox_api::ClientChange>, ControlError> {
+        let deployment = self
+            .control
+            .update_client(id, spec, &requested(requested_by)?)
+            .await
+            .map_err(control_error)?;
+        let Some(deployment) = deployment else {
+            return Ok(None);
+        };
+        self.forget_lists();
+        Ok(Some(stackbox_api::ClientChange {
+            deployment_id: deployment.id.as_str().to_string(),
+            changes: changes_view(&deployment),
+        }))
+    }
+
+    async fn client_deployments(
+        &self,
+        id: &ClientId,
+        query: DeploymentQuery,
+    ) -> Result<Page<stackbox_api::DeploymentSummary>, ControlError> {
+        let after = query
+            .after
+            .as_deref()
+            .map(DeploymentId::parse)
+            .transpose()
+            .map_err(|_| ControlError::Invalid {
+                field: "after".into(),
+                problem: "is not a deployment id; pass the `next` of the previous page".into(),
+            })?;
+        if self.store.client(id).await.map_err(store_error)?.is_none() {
+            return Err(ControlError::NotFound);
+        }
+        let page = self
+            .store
+            .deployment_page_of_client(id, after.as_ref(), query.limit)
+            .await
+            .map_err(store_error)?;
+        Ok(Page {
+            items: page.deployments.iter().map(summary).collect(),
+            next: page.next.map(|id| id.as_str().to_string()),
+        })
+    }
+
+    async fn list_tokens(&self) -> Result<stackbox_api::TokenList, ControlError> {
+        let tokens = self.store.tokens().await.map_err(store_error)?;
+        Ok(stackbox_api::TokenList {
+            tokens: tokens.iter().map(token_view).collect(),
+        })
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<(), ControlError> {
+        let id = TokenId::parse(id).map_err(|_| ControlError::NotFound)?;
+        match self.store.revoke_token(&id).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::TokenNotFound { .. }) => Err(ControlError::NotFound),
+            Err(other) => Err(store_error(other)),
+        }
     }
 
     async fn get_deployment(&self, id: &str) -> Result<DeploymentView, ControlError> {
@@ -803,6 +1039,28 @@ impl ControlPlane for Served {
             .min()
             .map(|oldest| (now - oldest).max(0) as f64);
         Ok(snapshot)
+    }
+
+    async fn rotate_secrets(
+        &self,
+        id: &ClientId,
+        only: Vec<String>,
+        requested_by: &Authenticated,
+    ) -> Result<DeploymentRef, ControlError> {
+        let mut params = serde_json::Map::new();
+        params.insert(
+            stackbox_store::REQUESTED_BY_PARAM.to_string(),
+            requested(requested_by)?.to_json(),
+        );
+        let deployment = self
+            .control
+            .request_rotation(id, &only, params)
+            .await
+            .map_err(control_error)?;
+        self.forget_lists();
+        Ok(DeploymentRef {
+            deployment_id: deployment.id.as_str().to_string(),
+        })
     }
 
     async fn create_backup(&self, id: &ClientId) -> Result<DeploymentRef, ControlError> {

@@ -15,9 +15,11 @@
 //! channel and the store.
 
 mod backups;
+mod changes;
 mod cloud;
 mod monitor;
 mod onboarding;
+mod rotation;
 mod steps;
 
 pub use steps::{step_names, steps_for, CloudMysql, Step, StepOutput};
@@ -83,6 +85,11 @@ pub enum ControlError {
     Payment { transient: bool, problem: String },
     #[error("client {client} has a deployment running; retry when it has finished")]
     Busy { client: ClientId },
+    #[error(
+        "client {client}'s configuration changed while this change was being made; read it \
+         again and retry"
+    )]
+    ConfigurationChanged { client: ClientId },
 }
 
 /// A step changed: what the deployment's event stream carries.
@@ -210,6 +217,14 @@ impl Control {
         };
         let mut spec = spec;
         spec.client_id = Some(id.clone());
+        // A new client runs the newest release; it keeps it until an upgrade moves it.
+        if spec.release.is_none() {
+            spec.release = Some(self.inner.config.operator.latest_release().to_string());
+        }
+        self.inner
+            .config
+            .operator
+            .release_catalog(spec.release.as_deref())?;
         let mut secrets = Secrets::new();
         secrets.fill_missing(&SecretKey::needed_for(&spec.apps()), &mut OsRandom);
         store
@@ -420,6 +435,10 @@ impl Control {
                     .await;
             }
             (Ok(()), _) => {}
+            // A change to a live client that was undone put it back as it was and recorded
+            // its state (a failed first deployment leaves nothing running: failed).
+            (Err((true, _)), kind)
+                if !matches!(kind, DeploymentKind::Create | DeploymentKind::Clone) => {}
             (Err((_, error)), _) => {
                 let _ = store
                     .set_client_state(client, ClientState::Failed, Some(error))
@@ -556,6 +575,9 @@ impl Control {
         };
         match step {
             Step::Render => {
+                if let Some(rotation) = rotation::Rotation::of(deployment) {
+                    self.apply_rotation(&rotation, deployment, context).await?;
+                }
                 let rendered = self.render_for(id, context)?;
                 self.inner.bundles.write_bundle(id, &rendered.bundle)?;
                 Ok(StepOutput::Rendered {
@@ -774,6 +796,9 @@ impl Control {
     /// Undoes a failed create: its containers and networks go, its volumes stay. Other kinds
     /// leave the engine as the failed step left it (the engine step rolled its own part back).
     async fn compensate(&self, deployment: &Deployment, context: &StepContext) -> bool {
+        if let Some(rotation) = rotation::Rotation::of(deployment) {
+            return self.undo_rotation(&rotation, deployment, context).await;
+        }
         // A clone is a new client's first deployment too.
         if !matches!(
             deployment.kind,

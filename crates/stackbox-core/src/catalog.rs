@@ -77,6 +77,15 @@ impl ImageCatalog {
         self.0.iter().map(|(key, image)| (*key, image.as_str()))
     }
 
+    /// This catalog with entries replaced by already validated references (a release's).
+    pub fn with_keys(&self, images: &BTreeMap<ImageKey, String>) -> ImageCatalog {
+        let mut catalog = self.clone();
+        for (key, reference) in images {
+            catalog.0.insert(*key, reference.clone());
+        }
+        catalog
+    }
+
     /// This catalog with some entries replaced; each replacement is validated.
     pub fn with_overrides(
         &self,

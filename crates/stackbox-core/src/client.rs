@@ -37,6 +37,10 @@ pub struct ClientConfigFile {
     pub brand_color: Option<String>,
     /// `local` or `aws`; when unset, the operator's `[infrastructure] provider`.
     pub infrastructure: Option<String>,
+    /// The release the client runs (see [`crate::release`]); recorded by StackBox, changed by
+    /// `stackbox upgrade`.
+    #[serde(default)]
+    pub release: Option<String>,
     #[serde(default)]
     pub features: BTreeMap<String, bool>,
 }
@@ -54,6 +58,9 @@ pub struct ClientSpec {
     /// The client's own infrastructure provider, overriding the operator's
     /// (see [`crate::infra::effective_provider`]).
     pub infrastructure: Option<ProviderKind>,
+    /// The release the client runs; `None` until StackBox records one (a client from before
+    /// releases runs the base release).
+    pub release: Option<String>,
     /// Explicit `[features]` switches, kept so that a stored configuration reads as written.
     pub features: BTreeMap<App, bool>,
 }
@@ -118,6 +125,13 @@ impl ClientSpec {
             .as_deref()
             .map(|text| ProviderKind::parse("infrastructure", text))
             .transpose()?;
+        let release = file
+            .release
+            .map(|name| {
+                let name = name.trim().to_string();
+                crate::release::validate_release_name("release", &name).map(|()| name)
+            })
+            .transpose()?;
         Ok(ClientSpec {
             client_id,
             company_name,
@@ -126,6 +140,7 @@ impl ClientSpec {
             admin_email,
             brand_color,
             infrastructure,
+            release,
             features,
         })
     }
@@ -163,6 +178,9 @@ impl ClientSpec {
                 "infrastructure = {}\n",
                 toml_string(provider.key())
             ));
+        }
+        if let Some(release) = &self.release {
+            out.push_str(&format!("release = {}\n", toml_string(release)));
         }
         if !self.features.is_empty() {
             out.push_str("\n[features]\n");

@@ -94,9 +94,27 @@ pub struct ContainerConfig {
     pub stop_grace_seconds: u32,
     pub logging: LogRotation,
     pub depends_on: Vec<ServiceKind>,
+    /// Run inside the container once it is healthy, on every deploy (kept, started, created
+    /// or replaced), before any service that depends on it starts.
+    pub converge: Option<Converge>,
     /// SHA-256 over everything above and the contents of the bundle files it mounts; also
     /// stored as the `com.docker.compose.config-hash` label.
     pub config_hash: String,
+}
+
+/// What a running service must be told on every deploy, because its image applies it only
+/// on the first start: the databases, users, grants and passwords of a database server.
+/// The command is idempotent; it is derived from bundle files that the configuration hash
+/// already covers, so it is not hashed itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Converge {
+    /// For messages: "databases, users and passwords".
+    pub what: &'static str,
+    pub command: Vec<String>,
+    /// The environment variable whose value in the container this one replaces is written,
+    /// as one line, to the command's standard input: the superuser password the data may
+    /// still hold when it was just rotated (or, in a rollback, the one it was rotated to).
+    pub previous_login: &'static str,
 }
 
 impl fmt::Debug for ContainerConfig {
@@ -401,6 +419,7 @@ pub fn desired_state(
             stop_grace_seconds,
             logging: service.logging.clone(),
             depends_on: service.depends_on.clone(),
+            converge: converge_for(service),
             config_hash: String::new(),
         };
         containers.push(config.sealed(files));
@@ -410,6 +429,25 @@ pub fn desired_state(
         networks,
         volumes,
         containers,
+    })
+}
+
+/// A database server that sources one of StackBox's init scripts converges with it on every
+/// deploy (see [`Converge`]).
+fn converge_for(service: &crate::stack::ServiceSpec) -> Option<Converge> {
+    use crate::render::sql;
+    service.mounts.iter().find_map(|mount| match mount {
+        Mount::BundleFile { source, .. } if *source == sql::MYSQL_INIT_FILE => Some(Converge {
+            what: "databases, users and passwords",
+            command: sql::mysql_converge_command(),
+            previous_login: "MARIADB_ROOT_PASSWORD",
+        }),
+        Mount::BundleFile { source, .. } if *source == sql::POSTGRES_INIT_FILE => Some(Converge {
+            what: "databases, roles and passwords",
+            command: sql::postgres_converge_command(),
+            previous_login: "POSTGRES_PASSWORD",
+        }),
+        _ => None,
     })
 }
 
@@ -521,6 +559,7 @@ pub fn edge_router(
             stop_grace_seconds: DEFAULT_STOP_GRACE_SECONDS,
             logging,
             depends_on: Vec::new(),
+            converge: None,
             config_hash: String::new(),
         }
         .sealed(files)
@@ -689,6 +728,10 @@ pub struct DeployPlan {
     /// has, duplicates, containers set aside by an interrupted deploy): removed once the
     /// deploy succeeded.
     pub remove_after: Vec<ObservedContainer>,
+    /// Volumes of the client that no desired service mounts: the data of apps a plan change
+    /// or a switched-off feature removed. Never removed by a deploy (switching the app on
+    /// again finds its data); only a destroy removes them.
+    pub kept_volumes: Vec<String>,
 }
 
 impl DeployPlan {
@@ -775,11 +818,19 @@ pub fn plan(desired: &DesiredState, observed: &Observed) -> DeployPlan {
         .filter(|c| !claimed.contains(c.id.as_str()))
         .cloned()
         .collect();
+    let mut kept_volumes: Vec<String> = observed
+        .volumes
+        .iter()
+        .filter(|name| !desired.volumes.iter().any(|v| &v.name == *name))
+        .cloned()
+        .collect();
+    kept_volumes.sort();
     DeployPlan {
         create_networks,
         create_volumes,
         services,
         remove_after,
+        kept_volumes,
     }
 }
 

@@ -11,7 +11,7 @@ use crate::catalog::ImageCatalog;
 use crate::client::Email;
 use crate::error::CoreError;
 use crate::infra::{AlbTarget, AwsSettings, DbPlacement, HostedZonePolicy, ProviderKind};
-use crate::plan::{Plan, ServiceKind};
+use crate::plan::{ImageKey, Plan, ServiceKind};
 
 /// The operator's settings, validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,6 +38,29 @@ pub struct OperatorConfig {
     pub onboarding: crate::onboarding::OnboardingSettings,
     /// `[backup]`: where restore points go, how often, how many are kept.
     pub backup: crate::backup::BackupSettings,
+    /// `[[releases]]`, oldest first: the image sets after the base catalog (see
+    /// [`crate::release`]).
+    pub releases: Vec<crate::release::ReleaseSpec>,
+}
+
+impl OperatorConfig {
+    /// The newest release: what a new client runs.
+    pub fn latest_release(&self) -> &str {
+        self.releases
+            .last()
+            .map(|r| r.name.as_str())
+            .unwrap_or(crate::release::BASE_RELEASE)
+    }
+
+    /// The images of a release (`None`: the base catalog, what clients that recorded no
+    /// release run).
+    pub fn release_catalog(&self, name: Option<&str>) -> Result<ImageCatalog, CoreError> {
+        crate::release::catalog_of(
+            &self.images,
+            &self.releases,
+            name.unwrap_or(crate::release::BASE_RELEASE),
+        )
+    }
 }
 
 impl Default for OperatorConfig {
@@ -54,6 +77,7 @@ impl Default for OperatorConfig {
             aws: AwsSettings::default(),
             onboarding: crate::onboarding::OnboardingSettings::default(),
             backup: crate::backup::BackupSettings::default(),
+            releases: Vec::new(),
         }
     }
 }
@@ -327,6 +351,16 @@ struct OperatorFile {
     onboarding: crate::onboarding::OnboardingFile,
     #[serde(default)]
     backup: crate::backup::BackupFile,
+    #[serde(default)]
+    releases: Vec<ReleaseFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseFile {
+    name: String,
+    #[serde(default)]
+    images: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -747,6 +781,40 @@ impl OperatorFile {
             config.max_open_files = Some(limit);
         }
         config.images = config.images.with_overrides(&self.images)?;
+        for (index, release) in self.releases.into_iter().enumerate() {
+            let field = format!("releases[{index}].name");
+            crate::release::validate_release_name(&field, &release.name)?;
+            if release.name == crate::release::BASE_RELEASE
+                || config.releases.iter().any(|r| r.name == release.name)
+            {
+                return Err(CoreError::invalid(
+                    field,
+                    format!(
+                        "{:?} is used twice (\"{}\" is the catalog itself); give each release its own name",
+                        release.name,
+                        crate::release::BASE_RELEASE
+                    ),
+                ));
+            }
+            let mut images = BTreeMap::new();
+            for (key, reference) in &release.images {
+                let image = ImageKey::from_key(key).ok_or_else(|| {
+                    CoreError::invalid(
+                        format!("releases[{index}].images.{key}"),
+                        format!(
+                            "unknown image key; use one of {}",
+                            ImageKey::ALL.map(ImageKey::key).join(", ")
+                        ),
+                    )
+                })?;
+                crate::catalog::validate_reference(key, reference)?;
+                images.insert(image, reference.trim().to_string());
+            }
+            config.releases.push(crate::release::ReleaseSpec {
+                name: release.name,
+                images,
+            });
+        }
         if let Some(provider) = self.infrastructure.provider {
             config.infrastructure = ProviderKind::parse("infrastructure.provider", &provider)?;
         }

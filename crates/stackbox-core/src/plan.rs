@@ -229,6 +229,38 @@ impl ServiceKind {
         ServiceKind::MailtrainMongo,
     ];
 
+    /// Whether a replacement of the service may start before the container it replaces stops
+    /// (start-first: the new one healthy, then the old one stopped, so visitors see no gap).
+    /// Only services that keep no state of their own and tolerate a second copy running for
+    /// a few seconds; the rest stop first. A container that publishes host ports always stops
+    /// first (two cannot bind one port).
+    pub fn replaced_start_first(self) -> bool {
+        match self {
+            // Serves files and routes requests; the client's Traefik re-reads its ACME store
+            // at start and the old one writes it only on a renewal.
+            ServiceKind::Traefik | ServiceKind::Website => true,
+            // Cal.com keeps everything in PostgreSQL; its start runs idempotent migrations.
+            ServiceKind::Calcom => true,
+            // Databases and caches: one writer per data directory.
+            ServiceKind::Mysql
+            | ServiceKind::Redis
+            | ServiceKind::Postgres
+            | ServiceKind::PlausibleEventsDb
+            | ServiceKind::MailtrainRedis
+            | ServiceKind::MailtrainMongo => false,
+            // Write their own files and run background jobs that must not run twice
+            // (EspoCRM's daemon and installer, Nextcloud's occ upgrade and cron, Plausible's
+            // and Mailtrain's migrations and queues).
+            ServiceKind::Espocrm
+            | ServiceKind::EspocrmDaemon
+            | ServiceKind::EspocrmWebsocket
+            | ServiceKind::Nextcloud
+            | ServiceKind::NextcloudCron
+            | ServiceKind::Plausible
+            | ServiceKind::Mailtrain => false,
+        }
+    }
+
     /// The compose service name (also the container's DNS name on the client's networks).
     pub fn name(self) -> &'static str {
         match self {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::client::ClientId;
 use crate::plan::App;
+use crate::CoreError;
 
 /// The name of the client's one secret in the secret store (AWS Secrets Manager): a JSON
 /// object of every secret keyed by its `.env` name. Named here so that the bundle's `.env`
@@ -132,6 +133,40 @@ impl SecretKey {
         }
     }
 
+    /// Why a running client's secret cannot be replaced by a deploy, or `None` when it can:
+    /// the databases are told the new passwords before the services that use them are
+    /// recreated (see `deploy::Converge`), and the other keys are read from the environment
+    /// on every start.
+    pub fn live_rotation_refusal(self) -> Option<&'static str> {
+        match self {
+            SecretKey::AdminPassword => Some(
+                "is the administrator's password, hashed into each app's own user table at installation; a new value in the environment changes nothing there",
+            ),
+            SecretKey::EspocrmDbPassword => Some(
+                "was written by EspoCRM's installer into its data/config-internal.php, which StackBox does not rewrite; EspoCRM would stop reaching its database",
+            ),
+            SecretKey::NextcloudDbPassword => Some(
+                "was written by Nextcloud's installer into its config/config.php, which StackBox does not rewrite; Nextcloud would stop reaching its database",
+            ),
+            SecretKey::CalcomEncryptionKey => Some(
+                "encrypts the credentials Cal.com keeps in its database; a new key would make them unreadable",
+            ),
+            SecretKey::PlausibleTotpVaultKey => Some(
+                "encrypts the two-factor secrets Plausible keeps in its database; a new key would make them unreadable",
+            ),
+            SecretKey::MysqlRootPassword
+            | SecretKey::MailtrainDbPassword
+            | SecretKey::RedisPassword
+            | SecretKey::PostgresPassword
+            | SecretKey::CalcomDbPassword
+            | SecretKey::PlausibleDbPassword
+            | SecretKey::ClickhousePassword
+            | SecretKey::CalcomNextauthSecret
+            | SecretKey::PlausibleSecretKeyBase
+            | SecretKey::MailtrainWwwSecret => None,
+        }
+    }
+
     /// Whether the secret is a database password (shown nowhere but `.env`).
     pub fn is_database_password(self) -> bool {
         self.env_name().ends_with("_PASSWORD") && self != SecretKey::AdminPassword
@@ -244,6 +279,59 @@ impl Secrets {
     }
 }
 
+/// The secrets a rotation of a running client replaces: every one it uses that can be
+/// replaced live when `only` is empty, else exactly `only` (names as in `.env`, any case),
+/// each of which must be used by the client and replaceable live. The error names the key
+/// and why.
+pub fn rotation_keys(
+    needed: &BTreeSet<SecretKey>,
+    only: &[String],
+) -> Result<BTreeSet<SecretKey>, CoreError> {
+    if only.is_empty() {
+        return Ok(needed
+            .iter()
+            .copied()
+            .filter(|key| key.live_rotation_refusal().is_none())
+            .collect());
+    }
+    let mut keys = BTreeSet::new();
+    for name in only {
+        let key = SecretKey::from_env_name(&name.trim().to_ascii_uppercase()).ok_or_else(|| {
+            CoreError::invalid(
+                "only",
+                format!(
+                    "{name:?} is not a secret StackBox generates; use one of {}",
+                    needed
+                        .iter()
+                        .map(|k| k.env_name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        if !needed.contains(&key) {
+            return Err(CoreError::invalid(
+                "only",
+                format!(
+                    "{} is not used by this client's plan and apps; nothing to rotate",
+                    key.env_name()
+                ),
+            ));
+        }
+        if let Some(reason) = key.live_rotation_refusal() {
+            return Err(CoreError::invalid(
+                "only",
+                format!(
+                    "{} cannot be rotated on a running client: it {reason}",
+                    key.env_name()
+                ),
+            ));
+        }
+        keys.insert(key);
+    }
+    Ok(keys)
+}
+
 const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 /// Generates one value. Alphanumeric characters come from rejection sampling, so every
@@ -313,6 +401,51 @@ impl RandomSource for TestRandom {
 mod tests {
     use super::*;
     use crate::plan::Plan;
+
+    fn enterprise_needs() -> BTreeSet<SecretKey> {
+        SecretKey::needed_for(&Plan::Enterprise.apps())
+    }
+
+    #[test]
+    fn a_rotation_without_only_takes_every_live_rotatable_secret_and_nothing_bound_to_data() {
+        let keys = rotation_keys(&enterprise_needs(), &[]).unwrap();
+        assert!(keys.contains(&SecretKey::MysqlRootPassword));
+        assert!(keys.contains(&SecretKey::PostgresPassword));
+        assert!(keys.contains(&SecretKey::MailtrainDbPassword));
+        assert!(keys.contains(&SecretKey::ClickhousePassword));
+        for bound in [
+            SecretKey::AdminPassword,
+            SecretKey::EspocrmDbPassword,
+            SecretKey::NextcloudDbPassword,
+            SecretKey::CalcomEncryptionKey,
+            SecretKey::PlausibleTotpVaultKey,
+        ] {
+            assert!(!keys.contains(&bound), "{bound:?}");
+        }
+    }
+
+    #[test]
+    fn a_rotation_of_named_keys_accepts_any_case_and_refuses_unknown_unused_and_bound_keys() {
+        let needed = SecretKey::needed_for(&Plan::Starter.apps());
+        let keys = rotation_keys(&needed, &["mysql_root_password".into()]).unwrap();
+        assert_eq!(keys, BTreeSet::from([SecretKey::MysqlRootPassword]));
+
+        let unknown = rotation_keys(&needed, &["NOPE".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unknown.contains("only") && unknown.contains("NOPE"),
+            "{unknown}"
+        );
+        let unused = rotation_keys(&needed, &["CALCOM_DB_PASSWORD".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(unused.contains("not used by this client"), "{unused}");
+        let bound = rotation_keys(&needed, &["ESPOCRM_DB_PASSWORD".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(bound.contains("config-internal.php"), "{bound}");
+    }
 
     #[test]
     fn base64_matches_rfc_4648_test_vectors() {

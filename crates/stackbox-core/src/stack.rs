@@ -522,11 +522,17 @@ pub fn build_placed(
 ) -> Stack {
     let apps = client.apps();
     let kinds = service_kinds(client, placement);
+    // The client's release (validated by `render`; an unknown one falls back to the base
+    // catalog here, which only a caller that skipped rendering can reach).
+    let images = operator
+        .release_catalog(client.release.as_deref())
+        .unwrap_or_else(|_| operator.images.clone());
     let builder = Builder {
         client,
         id,
         operator,
         placement,
+        images,
     };
 
     let mut networks = vec![
@@ -594,6 +600,8 @@ struct Builder<'a> {
     id: &'a ClientId,
     operator: &'a OperatorConfig,
     placement: &'a Placement,
+    /// The images of the client's release.
+    images: crate::catalog::ImageCatalog,
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -635,7 +643,7 @@ impl Builder<'_> {
         labels.insert(SERVICE_LABEL.to_string(), kind.name().to_string());
         ServiceSpec {
             kind,
-            image: self.operator.images.image(kind.image_key()).to_string(),
+            image: self.images.image(kind.image_key()).to_string(),
             entrypoint: None,
             command: None,
             environment: BTreeMap::new(),
@@ -893,7 +901,7 @@ impl Builder<'_> {
                     // start, with its docker_process_sql (mariadb-docker docker-entrypoint.sh).
                     Mount::BundleFile {
                         source: crate::render::sql::MYSQL_INIT_FILE,
-                        target: "/docker-entrypoint-initdb.d/10-stackbox.sh",
+                        target: crate::render::sql::INIT_SCRIPT_TARGET,
                         read_only: true,
                     },
                 ];
@@ -954,7 +962,7 @@ impl Builder<'_> {
                     // Sourced like MariaDB's (docker-library/postgres docker-entrypoint.sh).
                     Mount::BundleFile {
                         source: crate::render::sql::POSTGRES_INIT_FILE,
-                        target: "/docker-entrypoint-initdb.d/10-stackbox.sh",
+                        target: crate::render::sql::INIT_SCRIPT_TARGET,
                         read_only: true,
                     },
                 ];

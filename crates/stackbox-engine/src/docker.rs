@@ -207,6 +207,31 @@ fn health_command(check: &Healthcheck) -> Vec<String> {
 }
 
 impl DockerRuntime {
+    /// The bundle folder a client's containers were deployed from (their
+    /// `com.docker.compose.project.working_dir` label), so that commands on an existing
+    /// client need no `--out`. `None` when the client has no container or no such label.
+    pub async fn client_bundle_dir(
+        &self,
+        client: &ClientId,
+    ) -> Result<Option<String>, EngineError> {
+        let summaries = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(label_filter(Some(client))),
+                ..Default::default()
+            }))
+            .await
+            .map_err(map_err("list", "containers"))?;
+        Ok(summaries.into_iter().find_map(|c| {
+            c.labels.and_then(|labels| {
+                labels
+                    .get(stackbox_core::deploy::labels::WORKING_DIR)
+                    .cloned()
+            })
+        }))
+    }
+
     /// (created, id) of every network with exactly this name.
     async fn networks_named(&self, name: &str) -> Result<Vec<(String, String)>, EngineError> {
         let networks = self
@@ -622,7 +647,8 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn rename_container(&self, id: &str, name: &str) -> Result<(), EngineError> {
-        self.docker
+        match self
+            .docker
             .rename_container(
                 id,
                 RenameContainerOptions {
@@ -630,7 +656,25 @@ impl ContainerRuntime for DockerRuntime {
                 },
             )
             .await
-            .map_err(map_err("rename container", id))
+        {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                // Idempotent like every action: a rollback renames back containers whose
+                // rename may never have happened, and the engine refuses a rename to the
+                // name a container already has.
+                let current = self
+                    .docker
+                    .inspect_container(id, None)
+                    .await
+                    .ok()
+                    .and_then(|c| c.name);
+                if current.as_deref().map(|n| n.trim_start_matches('/')) == Some(name) {
+                    Ok(())
+                } else {
+                    Err(map_err("rename container", id)(error))
+                }
+            }
+        }
     }
 
     async fn inspect_container(&self, id: &str) -> Result<ContainerDetails, EngineError> {
@@ -654,6 +698,28 @@ impl ContainerRuntime for DockerRuntime {
                 _ => None,
             },
             restart_count: inspect.restart_count.unwrap_or(0).max(0) as u64,
+            healthcheck: inspect
+                .config
+                .as_ref()
+                .and_then(|c| c.healthcheck.as_ref())
+                .and_then(|h| {
+                    let test = h.test.clone().filter(|t| {
+                        matches!(t.first().map(String::as_str), Some("CMD" | "CMD-SHELL"))
+                    })?;
+                    let seconds = |nanos: Option<i64>, default: u32| {
+                        nanos
+                            .filter(|n| *n > 0)
+                            .map(|n| u32::try_from(n / 1_000_000_000).unwrap_or(u32::MAX))
+                            .unwrap_or(default)
+                    };
+                    Some(Healthcheck {
+                        test,
+                        interval_seconds: seconds(h.interval, 30),
+                        timeout_seconds: seconds(h.timeout, 30),
+                        retries: h.retries.and_then(|r| u32::try_from(r).ok()).unwrap_or(3),
+                        start_period_seconds: seconds(h.start_period, 0),
+                    })
+                }),
             config_hash: inspect
                 .config
                 .and_then(|c| c.labels)
@@ -671,6 +737,21 @@ impl ContainerRuntime for DockerRuntime {
                 })
                 .collect(),
         })
+    }
+
+    async fn container_env(&self, id: &str, name: &str) -> Result<Option<String>, EngineError> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(map_err("inspect container", id))?;
+        let prefix = format!("{name}=");
+        Ok(inspect
+            .config
+            .and_then(|c| c.env)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|pair| pair.strip_prefix(&prefix).map(str::to_string)))
     }
 
     async fn probe(&self, id: &str, check: &Healthcheck) -> Result<Probe, EngineError> {
@@ -859,6 +940,111 @@ impl ContainerRuntime for DockerRuntime {
             Ok(volume) => Ok(Some(volume.mountpoint)),
             Err(e) if status_of(&e) == Some(404) => Ok(None),
             Err(e) => Err(map_err("inspect volume", name)(e)),
+        }
+    }
+}
+
+/// What `stackbox doctor` reads of the engine. Inherent, not in [`ContainerRuntime`]: the
+/// lifecycle needs none of it.
+impl DockerRuntime {
+    /// The engine's version, API, operating system, data root and address pools.
+    pub async fn engine_facts(&self) -> Result<stackbox_core::doctor::EngineFacts, EngineError> {
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(map_err("read the version of", "the engine"))?;
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(map_err("read the settings of", "the engine"))?;
+        Ok(stackbox_core::doctor::EngineFacts {
+            server_version: version.version.or(info.server_version).unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+            operating_system: info.operating_system.unwrap_or_default(),
+            data_root: info.docker_root_dir,
+            address_pools: info
+                .default_address_pools
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|pool| Some((pool.base?, pool.size?)))
+                .collect(),
+        })
+    }
+
+    /// The subnets of every network on the engine (IPv4 and IPv6, as the engine writes them),
+    /// and whether a network with exactly this name exists.
+    pub async fn network_subnets(&self, named: &str) -> Result<(Vec<String>, bool), EngineError> {
+        let networks = self
+            .docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(map_err("list", "networks"))?;
+        let exists = networks.iter().any(|n| n.name.as_deref() == Some(named));
+        let subnets = networks
+            .into_iter()
+            .filter_map(|n| n.ipam.and_then(|ipam| ipam.config))
+            .flatten()
+            .filter_map(|config| config.subnet)
+            .collect();
+        Ok((subnets, exists))
+    }
+
+    /// Every host port a running container publishes, with the container's name and client.
+    pub async fn published_ports(
+        &self,
+    ) -> Result<Vec<stackbox_core::doctor::PortHolder>, EngineError> {
+        let summaries = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: false,
+                ..Default::default()
+            }))
+            .await
+            .map_err(map_err("list", "containers"))?;
+        let mut holders = Vec::new();
+        for summary in summaries {
+            let container = summary
+                .names
+                .unwrap_or_default()
+                .into_iter()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
+            let client = summary
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(CLIENT_LABEL).cloned());
+            let mut ports: Vec<u16> = summary
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|port| port.public_port)
+                .collect();
+            // Published on IPv4 and IPv6: one holder per port.
+            ports.sort_unstable();
+            ports.dedup();
+            holders.extend(
+                ports
+                    .into_iter()
+                    .map(|host_port| stackbox_core::doctor::PortHolder {
+                        host_port,
+                        container: container.clone(),
+                        client: client.clone(),
+                    }),
+            );
+        }
+        Ok(holders)
+    }
+
+    /// Whether the engine has this image (no pull is tried).
+    pub async fn has_image(&self, image: &str) -> Result<bool, EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(map_err("inspect image", image)(e)),
         }
     }
 }

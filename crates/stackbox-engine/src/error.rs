@@ -60,6 +60,19 @@ pub enum EngineError {
         logs: String,
     },
 
+    #[error(
+        "service {service} is healthy, but its {what} could not be brought in line with the \
+         client's configuration (exit {exit}):\n{output}\nthe deploy was rolled back; fix the \
+         cause above and deploy again"
+    )]
+    ConvergeFailed {
+        service: String,
+        what: String,
+        exit: i64,
+        /// The command's standard error and output; the commands never print a password.
+        output: String,
+    },
+
     #[error("deploy interrupted; what it had started was rolled back")]
     Interrupted,
 
@@ -71,7 +84,8 @@ impl EngineError {
     /// The service a failure is about, when it is about one.
     pub fn failed_service(&self) -> Option<&str> {
         match self {
-            EngineError::Unhealthy { service, .. } => Some(service),
+            EngineError::Unhealthy { service, .. }
+            | EngineError::ConvergeFailed { service, .. } => Some(service),
             _ => None,
         }
     }

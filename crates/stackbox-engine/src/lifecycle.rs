@@ -14,12 +14,13 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use stackbox_core::client::ClientId;
 use stackbox_core::deploy::{
-    overall_state, plan, ContainerConfig, ContainerState, DeployPlan, DesiredState, EdgeRouter,
-    Health, Observed, ObservedContainer, OverallState, ServiceAction, ServiceStep, REPLACED_SUFFIX,
+    overall_state, plan, ContainerConfig, ContainerState, Converge, DeployPlan, DesiredState,
+    EdgeRouter, Health, Observed, ObservedContainer, OverallState, ServiceAction, ServiceStep,
+    REPLACED_SUFFIX,
 };
 use stackbox_core::plan::ServiceKind;
 
-use crate::runtime::ContainerRuntime;
+use crate::runtime::{ContainerDetails, ContainerRuntime};
 use crate::EngineError;
 
 /// A step of an operation, for progress displays (`--json` prints each as one line).
@@ -52,6 +53,9 @@ pub enum Phase {
     Creating,
     Starting,
     CheckingHealth,
+    /// Healthy, and being told what the image applies only on a first start (see
+    /// `Converge`): a database server's databases, users and passwords.
+    Converging,
     Healthy,
     Unchanged,
     Failed,
@@ -86,6 +90,10 @@ fn service_event(service: &str, phase: Phase, detail: Option<String>) -> Event {
     }
 }
 
+/// The name suffix of a start-first replacement while it starts beside the container it
+/// replaces.
+const NEXT_SUFFIX: &str = "-next";
+
 /// Tunables of a deploy.
 #[derive(Debug, Clone, Default)]
 pub struct DeployOptions {
@@ -111,6 +119,9 @@ pub struct DeployOutcome {
     pub removed: Vec<String>,
     /// Nothing needed doing.
     pub unchanged: bool,
+    /// Volumes kept although no service of the plan uses them any more (see
+    /// `DeployPlan::kept_volumes`).
+    pub kept_volumes: Vec<String>,
 }
 
 /// What a deploy changed, so a failure or interruption can put it back.
@@ -335,6 +346,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
             unchanged: self.plan.is_noop(),
             services: outcomes,
             removed,
+            kept_volumes: self.plan.kept_volumes.clone(),
         })
     }
 
@@ -346,7 +358,25 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
         let config = &step.config;
         let name = config.service.name();
         let started = Instant::now();
-        let action = match &step.action {
+        // A service that converges is healthy only once it has: its "healthy" or "unchanged"
+        // is held back until then, so a progress display never sees it finish twice.
+        let converges = config.converge.is_some();
+        let outer = events;
+        let held = |event: Event| {
+            let settled = matches!(
+                &event,
+                Event::Service {
+                    phase: Phase::Healthy | Phase::Unchanged,
+                    ..
+                }
+            );
+            if !(converges && settled) {
+                outer(event);
+            }
+        };
+        let events: &dyn Fn(Event) = &held;
+        let mut previous_holder = None;
+        let (action, id) = match &step.action {
             ServiceAction::Keep { id } => {
                 // Running with this configuration; if the engine has not seen it healthy yet
                 // (a deploy moments ago), check it like a new one.
@@ -355,18 +385,45 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
                     self.wait_healthy(config, id, events).await?;
                 }
                 events(service_event(name, Phase::Unchanged, None));
-                "unchanged"
+                ("unchanged", id.clone())
             }
             ServiceAction::Start { id } => {
                 events(service_event(name, Phase::Starting, None));
                 self.journal.borrow_mut().started.push(id.clone());
                 self.runtime.start_container(id).await?;
                 self.wait_healthy(config, id, events).await?;
-                "started"
+                ("started", id.clone())
             }
-            ServiceAction::Create => {
-                self.create_and_start(config, events).await?;
-                "created"
+            ServiceAction::Create => ("created", self.create_and_start(config, events).await?),
+            ServiceAction::Replace { old, reason }
+                if config.service.replaced_start_first()
+                    && config.ports.is_empty()
+                    && old.state == ContainerState::Running =>
+            {
+                // Start-first: the new container runs beside the old one under a temporary
+                // name until it is healthy (both answer under the service's alias and Traefik
+                // balances over both meanwhile), then the old one is set aside and the new
+                // one takes the name. A rollback finds the temporary one by its labels.
+                let next = ContainerConfig {
+                    name: format!("{}{NEXT_SUFFIX}", config.name),
+                    ..config.clone()
+                };
+                let detail = serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from));
+                let id = self.create_and_start(&next, events).await?;
+                events(service_event(name, Phase::Stopping, detail));
+                self.journal
+                    .borrow_mut()
+                    .set_aside
+                    .push((old.clone(), true));
+                self.runtime.stop_container(&old.id).await?;
+                self.runtime
+                    .rename_container(&old.id, &format!("{}{REPLACED_SUFFIX}", config.name))
+                    .await?;
+                self.runtime.rename_container(&id, &config.name).await?;
+                previous_holder = Some(old.id.clone());
+                ("replaced", id)
             }
             ServiceAction::Replace { old, reason } => {
                 let detail = serde_json::to_value(reason)
@@ -382,10 +439,29 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
                 self.runtime
                     .rename_container(&old.id, &format!("{}{REPLACED_SUFFIX}", config.name))
                     .await?;
-                self.create_and_start(config, events).await?;
-                "replaced"
+                previous_holder = Some(old.id.clone());
+                ("replaced", self.create_and_start(config, events).await?)
             }
         };
+        if let Some(converge) = &config.converge {
+            // The superuser password the data may still hold: the replaced container's.
+            let previous = match &previous_holder {
+                Some(old) => self
+                    .runtime
+                    .container_env(old, converge.previous_login)
+                    .await?
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            self.run_converge(config, converge, &id, &previous, events)
+                .await?;
+            let settled = if action == "unchanged" {
+                Phase::Unchanged
+            } else {
+                Phase::Healthy
+            };
+            outer(service_event(name, settled, None));
+        }
         Ok((
             config.service,
             ServiceOutcome {
@@ -406,8 +482,67 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
         let id = self.runtime.create_container(config).await?;
         events(service_event(name, Phase::Starting, None));
         self.runtime.start_container(&id).await?;
-        self.wait_healthy(config, &id, events).await?;
+        self.wait_healthy_fresh(config, &id, events).await?;
         Ok(id)
+    }
+
+    /// Runs the service's converge command in its running, healthy container (see
+    /// [`Converge`]); `previous` is written to its standard input.
+    async fn run_converge(
+        &self,
+        config: &ContainerConfig,
+        converge: &Converge,
+        id: &str,
+        previous: &str,
+        events: &dyn Fn(Event),
+    ) -> Result<(), EngineError> {
+        let name = config.service.name();
+        events(service_event(
+            name,
+            Phase::Converging,
+            Some(converge.what.to_string()),
+        ));
+        let mut input = std::io::Cursor::new(format!("{previous}\n").into_bytes());
+        let mut output: Vec<u8> = Vec::new();
+        let outcome = self
+            .runtime
+            .exec_streaming(id, &converge.command, Some(&mut input), &mut output)
+            .await?;
+        if outcome.succeeded() {
+            return Ok(());
+        }
+        let mut text = outcome.stderr.trim_end().to_string();
+        let stdout = String::from_utf8_lossy(&output);
+        if !stdout.trim().is_empty() {
+            text = format!("{text}\n{}", stdout.trim_end());
+        }
+        // Belt and braces: the commands never print a password, but the value handed over
+        // is known here, so it cannot slip into a message either.
+        if !previous.is_empty() {
+            text = text.replace(previous, "[redacted]");
+        }
+        for pair in &config.env {
+            if let Some((_, value)) = pair.split_once('=') {
+                if value.len() >= 8 {
+                    text = text.replace(value, "[redacted]");
+                }
+            }
+        }
+        events(service_event(
+            name,
+            Phase::Failed,
+            Some(format!("{} not converged", converge.what)),
+        ));
+        Err(EngineError::ConvergeFailed {
+            service: name.to_string(),
+            what: converge.what.to_string(),
+            exit: outcome.exit_code.unwrap_or(-1),
+            output: indent(if text.trim().is_empty() {
+                "(no output)"
+            } else {
+                text.trim()
+            }),
+        })
     }
 
     fn health_timeout(&self, config: &ContainerConfig) -> Duration {
@@ -427,14 +562,44 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
         id: &str,
         events: &dyn Fn(Event),
     ) -> Result<(), EngineError> {
+        self.wait_healthy_since(config, id, None, events).await
+    }
+
+    /// [`Self::wait_healthy`] for a container this deploy just created: any restart counts.
+    async fn wait_healthy_fresh(
+        &self,
+        config: &ContainerConfig,
+        id: &str,
+        events: &dyn Fn(Event),
+    ) -> Result<(), EngineError> {
+        self.wait_healthy_since(config, id, Some(0), events).await
+    }
+
+    async fn wait_healthy_since(
+        &self,
+        config: &ContainerConfig,
+        id: &str,
+        restarts_before: Option<u64>,
+        events: &dyn Fn(Event),
+    ) -> Result<(), EngineError> {
         let name = config.service.name();
         events(service_event(name, Phase::CheckingHealth, None));
         let timeout = self.health_timeout(config);
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(150);
         let mut last_output = String::new();
+        let mut restarts_at_start = restarts_before;
         let reason = loop {
             let details = self.runtime.inspect_container(id).await?;
+            // A container that exits under a restart policy is started again by the engine:
+            // it never shows as exited for long, so its restart count is what tells.
+            let restarts = *restarts_at_start.get_or_insert(details.restart_count);
+            if details.restart_count > restarts {
+                break format!(
+                    "the container exited (code {}) and the engine restarted it; it does not stay up",
+                    details.exit_code.unwrap_or(-1)
+                );
+            }
             match details.state {
                 ContainerState::Exited | ContainerState::Dead => {
                     break format!(
@@ -647,6 +812,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
             self.runtime.rename_container(&old.id, &old.name).await?;
             if *was_running {
                 self.runtime.start_container(&old.id).await?;
+                self.converge_restored(old, events).await?;
             }
             events(service_event(
                 service,
@@ -677,6 +843,45 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
             self.runtime.remove_volume(volume).await?;
         }
         Ok(())
+    }
+}
+
+impl<R: ContainerRuntime> Deployment<'_, R> {
+    /// A database server put back by a rollback gets its own passwords again: the replacement
+    /// may already have set the new ones (a rotation), which the restored apps do not know.
+    /// Its converge command is the replacement's (the same image contract), run once it is
+    /// healthy, with the replacement's superuser password as the previous one.
+    async fn converge_restored(
+        &self,
+        old: &ObservedContainer,
+        events: &dyn Fn(Event),
+    ) -> Result<(), EngineError> {
+        let Some(config) = self
+            .desired
+            .containers
+            .iter()
+            .find(|c| Some(c.service.name()) == old.service.as_deref())
+        else {
+            return Ok(());
+        };
+        let Some(converge) = &config.converge else {
+            return Ok(());
+        };
+        let prefix = format!("{}=", converge.previous_login);
+        let previous = config
+            .env
+            .iter()
+            .find_map(|pair| pair.strip_prefix(&prefix))
+            .unwrap_or_default()
+            .to_string();
+        // The restored container's own health check and environment, not the replacement's.
+        let restored = ContainerConfig {
+            env: Vec::new(),
+            ..config.clone()
+        };
+        self.wait_healthy(&restored, &old.id, events).await?;
+        self.run_converge(&restored, converge, &old.id, &previous, events)
+            .await
     }
 }
 
@@ -839,16 +1044,43 @@ pub async fn status<R: ContainerRuntime>(
         .map(|(_, c)| c)
         .filter(|c| !c.is_set_aside())
         .collect();
-    let state = overall_state(expected, &containers);
-    let counts: Vec<Option<u64>> =
-        futures_util::future::join_all(containers.iter().map(|c| async move {
-            runtime
-                .inspect_container(&c.id)
-                .await
-                .ok()
-                .map(|d| d.restart_count)
-        }))
+    let details: Vec<Option<ContainerDetails>> = futures_util::future::join_all(
+        containers
+            .iter()
+            .map(|c| async move { runtime.inspect_container(&c.id).await.ok() }),
+    )
+    .await;
+    // The engine reports "starting" until its first check after the start, up to an interval
+    // later, although a deploy that just ran the same check saw the service healthy: a
+    // running container the engine has not judged yet is checked once here, with its own
+    // health check, so `status` right after `deploy` or `start` says what the deploy saw.
+    let checked: Vec<Option<Health>> =
+        futures_util::future::join_all(containers.iter().zip(&details).map(
+            |(c, details)| async move {
+                let check = details.as_ref().and_then(|d| d.healthcheck.as_ref())?;
+                if c.state != ContainerState::Running || c.health != Some(Health::Starting) {
+                    return None;
+                }
+                match runtime.probe(&c.id, check).await {
+                    Ok(probe) if probe.passed => Some(Health::Healthy),
+                    _ => None,
+                }
+            },
+        ))
         .await;
+    let containers: Vec<ObservedContainer> = containers
+        .into_iter()
+        .zip(checked)
+        .map(|(c, checked)| ObservedContainer {
+            health: checked.or(c.health),
+            ..c
+        })
+        .collect();
+    let state = overall_state(expected, &containers);
+    let counts: Vec<Option<u64>> = details
+        .iter()
+        .map(|d| d.as_ref().map(|d| d.restart_count))
+        .collect();
     let mut services: Vec<ServiceStatus> = containers
         .into_iter()
         .zip(counts)

@@ -33,6 +33,8 @@ pub struct ContainerDetails {
     pub config_hash: Option<String>,
     /// The engine's own last health-check outputs, newest last.
     pub health_log: Vec<String>,
+    /// The health check the container was created with.
+    pub healthcheck: Option<stackbox_core::stack::Healthcheck>,
 }
 
 /// How a command run with [`ContainerRuntime::exec_streaming`] ended.
@@ -106,6 +108,11 @@ pub trait ContainerRuntime {
         input: Option<ExecSource<'_>>,
         output: ExecSink<'_>,
     ) -> Result<ExecOutcome, EngineError>;
+
+    /// One environment variable of a container as it was created (`None` when it has none
+    /// of that name). Only for handing a replaced database's previous superuser password to
+    /// its replacement; never logged.
+    async fn container_env(&self, id: &str, name: &str) -> Result<Option<String>, EngineError>;
 
     /// Where a named volume's files are on the engine's host (`None` when it does not exist).
     async fn volume_mountpoint(&self, name: &str) -> Result<Option<String>, EngineError>;

@@ -69,7 +69,9 @@
 //!   when the lease runs out), and its bodies are sealed like secrets (the mail id as
 //!   associated data); a credential link is consumed once, and only its SHA-256 is stored.
 //! - A deployment may carry parameters (JSON, [`Deployment::params`]), stored with it so a
-//!   resumed restore or clone still knows its snapshot or target.
+//!   resumed restore or clone still knows its snapshot or target, and, for its history, who
+//!   asked for it and what configuration change it applies (`params.rs`:
+//!   [`Deployment::requested_by`], [`Deployment::changes`]).
 //! - Backups (see `backups.rs`): a client's backup repository key is sealed like secrets but
 //!   under associated data of its own, so a secrets blob does not open in its place; the first
 //!   key stored stays (racing [`Store::put_backup_key_if_absent`] callers all get it). A backup
@@ -94,6 +96,7 @@ mod crypto;
 mod error;
 mod migrations;
 mod model;
+mod params;
 mod postgres;
 mod sqlite;
 
@@ -110,11 +113,13 @@ pub use error::StoreError;
 pub use model::{
     BackupId, BackupReason, BackupRecord, BackupStatus, Billing, BillingChange, BillingStatus,
     BillingTransition, ClientFilter, ClientPage, ClientRecord, ClientState, Deployment,
-    DeploymentId, DeploymentKind, DeploymentStatus, FinishedDeployment, FinishedStep, MailBody,
-    MailId, MailRecord, MailStatus, NewMail, NewToken, OutboxMail, PlaintextToken, RetainedClient,
-    Signup, SignupId, SignupStatus, Step, StepStatus, Timestamp, TokenId, TokenInfo, TokenRecord,
-    TokenRole,
+    DeploymentId, DeploymentKind, DeploymentPage, DeploymentStatus, FinishedDeployment,
+    FinishedStep, MailBody, MailId, MailRecord, MailStatus, NewMail, NewToken, OutboxMail,
+    PlaintextToken, RetainedClient, Signup, SignupId, SignupStatus, Step, StepStatus, Timestamp,
+    TokenId, TokenInfo, TokenRecord, TokenRole,
 };
+
+pub use params::{FieldChange, RequestedBy, CHANGES_PARAM, REQUESTED_BY_PARAM};
 
 use model::StepChange;
 
@@ -515,6 +520,19 @@ impl Store {
     ) -> Result<Vec<Deployment>, StoreError> {
         let limit = checked_limit(limit)?;
         on_backend!(self, deployments_of_client(client, limit))
+    }
+
+    /// One page of the client's deployments, newest first, with their steps: those older than
+    /// `after` (the `next` of the previous page), at most `limit` (1 to [`MAX_PAGE_LIMIT`]).
+    /// A cursor stays correct while new deployments are added.
+    pub async fn deployment_page_of_client(
+        &self,
+        client: &ClientId,
+        after: Option<&DeploymentId>,
+        limit: u32,
+    ) -> Result<DeploymentPage, StoreError> {
+        let limit = checked_limit(limit)?;
+        on_backend!(self, deployment_page_of_client(client, after, limit))
     }
 
     /// Every pending or running deployment, oldest first, with its steps: what a restarted

@@ -696,6 +696,14 @@ impl Deployment {
     }
 }
 
+/// One page of a client's deployments, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentPage {
+    pub deployments: Vec<Deployment>,
+    /// Pass as `after` for the next (older) page; `None` on the last page.
+    pub next: Option<DeploymentId>,
+}
+
 /// One step of a deployment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {

@@ -17,8 +17,8 @@ use crate::error::StoreError;
 use crate::migrations::{latest_version, MIGRATIONS, SCHEMA_TABLE};
 use crate::model::{
     ClientFilter, ClientPage, ClientRecord, ClientState, Deployment, DeploymentId, DeploymentKind,
-    DeploymentStatus, FinishedDeployment, FinishedStep, Step, StepChange, StepStatus, Timestamp,
-    TokenId, TokenInfo, TokenRecord, TokenRole,
+    DeploymentPage, DeploymentStatus, FinishedDeployment, FinishedStep, Step, StepChange,
+    StepStatus, Timestamp, TokenId, TokenInfo, TokenRecord, TokenRole,
 };
 
 pub(super) type Pool = sqlx::Pool<Db>;
@@ -753,6 +753,53 @@ pub(crate) async fn deployments_of_client(
         .await
         .map_err(StoreError::database("listing a client's deployments"))?;
     deployments_from_rows(&rows)
+}
+
+/// One page of the client's deployments, newest first: those older than `after` (ids sort by
+/// creation time), at most `limit`, and the cursor of the next page.
+pub(crate) async fn deployment_page_of_client(
+    pool: &Pool,
+    client: &ClientId,
+    after: Option<&DeploymentId>,
+    limit: u32,
+) -> Result<DeploymentPage, StoreError> {
+    // One more than asked for, to know whether another page follows.
+    let rows = match after {
+        None => {
+            let sql = deployments_sql(
+                "d.id IN (SELECT id FROM deployments WHERE client_id = $1 \
+                 ORDER BY id DESC LIMIT $2)",
+                "DESC",
+            );
+            sqlx::query(&sql)
+                .bind(client.as_str())
+                .bind(i64::from(limit) + 1)
+                .fetch_all(pool)
+                .await
+        }
+        Some(after) => {
+            let sql = deployments_sql(
+                "d.id IN (SELECT id FROM deployments WHERE client_id = $1 AND id < $3 \
+                 ORDER BY id DESC LIMIT $2)",
+                "DESC",
+            );
+            sqlx::query(&sql)
+                .bind(client.as_str())
+                .bind(i64::from(limit) + 1)
+                .bind(after.as_str())
+                .fetch_all(pool)
+                .await
+        }
+    }
+    .map_err(StoreError::database("listing a client's deployments"))?;
+    let mut deployments = deployments_from_rows(&rows)?;
+    let next = if deployments.len() > limit as usize {
+        deployments.truncate(limit as usize);
+        deployments.last().map(|d| d.id.clone())
+    } else {
+        None
+    };
+    Ok(DeploymentPage { deployments, next })
 }
 
 /// Every pending or running deployment, oldest first: what a restarted server resumes.

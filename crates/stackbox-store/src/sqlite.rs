@@ -97,12 +97,41 @@ pub(crate) async fn connect(path: &Path, shown_as: &str) -> Result<Pool<Db>, Sto
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(BUSY_TIMEOUT);
-    SqlitePoolOptions::new()
-        .max_connections(MAX_CONNECTIONS)
-        .connect_with(options)
-        .await
-        .map_err(|source| StoreError::Connect {
-            url: shown_as.to_string(),
-            source,
-        })
+    // Switching a new database to WAL takes an exclusive lock, and SQLite answers SQLITE_BUSY
+    // at once, without calling the busy handler, when another connection doing the same could
+    // deadlock with it: two servers opening one new file together then fail at random. Such a
+    // refusal is retried until the busy timeout, as a lock wait would be.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => return Ok(pool),
+            Err(source) if is_busy(&source) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(source) => {
+                return Err(StoreError::Connect {
+                    url: shown_as.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Whether SQLite refused for a lock another connection held (SQLITE_BUSY and its extended
+/// codes, which keep 5 in their low byte).
+fn is_busy(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(database) => database
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| code & 0xff == 5),
+        _ => false,
+    }
 }

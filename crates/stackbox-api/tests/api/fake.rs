@@ -6,12 +6,13 @@ use std::sync::Mutex;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use stackbox_api::{
-    BackupList, BackupReason, BackupState, BackupStatus, BackupView, ClientAction,
-    ClientConfiguration, ClientDetail, ClientState, ClientSummary, ClonedClient, ControlError,
-    ControlPlane, CreatedClient, Credentials, DeploymentEnd, DeploymentEvent, DeploymentKind,
-    DeploymentOutcome, DeploymentRef, DeploymentStatus, DeploymentView, DurationHistogram,
-    HealthStatus, ListQuery, MetricsSnapshot, Page, Principal, ServiceHealth, ServiceState,
-    StepStatus, StepView, Timestamp,
+    Authenticated, BackupList, BackupReason, BackupState, BackupStatus, BackupView, ClientAction,
+    ClientChange, ClientConfiguration, ClientDetail, ClientState, ClientSummary, ClonedClient,
+    ControlError, ControlPlane, CreatedClient, Credentials, DeploymentEnd, DeploymentEvent,
+    DeploymentKind, DeploymentOutcome, DeploymentQuery, DeploymentRef, DeploymentStatus,
+    DeploymentSummary, DeploymentView, DurationHistogram, FieldChange, HealthStatus, ListQuery,
+    MetricsSnapshot, Page, Principal, RequestedBy, RequesterKind, ServiceHealth, ServiceState,
+    StepStatus, StepView, StepsSummary, Timestamp, TokenList, TokenRole, TokenView,
 };
 use stackbox_core::client::{ClientId, ClientSpec, Domain};
 use tokio::sync::mpsc;
@@ -21,6 +22,10 @@ pub const OPERATOR: &str = "operator-token";
 pub const TOKEN_A: &str = "client-a-token";
 /// The token of [`CLIENT_B`].
 pub const TOKEN_B: &str = "client-b-token";
+/// The ids of [`OPERATOR`], [`TOKEN_A`] and [`TOKEN_B`].
+pub const OPERATOR_TOKEN_ID: &str = "tok_000000000000000f";
+pub const TOKEN_A_ID: &str = "tok_000000000000000a";
+pub const TOKEN_B_ID: &str = "tok_000000000000000b";
 pub const CLIENT_A: &str = "alpha-0000000a";
 pub const CLIENT_B: &str = "bravo-0000000b";
 /// A's finished deployment and B's.
@@ -82,6 +87,13 @@ pub struct Fake {
     pub clones: Mutex<Vec<(ClientId, Domain, Option<String>)>>,
     /// Clients deleted with `delete_backups`.
     deleted_with_backups: Mutex<Vec<String>>,
+    /// The live tokens: token → who holds it. Revoking removes one.
+    tokens: Mutex<BTreeMap<String, Authenticated>>,
+    /// Who asked for each deployment made through the API, and what a change changed.
+    requested_by: Mutex<BTreeMap<String, Authenticated>>,
+    changes: Mutex<BTreeMap<String, BTreeMap<String, FieldChange>>>,
+    /// Every spec `update_client` was given.
+    pub updates: Mutex<Vec<ClientSpec>>,
 }
 
 /// The one signature header the fake accepts, and the one credentials token it knows.
@@ -125,6 +137,32 @@ impl Fake {
             snapshot_calls: Mutex::new(Vec::new()),
             clones: Mutex::new(Vec::new()),
             deleted_with_backups: Mutex::new(Vec::new()),
+            tokens: Mutex::new(BTreeMap::from([
+                (
+                    OPERATOR.to_string(),
+                    Authenticated {
+                        token_id: OPERATOR_TOKEN_ID.to_string(),
+                        principal: Principal::Operator,
+                    },
+                ),
+                (
+                    TOKEN_A.to_string(),
+                    Authenticated {
+                        token_id: TOKEN_A_ID.to_string(),
+                        principal: Principal::Client(id(CLIENT_A)),
+                    },
+                ),
+                (
+                    TOKEN_B.to_string(),
+                    Authenticated {
+                        token_id: TOKEN_B_ID.to_string(),
+                        principal: Principal::Client(id(CLIENT_B)),
+                    },
+                ),
+            ])),
+            requested_by: Mutex::new(BTreeMap::new()),
+            changes: Mutex::new(BTreeMap::new()),
+            updates: Mutex::new(Vec::new()),
         };
         lock(&fake.backups).insert(
             id(CLIENT_A),
@@ -337,6 +375,37 @@ impl Fake {
         lock(&self.live).is_some()
     }
 
+    /// Field → old and new value, from the two configurations' JSON (good enough for a fake:
+    /// the real diff is the control plane's).
+    fn diff(before: &ClientSpec, after: &ClientSpec) -> BTreeMap<String, FieldChange> {
+        let flat = |spec: &ClientSpec| -> BTreeMap<String, serde_json::Value> {
+            let json = serde_json::to_value(ClientConfiguration::from_spec(spec)).expect("JSON");
+            let mut fields = BTreeMap::new();
+            for (field, value) in json.as_object().expect("object") {
+                match value.as_object() {
+                    Some(features) => {
+                        for (app, on) in features {
+                            fields.insert(format!("{field}.{app}"), on.clone());
+                        }
+                    }
+                    None => {
+                        fields.insert(field.clone(), value.clone());
+                    }
+                }
+            }
+            fields
+        };
+        let (old, new) = (flat(before), flat(after));
+        old.keys()
+            .chain(new.keys())
+            .filter_map(|field| {
+                let from = old.get(field).cloned().unwrap_or_default();
+                let to = new.get(field).cloned().unwrap_or_default();
+                (from != to).then(|| (field.clone(), FieldChange { from, to }))
+            })
+            .collect()
+    }
+
     fn services(spec: &ClientSpec) -> BTreeMap<String, String> {
         stackbox_core::stack::service_urls(spec)
             .into_iter()
@@ -346,18 +415,13 @@ impl Fake {
 }
 
 impl ControlPlane for Fake {
-    async fn verify_token(&self, bearer: &str) -> Result<Option<Principal>, ControlError> {
+    async fn verify_token(&self, bearer: &str) -> Result<Option<Authenticated>, ControlError> {
         if self.tokens_unavailable.load(Ordering::SeqCst) {
             return Err(ControlError::Unavailable(
                 "token store unreachable".to_string(),
             ));
         }
-        Ok(match bearer {
-            OPERATOR => Some(Principal::Operator),
-            TOKEN_A => Some(Principal::Client(id(CLIENT_A))),
-            TOKEN_B => Some(Principal::Client(id(CLIENT_B))),
-            _ => None,
-        })
+        Ok(lock(&self.tokens).get(bearer).cloned())
     }
 
     async fn create_client(&self, spec: ClientSpec) -> Result<CreatedClient, ControlError> {
@@ -476,6 +540,7 @@ impl ControlPlane for Fake {
         &self,
         client: &ClientId,
         action: ClientAction,
+        requested_by: &Authenticated,
     ) -> Result<DeploymentRef, ControlError> {
         self.injected()?;
         if !lock(&self.clients).contains_key(client) {
@@ -486,13 +551,16 @@ impl ControlPlane for Fake {
             ClientAction::Start => DeploymentKind::Start,
             ClientAction::Redeploy => DeploymentKind::Redeploy,
         };
-        self.new_deployment(client, kind)
+        let deployment = self.new_deployment(client, kind)?;
+        lock(&self.requested_by).insert(deployment.deployment_id.clone(), requested_by.clone());
+        Ok(deployment)
     }
 
     async fn delete_client(
         &self,
         client: &ClientId,
         delete_backups: bool,
+        requested_by: &Authenticated,
     ) -> Result<DeploymentRef, ControlError> {
         self.injected()?;
         if delete_backups {
@@ -502,10 +570,143 @@ impl ControlPlane for Fake {
             return Err(ControlError::NotFound);
         }
         let deployment = self.new_deployment(client, DeploymentKind::Destroy)?;
+        lock(&self.requested_by).insert(deployment.deployment_id.clone(), requested_by.clone());
         if let Some(stored) = lock(&self.clients).get_mut(client) {
             stored.state = ClientState::Destroying;
         }
         Ok(deployment)
+    }
+
+    async fn client_spec(&self, client: &ClientId) -> Result<ClientSpec, ControlError> {
+        self.injected()?;
+        lock(&self.clients)
+            .get(client)
+            .map(|stored| stored.spec.clone())
+            .ok_or(ControlError::NotFound)
+    }
+
+    async fn update_client(
+        &self,
+        client: &ClientId,
+        spec: ClientSpec,
+        requested_by: &Authenticated,
+    ) -> Result<Option<ClientChange>, ControlError> {
+        self.injected()?;
+        lock(&self.updates).push(spec.clone());
+        let current = self.client_spec(client).await?;
+        if current == spec {
+            return Ok(None);
+        }
+        if let Some((owner, _)) = lock(&self.clients)
+            .iter()
+            .find(|(owner, c)| *owner != client && c.spec.domain == spec.domain)
+        {
+            return Err(ControlError::Conflict(format!(
+                "domain {} already belongs to client {owner}",
+                spec.domain
+            )));
+        }
+        let changes = Fake::diff(&current, &spec);
+        let deployment = self.new_deployment(client, DeploymentKind::Redeploy)?;
+        if let Some(stored) = lock(&self.clients).get_mut(client) {
+            stored.spec = spec;
+        }
+        lock(&self.requested_by).insert(deployment.deployment_id.clone(), requested_by.clone());
+        lock(&self.changes).insert(deployment.deployment_id.clone(), changes.clone());
+        Ok(Some(ClientChange {
+            deployment_id: deployment.deployment_id,
+            changes,
+        }))
+    }
+
+    async fn client_deployments(
+        &self,
+        client: &ClientId,
+        query: DeploymentQuery,
+    ) -> Result<Page<DeploymentSummary>, ControlError> {
+        self.injected()?;
+        self.require_client(client)?;
+        let mut views: Vec<DeploymentView> = lock(&self.deployments)
+            .values()
+            .filter(|d| &d.client_id == client)
+            .cloned()
+            .collect();
+        views.sort_by(|a, b| {
+            (b.created_at.unix_millis(), &b.id).cmp(&(a.created_at.unix_millis(), &a.id))
+        });
+        if let Some(after) = &query.after {
+            let Some(position) = views.iter().position(|d| &d.id == after) else {
+                return Err(ControlError::Invalid {
+                    field: "after".into(),
+                    problem: "is not a deployment of this client".into(),
+                });
+            };
+            views.drain(..=position);
+        }
+        let more = views.len() > query.limit as usize;
+        views.truncate(query.limit as usize);
+        let requested_by = lock(&self.requested_by);
+        let changes = lock(&self.changes);
+        let items: Vec<DeploymentSummary> = views
+            .into_iter()
+            .map(|view| DeploymentSummary {
+                steps: StepsSummary::of(&view.steps),
+                requested_by: requested_by.get(&view.id).map(|by| RequestedBy {
+                    by: RequesterKind::Token,
+                    token_id: Some(by.token_id.clone()),
+                    role: Some(match by.principal {
+                        Principal::Operator => TokenRole::Operator,
+                        Principal::Client(_) => TokenRole::Client,
+                    }),
+                }),
+                changes: changes.get(&view.id).cloned().unwrap_or_default(),
+                id: view.id,
+                kind: view.kind,
+                status: view.status,
+                created_at: view.created_at,
+                started_at: view.started_at,
+                finished_at: view.finished_at,
+                error: view.error,
+            })
+            .collect();
+        let next = if more {
+            items.last().map(|d| d.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn list_tokens(&self) -> Result<TokenList, ControlError> {
+        self.injected()?;
+        let tokens = lock(&self.tokens)
+            .values()
+            .map(|holder| TokenView {
+                id: holder.token_id.clone(),
+                role: match holder.principal {
+                    Principal::Operator => TokenRole::Operator,
+                    Principal::Client(_) => TokenRole::Client,
+                },
+                client_id: match &holder.principal {
+                    Principal::Operator => None,
+                    Principal::Client(client) => Some(client.to_string()),
+                },
+                created_at: at(0),
+                last_used_at: Some(at(99)),
+            })
+            .collect();
+        Ok(TokenList { tokens })
+    }
+
+    async fn revoke_token(&self, token_id: &str) -> Result<(), ControlError> {
+        self.injected()?;
+        let mut tokens = lock(&self.tokens);
+        let before = tokens.len();
+        tokens.retain(|_, holder| holder.token_id != token_id);
+        if tokens.len() == before {
+            return Err(ControlError::NotFound);
+        }
+        Ok(())
     }
 
     async fn get_deployment(&self, deployment: &str) -> Result<DeploymentView, ControlError> {

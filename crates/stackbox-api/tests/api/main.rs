@@ -2,12 +2,14 @@
 //! loopback socket, against an in-memory control plane ([`fake::Fake`]).
 
 mod backups;
+mod changes;
 mod fake;
 mod in_process;
 mod metrics;
 mod onboarding;
 mod openapi;
 mod socket;
+mod tokens;
 
 use std::sync::Arc;
 

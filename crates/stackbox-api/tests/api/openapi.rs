@@ -5,18 +5,20 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::fake::{CLIENT_A, DEPLOYMENT_A, OPERATOR};
+use crate::fake::{CLIENT_A, DEPLOYMENT_A, OPERATOR, TOKEN_A_ID};
 use crate::Api;
 
 /// Every route the server has: (method, OpenAPI path).
-const ROUTES: [(&str, &str); 22] = [
+const ROUTES: [(&str, &str); 26] = [
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("post", "/v1/clients"),
     ("get", "/v1/clients"),
     ("get", "/v1/clients/{id}"),
+    ("patch", "/v1/clients/{id}"),
     ("delete", "/v1/clients/{id}"),
+    ("get", "/v1/clients/{id}/deployments"),
     ("post", "/v1/clients/{id}/stop"),
     ("post", "/v1/clients/{id}/start"),
     ("post", "/v1/clients/{id}/redeploy"),
@@ -28,6 +30,8 @@ const ROUTES: [(&str, &str); 22] = [
     ("post", "/v1/clients/{id}/clone"),
     ("get", "/v1/deployments/{id}"),
     ("get", "/v1/deployments/{id}/events"),
+    ("get", "/v1/tokens"),
+    ("delete", "/v1/tokens/{id}"),
     ("post", "/v1/signup"),
     ("post", "/v1/webhooks/stripe"),
     ("get", "/welcome/{token}"),
@@ -165,6 +169,49 @@ async fn the_document_lists_every_route_and_only_those() {
         required,
         BTreeSet::from(["company_name", "domain", "plan", "admin_email"])
     );
+    // A PATCH takes a merge patch (or plain JSON) with the same fields, none required.
+    let patch = &doc["paths"]["/v1/clients/{id}"]["patch"];
+    let content: BTreeSet<&str> = patch["requestBody"]["content"]
+        .as_object()
+        .expect("content")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        content,
+        BTreeSet::from(["application/merge-patch+json", "application/json"])
+    );
+    let client_patch = &doc["components"]["schemas"]["ClientPatch"];
+    assert_eq!(client_patch["additionalProperties"], false);
+    let patch_fields: BTreeSet<&str> = client_patch["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(patch_fields, properties);
+    assert!(client_patch.get("required").is_none(), "{client_patch}");
+    for status in ["200", "202", "409", "415", "422"] {
+        assert!(patch["responses"].get(status).is_some(), "PATCH {status}");
+    }
+    let history = &doc["paths"]["/v1/clients/{id}/deployments"]["get"]["parameters"];
+    let names: BTreeSet<&str> = history
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["id", "after", "limit"]));
+    let token_view: BTreeSet<&str> = doc["components"]["schemas"]["TokenView"]["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        token_view,
+        BTreeSet::from(["id", "role", "client_id", "created_at", "last_used_at"])
+    );
     let list = &doc["paths"]["/v1/clients"]["get"]["parameters"];
     let names: BTreeSet<&str> = list
         .as_array()
@@ -257,10 +304,13 @@ async fn every_documented_route_is_served() {
             .replace(
                 "/v1/deployments/{id}",
                 &format!("/v1/deployments/{DEPLOYMENT_A}"),
-            );
+            )
+            .replace("/v1/tokens/{id}", &format!("/v1/tokens/{TOKEN_A_ID}"));
         let uri = uri.replace("{token}", crate::fake::GOOD_LINK);
         let uri = uri.replace("{snapshot}", "latest");
-        let uri = if method == "delete" || path.ends_with("/restore") {
+        let uri = if (method == "delete" && path.starts_with("/v1/clients"))
+            || path.ends_with("/restore")
+        {
             format!("{uri}?confirm={CLIENT_A}")
         } else {
             uri

@@ -3,6 +3,7 @@
 //! its own crate and uses part of it.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod server;
 
 use std::net::TcpListener;

@@ -108,6 +108,7 @@ pub fn render_placed(
     operator: &OperatorConfig,
     placement: &Placement,
 ) -> Result<Rendered, CoreError> {
+    operator.release_catalog(client.release.as_deref())?;
     let stack = stack::build_placed(client, id, operator, placement);
     let apps = client.apps();
     for key in placement

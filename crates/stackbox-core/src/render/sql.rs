@@ -84,11 +84,22 @@ pub fn mysql_init(id: &ClientId, apps: &BTreeSet<App>) -> String {
          }\n",
     );
     let apps = mysql_apps(apps);
+    out.push_str("stackbox_require_password MARIADB_ROOT_PASSWORD\n");
     for (_, _, key) in &apps {
         out.push_str(&format!("stackbox_require_password {}\n", key.env_name()));
     }
     out.push_str("unset -f stackbox_require_password\n\n");
     out.push_str("docker_process_sql --database=mysql <<EOSQL\n");
+    // The superuser's password follows the container's environment on every converge, so a
+    // rotated one takes effect. SET PASSWORD keeps root@localhost's authentication plugins
+    // (the image may allow unix_socket besides the password); root@'%' is the image's
+    // MARIADB_ROOT_HOST default and exists only when that was left alone.
+    let root = "'${MARIADB_ROOT_PASSWORD}'";
+    out.push_str(&format!(
+        "-- The superuser\n\
+         SET PASSWORD FOR 'root'@'localhost' = PASSWORD({root});\n\
+         ALTER USER IF EXISTS 'root'@'%' IDENTIFIED BY {root};\n"
+    ));
     for (app, name, key) in &apps {
         let pw = format!("'${{{}}}'", key.env_name());
         out.push_str(&format!(
@@ -127,6 +138,10 @@ pub fn postgres_init(id: &ClientId, apps: &BTreeSet<App>) -> String {
     // psql quotes each variable as a literal itself (`:'name'`), whatever it holds; the
     // here-document is quoted, so the shell expands nothing in it.
     out.push_str("docker_process_sql --dbname postgres");
+    out.push_str(&format!(
+        " \\\n    --set superuser_password=\"${}\"",
+        SecretKey::PostgresPassword.env_name()
+    ));
     for (_, name, key) in &apps {
         out.push_str(&format!(
             " \\\n    --set {name}_password=\"${}\"",
@@ -134,6 +149,11 @@ pub fn postgres_init(id: &ClientId, apps: &BTreeSet<App>) -> String {
         ));
     }
     out.push_str(" <<'EOSQL'\n");
+    // The superuser's password follows the container's environment on every converge (the
+    // script runs as that superuser), so a rotated one takes effect.
+    out.push_str(
+        "-- The superuser\nALTER ROLE CURRENT_USER WITH PASSWORD :'superuser_password';\n",
+    );
     for (app, name, _) in &apps {
         out.push_str(&format!(
             "-- {title}\n\
@@ -146,4 +166,73 @@ pub fn postgres_init(id: &ClientId, apps: &BTreeSet<App>) -> String {
     }
     out.push_str("EOSQL\n");
     out
+}
+
+/// Where both images source their init scripts from; the converge commands source the same
+/// file, so the first start and every later deploy run one script.
+pub const INIT_SCRIPT_TARGET: &str = "/docker-entrypoint-initdb.d/10-stackbox.sh";
+
+/// The command that applies `config/mysql/init.sh` to a running MariaDB: every deploy runs it
+/// in the container once it is healthy, because the image runs init scripts only on an empty
+/// data directory (a plan that gains an app, or rotated passwords, would never reach the
+/// server otherwise).
+///
+/// It logs in as root over the socket with the container's `MARIADB_ROOT_PASSWORD`, or, when
+/// the data directory still holds the previous one (the password was just rotated), with the
+/// previous value, which the engine hands over on standard input (one line) so that it is on
+/// no command line and in no environment. The script it sources then sets root's password to
+/// the current one.
+pub fn mysql_converge_command() -> Vec<String> {
+    converge_command(
+        "IFS= read -r stackbox_previous || true\n\
+         stackbox_sql() { mariadb --protocol=socket -uroot -hlocalhost \"$@\"; }\n\
+         stackbox_login=\n\
+         for stackbox_try in \"${MARIADB_ROOT_PASSWORD:-}\" \"$stackbox_previous\"; do\n\
+         \x20   if [ -n \"$stackbox_try\" ] && MYSQL_PWD=$stackbox_try stackbox_sql -e 'SELECT 1' >/dev/null 2>&1; then\n\
+         \x20       stackbox_login=$stackbox_try\n\
+         \x20       break\n\
+         \x20   fi\n\
+         done\n\
+         unset stackbox_previous stackbox_try\n\
+         if [ -z \"$stackbox_login\" ]; then\n\
+         \x20   echo \"StackBox: root cannot log in to MariaDB with the client's MARIADB_ROOT_PASSWORD (nor with the previous one); the data directory holds another root password\" >&2\n\
+         \x20   exit 1\n\
+         fi\n\
+         docker_process_sql() { MYSQL_PWD=$stackbox_login stackbox_sql \"$@\"; }\n",
+    )
+}
+
+/// The command that applies `config/postgres/init.sh` to a running PostgreSQL, for the same
+/// reason as [`mysql_converge_command`]. The images trust connections over the local socket
+/// (initdb's default, which both the postgres image and its stand-in keep), so the superuser
+/// needs no password there; a server configured otherwise is tried with the current and then
+/// the previous password (standard input, as for MariaDB).
+pub fn postgres_converge_command() -> Vec<String> {
+    converge_command(
+        "IFS= read -r stackbox_previous || true\n\
+         stackbox_sql() { PGHOST='' PGHOSTADDR='' psql -v ON_ERROR_STOP=1 --username \"${POSTGRES_USER:-postgres}\" --no-password --no-psqlrc \"$@\"; }\n\
+         stackbox_login=\n\
+         for stackbox_try in \"${POSTGRES_PASSWORD:-}\" \"$stackbox_previous\"; do\n\
+         \x20   if PGPASSWORD=$stackbox_try stackbox_sql --dbname postgres -c 'SELECT 1' >/dev/null 2>&1; then\n\
+         \x20       stackbox_login=ok\n\
+         \x20       break\n\
+         \x20   fi\n\
+         done\n\
+         if [ -z \"$stackbox_login\" ]; then\n\
+         \x20   echo \"StackBox: the superuser cannot log in to PostgreSQL over the local socket with the client's POSTGRES_PASSWORD (nor with the previous one)\" >&2\n\
+         \x20   exit 1\n\
+         fi\n\
+         export PGPASSWORD=$stackbox_try\n\
+         unset stackbox_previous stackbox_try stackbox_login\n\
+         docker_process_sql() { stackbox_sql \"$@\"; }\n",
+    )
+}
+
+/// `bash -c` with the login prologue, then the init script sourced, as the entrypoint would.
+fn converge_command(prologue: &str) -> Vec<String> {
+    vec![
+        "bash".to_string(),
+        "-c".to_string(),
+        format!("set -eu\n{prologue}. {INIT_SCRIPT_TARGET}\n"),
+    ]
 }

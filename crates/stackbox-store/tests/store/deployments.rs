@@ -21,6 +21,8 @@ on_both_engines!(
     finishing_refuses_success_with_unfinished_steps_and_any_change_afterwards,
     unfinished_deployments_are_listed_oldest_first_for_resuming,
     a_clients_deployments_are_listed_newest_first,
+    a_clients_deployments_are_paged_newest_first_and_a_cursor_survives_new_ones,
+    who_asked_and_the_change_are_kept_in_the_params_and_read_back,
     deployment_counts_and_durations_cover_finished_deployments_and_steps,
     unknown_clients_deployments_and_steps_are_named_in_errors,
 );
@@ -417,6 +419,111 @@ async fn a_clients_deployments_are_listed_newest_first(db: &TestDb) {
     assert!(listed.iter().all(|d| d.steps.len() == 1));
     let newest_two = store.deployments_of_client(&client.id, 2).await.unwrap();
     assert_eq!(newest_two, listed[..2].to_vec());
+}
+
+async fn a_clients_deployments_are_paged_newest_first_and_a_cursor_survives_new_ones(db: &TestDb) {
+    let store = db.open().await;
+    let client = add_client(&store, 1, "starter", ClientState::Running).await;
+    let _other = client_with_deployment(&store, 2).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let deployment = store
+            .create_deployment(
+                &client.id,
+                DeploymentKind::Redeploy,
+                &["render", "containers"],
+            )
+            .await
+            .unwrap();
+        store
+            .finish_deployment(&deployment.id, DeploymentStatus::Failed, Some("test"))
+            .await
+            .unwrap();
+        ids.push(deployment.id);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    ids.reverse();
+    let first = store
+        .deployment_page_of_client(&client.id, None, 2)
+        .await
+        .unwrap();
+    let first_ids: Vec<_> = first.deployments.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(first_ids, ids[..2]);
+    assert_eq!(first.next.as_ref(), Some(&ids[1]));
+    assert!(first.deployments.iter().all(|d| d.steps.len() == 2));
+    // A deployment made between two pages does not shift the next one.
+    let newest = store
+        .create_deployment(&client.id, DeploymentKind::Stop, &["stop"])
+        .await
+        .unwrap();
+    let second = store
+        .deployment_page_of_client(&client.id, first.next.as_ref(), 2)
+        .await
+        .unwrap();
+    let second_ids: Vec<_> = second.deployments.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(second_ids, ids[2..4]);
+    let last = store
+        .deployment_page_of_client(&client.id, second.next.as_ref(), 2)
+        .await
+        .unwrap();
+    let last_ids: Vec<_> = last.deployments.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(last_ids, ids[4..]);
+    assert_eq!(last.next, None);
+    let everything = store
+        .deployment_page_of_client(&client.id, None, 500)
+        .await
+        .unwrap();
+    assert_eq!(everything.deployments.len(), 6);
+    assert_eq!(everything.deployments[0].id, newest.id);
+    assert_eq!(everything.next, None);
+    assert!(matches!(
+        store.deployment_page_of_client(&client.id, None, 0).await,
+        Err(StoreError::InvalidLimit { limit: 0 })
+    ));
+}
+
+async fn who_asked_and_the_change_are_kept_in_the_params_and_read_back(db: &TestDb) {
+    use stackbox_store::{FieldChange, RequestedBy, TokenRole, CHANGES_PARAM, REQUESTED_BY_PARAM};
+    let store = db.open().await;
+    let client = add_client(&store, 1, "starter", ClientState::Running).await;
+    let token = store
+        .create_token(TokenRole::Operator, None)
+        .await
+        .unwrap()
+        .info;
+    let by = RequestedBy::Token {
+        id: token.id.clone(),
+        role: TokenRole::Operator,
+    };
+    let changes = std::collections::BTreeMap::from([(
+        "company_name".to_string(),
+        FieldChange {
+            from: json!("Client 1"),
+            to: json!("Client One"),
+        },
+    )]);
+    let params = json!({
+        REQUESTED_BY_PARAM: by.to_json(),
+        CHANGES_PARAM: FieldChange::map_to_json(&changes),
+    });
+    let created = store
+        .create_deployment_with_params(
+            &client.id,
+            DeploymentKind::Redeploy,
+            &["render"],
+            Some(&params),
+        )
+        .await
+        .unwrap();
+    let page = store
+        .deployment_page_of_client(&client.id, None, 10)
+        .await
+        .unwrap();
+    let read = &page.deployments[0];
+    assert_eq!(read.id, created.id);
+    assert_eq!(read.requested_by(), Some(by));
+    assert_eq!(read.changes(), changes);
+    assert!(!read.params.as_ref().unwrap().to_string().contains("sbx_"));
 }
 
 async fn deployment_counts_and_durations_cover_finished_deployments_and_steps(db: &TestDb) {
