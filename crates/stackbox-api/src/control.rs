@@ -273,6 +273,18 @@ pub trait ControlPlane: Send + Sync + 'static {
         async { Err(ControlError::NotFound) }
     }
 
+    /// Journals an upgrade of the client to another release, recording who asked;
+    /// `Invalid` naming `to` when the move is not allowed.
+    fn upgrade_client(
+        &self,
+        id: &ClientId,
+        to: String,
+        requested_by: &Authenticated,
+    ) -> impl Future<Output = Result<DeploymentRef, ControlError>> + Send {
+        let _ = (id, to, requested_by);
+        async { Err(ControlError::NotFound) }
+    }
+
     fn create_backup(
         &self,
         id: &ClientId,
@@ -476,6 +488,12 @@ pub(crate) trait DynControl: Send + Sync + 'static {
         only: Vec<String>,
         requested_by: &'a Authenticated,
     ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
+    fn upgrade_client<'a>(
+        &'a self,
+        id: &'a ClientId,
+        to: String,
+        requested_by: &'a Authenticated,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
     fn create_backup<'a>(
         &'a self,
         id: &'a ClientId,
@@ -617,6 +635,14 @@ impl<C: ControlPlane> DynControl for C {
         requested_by: &'a Authenticated,
     ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
         Box::pin(ControlPlane::rotate_secrets(self, id, only, requested_by))
+    }
+    fn upgrade_client<'a>(
+        &'a self,
+        id: &'a ClientId,
+        to: String,
+        requested_by: &'a Authenticated,
+    ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
+        Box::pin(ControlPlane::upgrade_client(self, id, to, requested_by))
     }
     fn create_backup<'a>(
         &'a self,

@@ -522,6 +522,15 @@ pub struct RotationRequest {
     pub only: Vec<String>,
 }
 
+/// The body of `POST /v1/clients/{id}/upgrade`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    /// The release to move to (`stackbox releases` lists them; `base` is the catalog itself).
+    #[schema(example = "2027.01")]
+    pub to: String,
+}
+
 /// The answer to `POST /v1/clients/{id}/clone` (202).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClonedClient {

@@ -25,7 +25,7 @@ use stackbox_core::CoreError;
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::PartialSchema;
 
-use crate::dto::{CloneRequest, NewClient, RotationRequest};
+use crate::dto::{CloneRequest, NewClient, RotationRequest, UpgradeRequest};
 use crate::error::ApiError;
 
 /// The longest snapshot reference: a whole restic snapshot id.
@@ -81,6 +81,31 @@ pub(crate) fn parse_rotation_request(body: &[u8]) -> Result<Vec<String>, ApiErro
         }
     }
     Ok(request.only)
+}
+
+/// The fields of [`UpgradeRequest`].
+fn upgrade_request_fields() -> &'static BTreeSet<String> {
+    static FIELDS: OnceLock<BTreeSet<String>> = OnceLock::new();
+    FIELDS.get_or_init(schema_fields::<UpgradeRequest>)
+}
+
+/// `POST /v1/clients/{id}/upgrade`'s body: `{"to": RELEASE}` (a release name's alphabet; the
+/// control plane says whether the move is allowed).
+pub(crate) fn parse_upgrade_request(body: &[u8]) -> Result<String, ApiError> {
+    let value = known_object(
+        body,
+        upgrade_request_fields(),
+        "`to`, the release to move to",
+    )?;
+    if value.get("to").is_none() {
+        return Err(ApiError::invalid(
+            "to",
+            "to: is missing; give the release to move to",
+        ));
+    }
+    let request: UpgradeRequest = typed(value)?;
+    stackbox_core::release::validate_release_name("to", &request.to).map_err(core_error)?;
+    Ok(request.to)
 }
 
 /// The fields of [`CloneRequest`].

@@ -124,7 +124,7 @@ pub use dto::{
     DeploymentOutcome, DeploymentRef, DeploymentStatus, DeploymentSummary, DeploymentView,
     ErrorBody, ErrorDetail, FieldChange, Health, HealthStatus, NewClient, Page, RequestedBy,
     RequesterKind, RotationRequest, ServiceHealth, ServiceState, StepProgress, StepStatus,
-    StepView, StepsSummary, TokenList, TokenRole, TokenView,
+    StepView, StepsSummary, TokenList, TokenRole, TokenView, UpgradeRequest,
 };
 pub use error::{INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE};
 pub use input::parse_new_client;

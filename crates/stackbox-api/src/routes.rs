@@ -30,12 +30,12 @@ use crate::control::{ClientAction, DeploymentQuery, DynControl, ListQuery, Princ
 use crate::dto::{
     BackupList, ClientChange, ClientDetail, ClientPatch, ClientState, ClientSummary, CloneRequest,
     ClonedClient, CreatedClient, DeploymentEvent, DeploymentRef, DeploymentSummary, DeploymentView,
-    ErrorBody, Health, NewClient, Page, RotationRequest, TokenList,
+    ErrorBody, Health, NewClient, Page, RotationRequest, TokenList, UpgradeRequest,
 };
 use crate::error::{ApiError, Resource};
 use crate::input::{
     apply_client_patch, is_snapshot_ref, parse_client_patch, parse_clone_request, parse_new_client,
-    parse_rotation_request,
+    parse_rotation_request, parse_upgrade_request,
 };
 use crate::{metrics, ApiOptions, MetricsAccess};
 
@@ -142,6 +142,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(redeploy_client))
         .routes(routes!(resend_welcome))
         .routes(routes!(rotate_secrets))
+        .routes(routes!(upgrade_client))
         .routes(routes!(create_backup, list_backups))
         .routes(routes!(restore_backup))
         .routes(routes!(verify_backup))
@@ -761,6 +762,56 @@ async fn rotate_secrets(
         .await
         .map_err(|error| ApiError::from_control(error, Resource::Client))?;
     tracing::info!(client = %id, deployment = %deployment.deployment_id, "secret rotation accepted");
+    Ok(accepted(&deployment.deployment_id, Json(&deployment)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{id}/upgrade",
+    tag = "clients",
+    summary = "Move a client to another release of the images, after a backup, with rollback.",
+    description = "The move is checked against the upgrade graph (Nextcloud one major version \
+        at a time; data-migrating apps forward only; no PostgreSQL major version): a refused \
+        one answers 422 naming `to` and the releases to go through. The deployment takes a \
+        safety backup, then replaces the services health-gated; if anything fails, the client \
+        returns to its release, with the backup restored when a service that keeps data ran \
+        the new image (the deployment ends `compensated`).",
+    params(("id" = String, Path, description = "The client id.")),
+    request_body(content = UpgradeRequest, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = DeploymentRef, description = "Accepted: the upgrade is journaled and runs in the background.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 400, body = ErrorBody, description = "The body is not JSON."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client."),
+        (status = 409, body = ErrorBody, description = "The client is busy with another deployment."),
+        (status = 415, body = ErrorBody, description = "Not `application/json`."),
+        (status = 422, body = ErrorBody, description = "`to` is missing, unknown, the release the client runs, or a move the upgrade graph refuses; `field` is `to`."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn upgrade_client(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let id = client_id(id)?;
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType(JSON));
+    }
+    let body = read_body(&state, body)?;
+    let to = parse_upgrade_request(&body)?;
+    let deployment = state
+        .control
+        .upgrade_client(&id, to, &caller.0)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    tracing::info!(client = %id, deployment = %deployment.deployment_id, "upgrade accepted");
     Ok(accepted(&deployment.deployment_id, Json(&deployment)))
 }
 

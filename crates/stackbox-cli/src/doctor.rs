@@ -28,6 +28,8 @@ pub struct Inputs<'a> {
 
 /// How long the store may take to answer.
 const STORE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a TCP connection to the database server may take before the store is opened.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `stackbox doctor [--json]`: prints every check and exits 1 when one failed.
 pub fn run(
@@ -38,7 +40,9 @@ pub fn run(
 ) -> Result<()> {
     let origin = match operator_file {
         Some(path) => path.display().to_string(),
-        None => "no --operator file; the built-in defaults with the environment's settings".to_string(),
+        None => {
+            "no --operator file; the built-in defaults with the environment's settings".to_string()
+        }
     };
     let operator = operator.map_err(|error| format!("{error:#}"));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -216,7 +220,11 @@ async fn ingress_ports(docker: &DockerRuntime, ingress: &Ingress, local: bool) -
         let port = which.port(ingress);
         let check = match &holders {
             Ok(holders) => {
-                let probe = if local {
+                // A port a container publishes is the container's: binding it is not tried
+                // (nor raced with the engine's own bind).
+                let probe = if holders.iter().any(|h| h.host_port == port) {
+                    PortProbe::InUse
+                } else if local {
                     probe_port(port)
                 } else {
                     PortProbe::Untested(
@@ -390,14 +398,15 @@ fn master_key_check(data_dir: &Path, file: Option<&Path>) -> Check {
     if path.exists() {
         return key_file(&path);
     }
-    let store_exists = data_dir.join(SQLITE_FILE_NAME).exists() || database_url().is_some();
-    if store_exists {
+    // (Whether a PostgreSQL store recorded a key cannot be read without recording one.)
+    if database_url().is_none() && data_dir.join(SQLITE_FILE_NAME).exists() {
         return Check::warn(
             NAME,
             format!(
-                "no key ({MASTER_KEY_ENV} unset, no {}) while a store exists: serve would make \
-                 a new key, and a store that sealed secrets with another refuses it",
-                path.display()
+                "no key ({MASTER_KEY_ENV} unset, no {}) while the store {} exists: serve would \
+                 make a new key, and a store that sealed secrets with another refuses it",
+                path.display(),
+                data_dir.join(SQLITE_FILE_NAME).display()
             ),
             restore,
         );
@@ -439,6 +448,36 @@ fn secrets_of_url(url: &str) -> Vec<String> {
     secrets
 }
 
+/// The host and port of a `postgres://` URL with a network host (not a unix socket).
+fn postgres_address(url: &str) -> Option<(String, u16)> {
+    let rest = url
+        .trim()
+        .strip_prefix("postgres://")
+        .or_else(|| url.trim().strip_prefix("postgresql://"))?;
+    if rest.contains("host=") {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.is_empty() || host_port.contains(',') {
+        return None;
+    }
+    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        let (host, after) = bracketed.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        }
+    };
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => 5432,
+    };
+    Some((host.to_string(), port))
+}
+
 async fn store_check(data_dir: &Path) -> Check {
     const NAME: &str = "store";
     let Some(url) = database_url() else {
@@ -467,6 +506,26 @@ async fn store_check(data_dir: &Path) -> Check {
                 message.replace(secret.as_str(), "***")
             })
     };
+    // A server that is down refuses at once, while the pool retries for half a minute.
+    if let Some((host, port)) = postgres_address(&url) {
+        let reached = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await;
+        let problem = match reached {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(format!("{error}")),
+            Err(_) => Some(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+        };
+        if let Some(problem) = problem {
+            return Check::fail(
+                NAME,
+                format!("the database server of {shown} cannot be reached: {problem}"),
+                fix,
+            );
+        }
+    }
     match tokio::time::timeout(STORE_TIMEOUT, Store::open(&url)).await {
         Ok(Ok(store)) => {
             let versions = store.schema_versions().await;
@@ -499,6 +558,27 @@ async fn store_check(data_dir: &Path) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_address_of_a_postgres_url_is_its_host_and_port_and_none_for_sockets() {
+        assert_eq!(
+            postgres_address("postgres://sb:pw@db.internal:6543/stackbox"),
+            Some(("db.internal".to_string(), 6543))
+        );
+        assert_eq!(
+            postgres_address("postgresql://db/stackbox"),
+            Some(("db".to_string(), 5432))
+        );
+        assert_eq!(
+            postgres_address("postgres://[::1]:5433/x"),
+            Some(("::1".to_string(), 5433))
+        );
+        assert_eq!(
+            postgres_address("postgres:///stackbox?host=/run/postgresql"),
+            None
+        );
+        assert_eq!(postgres_address("sqlite:///srv/stackbox.db"), None);
+    }
 
     #[test]
     fn the_passwords_of_a_database_url_are_found_for_scrubbing() {

@@ -821,10 +821,12 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
             common,
             ..
         } => remote().and_then(|r| r.rotate_secrets(client_id, only, common.json)),
-        Command::Upgrade { .. } => Err(anyhow::anyhow!(
-            "upgrade runs on the engine's host (without --server) for now; the server's \
-             deployments do not take upgrades yet"
-        )),
+        Command::Upgrade {
+            client_id,
+            to,
+            common,
+            ..
+        } => remote().and_then(|r| r.upgrade(client_id, to, common.json)),
         Command::Render { .. }
         | Command::Plans { .. }
         | Command::Releases { .. }

@@ -246,6 +246,21 @@ impl Remote {
         self.finish(&id, json, "rotate-secrets")
     }
 
+    /// `POST /v1/clients/{id}/upgrade`, then follows the deployment.
+    pub fn upgrade(&self, client: &str, to: &str, json: bool) -> Result<()> {
+        let body = json!({ "to": to });
+        let deployment = self.ok(
+            "POST",
+            &format!("/v1/clients/{client}/upgrade"),
+            Some(&body),
+        )?;
+        let id = deployment["deployment_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.finish(&id, json, "upgrade")
+    }
+
     pub fn destroy(&self, client: &str, delete_backups: bool, json: bool) -> Result<()> {
         let deployment = self.ok(
             "DELETE",

@@ -1063,6 +1063,28 @@ impl ControlPlane for Served {
         })
     }
 
+    async fn upgrade_client(
+        &self,
+        id: &ClientId,
+        to: String,
+        requested_by: &Authenticated,
+    ) -> Result<DeploymentRef, ControlError> {
+        let mut params = serde_json::Map::new();
+        params.insert(
+            stackbox_store::REQUESTED_BY_PARAM.to_string(),
+            requested(requested_by)?.to_json(),
+        );
+        let deployment = self
+            .control
+            .request_upgrade(id, &to, params)
+            .await
+            .map_err(control_error)?;
+        self.forget_lists();
+        Ok(DeploymentRef {
+            deployment_id: deployment.id.as_str().to_string(),
+        })
+    }
+
     async fn create_backup(&self, id: &ClientId) -> Result<DeploymentRef, ControlError> {
         let deployment = self
             .control

@@ -536,7 +536,7 @@ impl MariaDb {
                 .args([
                     "--no-defaults",
                     "--user=root",
-                    "--auth-root-authentication-method=normal",
+                    "--auth-root-authentication-method=socket",
                     "--skip-test-db",
                 ])
                 .arg(format!("--datadir={}", data.display()))),
@@ -584,7 +584,8 @@ impl MariaDb {
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("STACKBOX_TEST_SOCKET", &self.socket)
-            // The test server's root has no password yet, as during the image's first start.
+            // Root logs in over the socket as the OS user (the test runs as root), so the
+            // password the script sets for it changes nothing for the next bundle.
             .env("MARIADB_ROOT_PASSWORD", "")
             .envs(env.iter().copied())
             .arg("-c")
@@ -620,6 +621,17 @@ fn app_passwords<'a>(bundle: &'a Rendered, keys: &[&'a str]) -> Vec<(&'a str, &'
         .collect()
 }
 
+/// The mysql container's environment for its init script: the apps' passwords and the root
+/// password under the image's name.
+fn mysql_env(bundle: &Rendered) -> Vec<(&str, &str)> {
+    let mut env = app_passwords(bundle, &MYSQL_PASSWORDS);
+    env.push((
+        "MARIADB_ROOT_PASSWORD",
+        bundle.env["MYSQL_ROOT_PASSWORD"].as_str(),
+    ));
+    env
+}
+
 const MYSQL_PASSWORDS: [&str; 3] = [
     "ESPOCRM_DB_PASSWORD",
     "NEXTCLOUD_DB_PASSWORD",
@@ -643,7 +655,7 @@ fn mysql_init_script_holds_no_password_and_refuses_values_outside_the_generator_
         );
     }
     let db = MariaDb::start();
-    let mut env = app_passwords(bundle, &MYSQL_PASSWORDS);
+    let mut env = mysql_env(bundle);
     // An injection attempt in a password (a hand-edited .env or a tampered secret store)
     // stops the script before any statement runs; the message names the variable only.
     let hostile = "Abcdefgh12345678'; DROP DATABASE mysql; -- ";
@@ -677,7 +689,7 @@ fn mysql_init_script_holds_no_password_and_refuses_values_outside_the_generator_
         &run(Command::new("chmod").arg("0755").arg(&executable)),
         "chmod",
     );
-    let run_alone = db.source_init(&executable, &app_passwords(bundle, &MYSQL_PASSWORDS));
+    let run_alone = db.source_init(&executable, &mysql_env(bundle));
     assert!(!run_alone.status.success());
     assert!(
         String::from_utf8_lossy(&run_alone.stderr).contains("must be sourced"),
@@ -693,7 +705,7 @@ fn mysql_init_script_runs_on_real_mariadb_and_limits_each_user_to_its_database()
     let db = MariaDb::start();
     for bundle in &rendered {
         let init = bundle.dir.join("config/mysql/init.sh");
-        let env = app_passwords(bundle, &MYSQL_PASSWORDS);
+        let env = mysql_env(bundle);
         assert_success(&db.source_init(&init, &env), "init.sh");
         // Converges when run again.
         assert_success(&db.source_init(&init, &env), "init.sh, second run");

@@ -54,7 +54,7 @@ fn deploy(env: &CliEnv, file: &str) -> serde_json::Value {
 
 #[test]
 fn plan_changes_up_and_down_keep_every_app_s_data_and_its_database_users_log_in() {
-    let env = CliEnv::new(EDGE, 18380, 18743, "");
+    let env = CliEnv::new(EDGE, 18580, 18943, "");
     let file = env.client_file(
         "client.toml",
         &client("professional", "[features]\ncalcom = true\n"),
@@ -170,8 +170,8 @@ fn plan_changes_up_and_down_keep_every_app_s_data_and_its_database_users_log_in(
 fn rotating_every_live_secret_lets_every_app_user_in_with_the_new_password_only() {
     let env = CliEnv::new(
         EDGE.replace("changes", "rotation").as_str(),
-        18381,
-        18744,
+        18581,
+        18944,
         "",
     );
     let file = env.client_file(
@@ -319,7 +319,7 @@ fn poll_website(router: &str) -> std::process::Child {
 
 #[test]
 fn a_brand_colour_change_replaces_the_website_start_first_without_a_failed_request() {
-    let env = CliEnv::new(&EDGE.replace("changes", "startfirst"), 18382, 18745, "");
+    let env = CliEnv::new(&EDGE.replace("changes", "startfirst"), 18582, 18945, "");
     let file = env.client_file("client.toml", &client("starter", ""));
     let id = deploy(&env, &file)["client_id"]
         .as_str()

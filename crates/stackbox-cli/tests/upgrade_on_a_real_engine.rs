@@ -79,9 +79,10 @@ fn image_of(container: &str) -> String {
     text(&out.stdout).trim().to_string()
 }
 
-#[test]
-fn an_upgrade_moves_the_client_after_a_backup_and_a_failed_one_restores_its_data() {
-    // The releases: r2 re-tags the website's image; r3 breaks Nextcloud after a "migration".
+/// The test releases, made from the test images: r2 re-tags the website's nginx; r3 is a
+/// Nextcloud whose start writes a marker into its volume (a migration) and exits. Returns
+/// (nginx, nginx r2, nextcloud, nextcloud r3) and the operator file's `[[releases]]`.
+fn test_releases() -> (String, String, String, String, String) {
     let nginx = catalog_image("nginx");
     let nginx_r2 = format!("{}:upgrade-r2", nginx.split(':').next().unwrap());
     docker(&["tag", &nginx, &nginx_r2], None);
@@ -94,6 +95,109 @@ fn an_upgrade_moves_the_client_after_a_backup_and_a_failed_one_restores_its_data
              ENTRYPOINT [\"sh\", \"-c\", \"echo migrated > /var/www/html/migration-marker; exit 1\"]\n"
         )),
     );
+    let releases = format!(
+        "\n[[releases]]\nname = \"r2\"\n[releases.images]\nnginx = \"{nginx_r2}\"\n\
+         \n[[releases]]\nname = \"r3\"\n[releases.images]\nnextcloud = \"{broken}\"\n"
+    );
+    (nginx, nginx_r2, nextcloud, broken, releases)
+}
+
+fn wait(
+    server: &support::server::Server,
+    token: &str,
+    deployment: &serde_json::Value,
+) -> serde_json::Value {
+    support::server::poll(
+        server,
+        token,
+        deployment["deployment_id"].as_str().unwrap(),
+        std::time::Duration::from_secs(300),
+        support::server::finished,
+    )
+}
+
+#[test]
+fn an_upgrade_through_serve_is_a_journaled_deployment_and_a_failed_one_is_compensated() {
+    use support::server::{client_body, Server};
+    let (_, nginx_r2, nextcloud, _, releases) = test_releases();
+    let mut server = Server::new("stackbox-upgrade-serve-test-edge", 28188, 28551);
+    server.start();
+    let operator = server.token(&["--operator"]);
+    let (status, created) = server.http(
+        "POST",
+        "/v1/clients",
+        &operator,
+        Some(&client_body("Serve Upgrade Shop", "serve-upgrade.example")),
+    );
+    assert_eq!(status, 202, "{created}");
+    let id = created["client_id"].as_str().unwrap().to_string();
+    server.made.borrow_mut().push(id.clone());
+    assert_eq!(wait(&server, &operator, &created)["status"], "succeeded");
+    // The releases arrive after the client: it stays on base until upgraded.
+    server.kill_hard();
+    let text_before = std::fs::read_to_string(&server.operator).unwrap();
+    std::fs::write(&server.operator, format!("{text_before}{releases}")).unwrap();
+    server.start();
+    let path = format!("/v1/clients/{id}/upgrade");
+    let (status, error) = server.http("POST", &path, &operator, Some(r#"{"to": "r9"}"#));
+    assert_eq!(status, 422, "{error}");
+    assert_eq!(error["error"]["field"], "to", "{error}");
+    let (status, error) = server.http("POST", &path, &operator, Some(r#"{"to": "base"}"#));
+    assert_eq!(status, 422, "already on base: {error}");
+
+    let (status, accepted) = server.http("POST", &path, &operator, Some(r#"{"to": "r2"}"#));
+    assert_eq!(status, 202, "{accepted}");
+    let view = wait(&server, &operator, &accepted);
+    assert_eq!(view["status"], "succeeded", "{view}");
+    let steps: Vec<&str> = view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(steps.first(), Some(&"safety-backup"), "{steps:?}");
+    assert_eq!(image_of(&format!("{id}-website-1")), nginx_r2);
+
+    exec(
+        &format!("{id}-nextcloud-1"),
+        "echo contract > /var/www/html/owner-file.txt",
+    );
+    let (status, accepted) = server.http("POST", &path, &operator, Some(r#"{"to": "r3"}"#));
+    assert_eq!(status, 202, "{accepted}");
+    let view = wait(&server, &operator, &accepted);
+    assert_eq!(view["status"], "compensated", "{view}");
+    assert_eq!(image_of(&format!("{id}-nextcloud-1")), nextcloud);
+    let (marker_left, _) = try_exec(
+        &format!("{id}-nextcloud-1"),
+        "test -e /var/www/html/migration-marker",
+    );
+    assert!(
+        !marker_left,
+        "the failed upgrade's write is still in the volume"
+    );
+    assert_eq!(
+        exec(
+            &format!("{id}-nextcloud-1"),
+            "cat /var/www/html/owner-file.txt"
+        ),
+        "contract"
+    );
+    let (_, detail) = server.http("GET", &format!("/v1/clients/{id}"), &operator, None);
+    assert_eq!(detail["state"], "running", "{detail}");
+    // Still on r2: a redeploy keeps the website's r2 image.
+    let (_, again) = server.http(
+        "POST",
+        &format!("/v1/clients/{id}/redeploy"),
+        &operator,
+        None,
+    );
+    assert_eq!(wait(&server, &operator, &again)["status"], "succeeded");
+    assert_eq!(image_of(&format!("{id}-website-1")), nginx_r2);
+}
+
+#[test]
+fn an_upgrade_moves_the_client_after_a_backup_and_a_failed_one_restores_its_data() {
+    let (nginx, nginx_r2, nextcloud, _, releases) = test_releases();
 
     let env = CliEnv::new(EDGE, 18390, 18753, "");
     let file = env.client_file("client.toml", &client_toml(None));
@@ -106,14 +210,7 @@ fn an_upgrade_moves_the_client_after_a_backup_and_a_failed_one_restores_its_data
     );
 
     let operator = std::fs::read_to_string(&env.operator).unwrap();
-    std::fs::write(
-        &env.operator,
-        format!(
-            "{operator}\n[[releases]]\nname = \"r2\"\n[releases.images]\nnginx = \"{nginx_r2}\"\n\
-             \n[[releases]]\nname = \"r3\"\n[releases.images]\nnextcloud = \"{broken}\"\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&env.operator, format!("{operator}{releases}")).unwrap();
     let releases = env.bare(&["releases", "--json"]).output().unwrap();
     let releases = support::cli::last_json(&text(&releases.stdout));
     assert_eq!(releases["latest"], "r3", "{releases}");

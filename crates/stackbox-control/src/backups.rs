@@ -349,9 +349,32 @@ impl Control {
         deployment: &Deployment,
         context: &mut StepContext,
     ) -> Result<StepOutput, ControlError> {
-        let id = &deployment.client_id;
         let snapshot = param(deployment, "snapshot")
             .ok_or_else(|| step_error("restore")("the deployment names no snapshot".into()))?;
+        self.restore_snapshot_in_place(deployment, context, &snapshot)
+            .await
+            .map(|snapshot| StepOutput::Restored { snapshot })
+    }
+
+    /// Converges the client's stack as the context describes it.
+    pub(crate) async fn converge_context(
+        &self,
+        id: &ClientId,
+        context: &mut StepContext,
+    ) -> Result<(), ControlError> {
+        self.converge(id, context).await
+    }
+
+    /// One snapshot's data put back into the running client (see [`Self::restore_step`]);
+    /// on failure the stack is converged again before the error is returned.
+    pub(crate) async fn restore_snapshot_in_place(
+        &self,
+        deployment: &Deployment,
+        context: &mut StepContext,
+        snapshot: &str,
+    ) -> Result<String, ControlError> {
+        let id = &deployment.client_id;
+        let snapshot = snapshot.to_string();
         let docker = context.docker().await?;
         let repo = self.repository_of(id).await?;
         let rendered = self.render_for(id, context)?;
@@ -378,7 +401,7 @@ impl Control {
         .await;
         let _ = std::fs::remove_dir_all(&scratch);
         match restored {
-            Ok(snapshot) => Ok(StepOutput::Restored { snapshot }),
+            Ok(snapshot) => Ok(snapshot),
             Err(error) => {
                 let _ = self.converge(id, context).await;
                 Err(step_error("restore")(format!(

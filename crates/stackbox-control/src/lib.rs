@@ -21,6 +21,7 @@ mod monitor;
 mod onboarding;
 mod rotation;
 mod steps;
+mod upgrade;
 
 pub use steps::{step_names, steps_for, CloudMysql, Step, StepOutput};
 
@@ -578,6 +579,9 @@ impl Control {
                 if let Some(rotation) = rotation::Rotation::of(deployment) {
                     self.apply_rotation(&rotation, deployment, context).await?;
                 }
+                if let Some(upgrade) = upgrade::Upgrade::of(deployment) {
+                    self.apply_upgrade(&upgrade, deployment, context).await?;
+                }
                 let rendered = self.render_for(id, context)?;
                 self.inner.bundles.write_bundle(id, &rendered.bundle)?;
                 Ok(StepOutput::Rendered {
@@ -798,6 +802,9 @@ impl Control {
     async fn compensate(&self, deployment: &Deployment, context: &StepContext) -> bool {
         if let Some(rotation) = rotation::Rotation::of(deployment) {
             return self.undo_rotation(&rotation, deployment, context).await;
+        }
+        if let Some(upgrade) = upgrade::Upgrade::of(deployment) {
+            return self.undo_upgrade(&upgrade, deployment, context).await;
         }
         // A clone is a new client's first deployment too.
         if !matches!(

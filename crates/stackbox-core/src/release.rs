@@ -97,6 +97,14 @@ pub fn tag_version(reference: &str) -> Option<Vec<u64>> {
         .chars()
         .take_while(|c| c.is_ascii_digit() || *c == '.')
         .collect();
+    // A version ends the tag or is followed by a variant (`-apache`); digits run into letters
+    // (`091bda11`, a content hash) are no version.
+    if !matches!(
+        tag[numeric.len()..].chars().next(),
+        None | Some('-' | '_' | '+')
+    ) {
+        return None;
+    }
     let parts: Vec<u64> = numeric
         .split('.')
         .filter(|p| !p.is_empty())
@@ -167,12 +175,18 @@ pub fn plan_move(
     to: &str,
 ) -> Result<ReleaseMove, CoreError> {
     let all = release_catalogs(base, releases);
-    let find = |name: &str| {
-        all.iter()
-            .position(|(n, _)| n == name)
-            .ok_or_else(|| catalog_of(base, releases, name).unwrap_err())
+    let find = |name: &str, field: &str| {
+        all.iter().position(|(n, _)| n == name).ok_or_else(|| {
+            CoreError::invalid(
+                field,
+                format!(
+                    "{name:?} is not one of the operator's releases ({}); add it under [[releases]] in stackbox.toml",
+                    all.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
     };
-    let (a, b) = (find(from)?, find(to)?);
+    let (a, b) = (find(from, "release")?, find(to, "to")?);
     let refusals = |a: usize, b: usize| -> Vec<String> {
         ImageKey::ALL
             .iter()

@@ -404,22 +404,31 @@ impl ContainerRuntime for DockerRuntime {
             match self.docker.remove_network(name).await {
                 Ok(()) => return Ok(()),
                 Err(e) if status_of(&e) == Some(404) => return Ok(()),
-                Err(e) if attempt < 10 && short(&e).contains("active endpoints") => {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+                // Up to 10 s: on a loaded host the engine takes seconds to let go.
+                Err(e) if attempt < 40 && short(&e).contains("active endpoints") => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(e) => return Err(map_err("remove network", name)(e)),
             }
         }
     }
 
-    async fn connect_network(&self, network: &str, container: &str) -> Result<(), EngineError> {
+    async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        aliases: &[String],
+    ) -> Result<(), EngineError> {
         let result = self
             .docker
             .connect_network(
                 network,
                 NetworkConnectRequest {
                     container: container.to_string(),
-                    endpoint_config: Some(EndpointSettings::default()),
+                    endpoint_config: Some(EndpointSettings {
+                        aliases: (!aliases.is_empty()).then(|| aliases.to_vec()),
+                        ..Default::default()
+                    }),
                 },
             )
             .await;

@@ -94,6 +94,9 @@ fn service_event(service: &str, phase: Phase, detail: Option<String>) -> Event {
 /// replaces.
 const NEXT_SUFFIX: &str = "-next";
 
+/// How long a start-first replacement and the container it replaces both serve.
+const START_FIRST_HANDOVER: Duration = Duration::from_secs(1);
+
 /// Tunables of a deploy.
 #[derive(Debug, Clone, Default)]
 pub struct DeployOptions {
@@ -137,6 +140,9 @@ struct Journal {
     set_aside: Vec<(ObservedContainer, bool)>,
     /// Stopped containers this deploy started.
     started: Vec<String>,
+    /// Networks a container set aside for a start-first replacement was detached from
+    /// (container id, attachment), attached again by a rollback.
+    detached: Vec<(String, stackbox_core::deploy::NetworkAttachment)>,
 }
 
 /// One deploy of one client: prepared (observed and planned), then run, then rolled back if
@@ -412,11 +418,29 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
                     .ok()
                     .and_then(|v| v.as_str().map(String::from));
                 let id = self.create_and_start(&next, events).await?;
+                // A moment for routers that follow the engine's events (the client's Traefik)
+                // to add the new container, then the old one leaves its networks (their DNS
+                // stops naming it) and gets a moment to finish what it serves before it stops.
+                tokio::time::sleep(START_FIRST_HANDOVER).await;
                 events(service_event(name, Phase::Stopping, detail));
                 self.journal
                     .borrow_mut()
                     .set_aside
                     .push((old.clone(), true));
+                for attachment in &config.networks {
+                    if self
+                        .runtime
+                        .disconnect_network(&attachment.network, &old.id)
+                        .await
+                        .is_ok()
+                    {
+                        self.journal
+                            .borrow_mut()
+                            .detached
+                            .push((old.id.clone(), attachment.clone()));
+                    }
+                }
+                tokio::time::sleep(START_FIRST_HANDOVER / 2).await;
                 self.runtime.stop_container(&old.id).await?;
                 self.runtime
                     .rename_container(&old.id, &format!("{}{REPLACED_SUFFIX}", config.name))
@@ -752,13 +776,15 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
             for (client, _) in clients {
                 if !client.is_empty() && linked.insert(client.clone()) {
                     let network = format!("{client}_edge");
-                    let _ = self.runtime.connect_network(&network, &id).await;
+                    let _ = self.runtime.connect_network(&network, &id, &[]).await;
                 }
             }
             self.runtime.start_container(&id).await?;
         }
         if let Some(network) = client_edge {
-            self.runtime.connect_network(network, &config.name).await?;
+            self.runtime
+                .connect_network(network, &config.name, &[])
+                .await?;
         }
         Ok(())
     }
@@ -810,6 +836,11 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
         for (old, was_running) in &journal.set_aside {
             let service = old.service.as_deref().unwrap_or(&old.name);
             self.runtime.rename_container(&old.id, &old.name).await?;
+            for (_, attachment) in journal.detached.iter().filter(|(id, _)| *id == old.id) {
+                self.runtime
+                    .connect_network(&attachment.network, &old.id, &attachment.aliases)
+                    .await?;
+            }
             if *was_running {
                 self.runtime.start_container(&old.id).await?;
                 self.converge_restored(old, events).await?;

@@ -78,7 +78,13 @@ pub trait ContainerRuntime {
 
     async fn create_network(&self, network: &DesiredNetwork) -> Result<(), EngineError>;
     async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
-    async fn connect_network(&self, network: &str, container: &str) -> Result<(), EngineError>;
+    /// Attaches a container to a network under these DNS aliases (none: only its name).
+    async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        aliases: &[String],
+    ) -> Result<(), EngineError>;
     async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), EngineError>;
     async fn create_volume(&self, volume: &DesiredVolume) -> Result<(), EngineError>;
     async fn remove_volume(&self, name: &str) -> Result<(), EngineError>;

@@ -53,8 +53,15 @@ impl ContainerRuntime for RefusingRuntime {
     async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
         self.inner.remove_network(name).await
     }
-    async fn connect_network(&self, network: &str, container: &str) -> Result<(), EngineError> {
-        self.inner.connect_network(network, container).await
+    async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        aliases: &[String],
+    ) -> Result<(), EngineError> {
+        self.inner
+            .connect_network(network, container, aliases)
+            .await
     }
     async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), EngineError> {
         self.inner.disconnect_network(network, container).await
