@@ -413,3 +413,89 @@ async fn the_history_is_paged_with_after_and_limit_and_refuses_bad_parameters() 
         assert_eq!(reply.error_field().as_deref(), Some(field), "{query}");
     }
 }
+
+#[tokio::test]
+async fn rotate_secrets_and_upgrade_answer_202_for_an_operator_and_name_the_field_they_refuse() {
+    let api = Api::new();
+    let rotate = format!("/v1/clients/{CLIENT_A}/rotate-secrets");
+    // No body: every live secret.
+    api.call("POST", &rotate, Some(OPERATOR), None)
+        .await
+        .expect(202);
+    let api = Api::new();
+    let refused = api
+        .call(
+            "POST",
+            &rotate,
+            Some(OPERATOR),
+            Some((
+                "application/json",
+                br#"{"only": ["ADMIN_PASSWORD"]}"#.to_vec(),
+            )),
+        )
+        .await;
+    refused.expect(422);
+    assert_eq!(refused.json()["error"]["field"], "only");
+    for (body, field) in [
+        (r#"{"every": true}"#, "every"),
+        (r#"{"only": ["a b"]}"#, "only"),
+        (r#"{"only": "MYSQL_ROOT_PASSWORD"}"#, "only"),
+    ] {
+        let reply = api
+            .call(
+                "POST",
+                &rotate,
+                Some(OPERATOR),
+                Some(("application/json", body.as_bytes().to_vec())),
+            )
+            .await;
+        reply.expect(422);
+        assert_eq!(reply.json()["error"]["field"], field, "{body}");
+    }
+    let wrong_type = api
+        .call(
+            "POST",
+            &rotate,
+            Some(OPERATOR),
+            Some(("text/plain", b"only".to_vec())),
+        )
+        .await;
+    wrong_type.expect(415);
+
+    let upgrade = format!("/v1/clients/{CLIENT_A}/upgrade");
+    for (body, field) in [
+        ("{}", "to"),
+        (r#"{"to": "r9"}"#, "to"),
+        (r#"{"to": "../etc"}"#, "to"),
+    ] {
+        let reply = api
+            .call(
+                "POST",
+                &upgrade,
+                Some(OPERATOR),
+                Some(("application/json", body.as_bytes().to_vec())),
+            )
+            .await;
+        reply.expect(422);
+        assert_eq!(reply.json()["error"]["field"], field, "{body}");
+    }
+    api.call(
+        "POST",
+        &upgrade,
+        Some(OPERATOR),
+        Some(("application/json", br#"{"to": "r2"}"#.to_vec())),
+    )
+    .await
+    .expect(202);
+    // A client token may do neither.
+    for path in [&rotate, &upgrade] {
+        api.call(
+            "POST",
+            path,
+            Some(TOKEN_A),
+            Some(("application/json", br#"{"to": "r2"}"#.to_vec())),
+        )
+        .await
+        .expect(403);
+    }
+}

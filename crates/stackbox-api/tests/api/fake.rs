@@ -556,6 +556,51 @@ impl ControlPlane for Fake {
         Ok(deployment)
     }
 
+    /// A rotation is a redeploy; `only` naming `ADMIN_PASSWORD` is refused as the real control
+    /// plane refuses a secret bound to the apps' data.
+    async fn rotate_secrets(
+        &self,
+        client: &ClientId,
+        only: Vec<String>,
+        requested_by: &Authenticated,
+    ) -> Result<DeploymentRef, ControlError> {
+        self.injected()?;
+        if !lock(&self.clients).contains_key(client) {
+            return Err(ControlError::NotFound);
+        }
+        if only.iter().any(|k| k == "ADMIN_PASSWORD") {
+            return Err(ControlError::Invalid {
+                field: "only".into(),
+                problem: "ADMIN_PASSWORD cannot be rotated on a running client".into(),
+            });
+        }
+        let deployment = self.new_deployment(client, DeploymentKind::Redeploy)?;
+        lock(&self.requested_by).insert(deployment.deployment_id.clone(), requested_by.clone());
+        Ok(deployment)
+    }
+
+    /// An upgrade is a redeploy; only release `r2` exists.
+    async fn upgrade_client(
+        &self,
+        client: &ClientId,
+        to: String,
+        requested_by: &Authenticated,
+    ) -> Result<DeploymentRef, ControlError> {
+        self.injected()?;
+        if !lock(&self.clients).contains_key(client) {
+            return Err(ControlError::NotFound);
+        }
+        if to != "r2" {
+            return Err(ControlError::Invalid {
+                field: "to".into(),
+                problem: format!("{to:?} is not one of the operator's releases (base, r2)"),
+            });
+        }
+        let deployment = self.new_deployment(client, DeploymentKind::Redeploy)?;
+        lock(&self.requested_by).insert(deployment.deployment_id.clone(), requested_by.clone());
+        Ok(deployment)
+    }
+
     async fn delete_client(
         &self,
         client: &ClientId,

@@ -9,7 +9,7 @@ use crate::fake::{CLIENT_A, DEPLOYMENT_A, OPERATOR, TOKEN_A_ID};
 use crate::Api;
 
 /// Every route the server has: (method, OpenAPI path).
-const ROUTES: [(&str, &str); 26] = [
+const ROUTES: [(&str, &str); 28] = [
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -22,6 +22,8 @@ const ROUTES: [(&str, &str); 26] = [
     ("post", "/v1/clients/{id}/stop"),
     ("post", "/v1/clients/{id}/start"),
     ("post", "/v1/clients/{id}/redeploy"),
+    ("post", "/v1/clients/{id}/rotate-secrets"),
+    ("post", "/v1/clients/{id}/upgrade"),
     ("post", "/v1/clients/{id}/welcome"),
     ("post", "/v1/clients/{id}/backups"),
     ("get", "/v1/clients/{id}/backups"),
@@ -329,6 +331,10 @@ async fn every_documented_route_is_served() {
         }
         let body = if path.ends_with("/clone") {
             serde_json::json!({"domain": "served-clone.example.com"})
+        } else if path.ends_with("/rotate-secrets") {
+            serde_json::json!({})
+        } else if path.ends_with("/upgrade") {
+            serde_json::json!({"to": "r2"})
         } else {
             crate::new_client("served.example.com")
         };
