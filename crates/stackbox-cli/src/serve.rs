@@ -405,6 +405,18 @@ fn requested(caller: &Authenticated) -> Result<RequestedBy, ControlError> {
     Ok(RequestedBy::Token { id, role })
 }
 
+/// A deployment's parameters holding only who asked, for the requests that add their own.
+fn requested_params(
+    caller: &Authenticated,
+) -> Result<serde_json::Map<String, serde_json::Value>, ControlError> {
+    let mut params = serde_json::Map::new();
+    params.insert(
+        stackbox_store::REQUESTED_BY_PARAM.to_string(),
+        requested(caller)?.to_json(),
+    );
+    Ok(params)
+}
+
 /// A deployment in a client's history.
 fn summary(deployment: &Deployment) -> stackbox_api::DeploymentSummary {
     use stackbox_api::{RequesterKind, TokenRole as ApiRole};
@@ -1047,11 +1059,7 @@ impl ControlPlane for Served {
         only: Vec<String>,
         requested_by: &Authenticated,
     ) -> Result<DeploymentRef, ControlError> {
-        let mut params = serde_json::Map::new();
-        params.insert(
-            stackbox_store::REQUESTED_BY_PARAM.to_string(),
-            requested(requested_by)?.to_json(),
-        );
+        let params = requested_params(requested_by)?;
         let deployment = self
             .control
             .request_rotation(id, &only, params)
@@ -1069,11 +1077,7 @@ impl ControlPlane for Served {
         to: String,
         requested_by: &Authenticated,
     ) -> Result<DeploymentRef, ControlError> {
-        let mut params = serde_json::Map::new();
-        params.insert(
-            stackbox_store::REQUESTED_BY_PARAM.to_string(),
-            requested(requested_by)?.to_json(),
-        );
+        let params = requested_params(requested_by)?;
         let deployment = self
             .control
             .request_upgrade(id, &to, params)

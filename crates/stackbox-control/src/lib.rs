@@ -848,6 +848,7 @@ fn names(steps: &[Step]) -> Vec<&'static str> {
     steps.iter().map(|step| step.name()).collect()
 }
 
+#[derive(Clone)]
 struct StepContext {
     spec: ClientSpec,
     secrets: Secrets,
@@ -855,6 +856,17 @@ struct StepContext {
     /// step says otherwise.
     placement: Placement,
     docker: Option<DockerRuntime>,
+}
+
+/// A core validation error as the API's field error (422 naming the field); other core
+/// errors as they are.
+fn field_error(error: stackbox_core::CoreError) -> ControlError {
+    match error {
+        stackbox_core::CoreError::InvalidField { field, problem } => {
+            ControlError::Invalid { field, problem }
+        }
+        other => other.into(),
+    }
 }
 
 impl StepContext {

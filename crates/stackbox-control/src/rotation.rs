@@ -17,7 +17,7 @@ use stackbox_core::secrets::{rotation_keys, SecretKey, Secrets};
 use stackbox_engine::lifecycle::{self, DeployOptions, Deployment as EngineDeployment};
 use stackbox_store::{ClientState, Deployment, DeploymentKind};
 
-use crate::{Control, ControlError, StepContext};
+use crate::{field_error, Control, ControlError, StepContext};
 
 /// The parameter of a rotating redeploy.
 pub(crate) const ROTATION_PARAM: &str = "rotate_secrets";
@@ -82,12 +82,7 @@ impl Control {
             });
         }
         let needed = SecretKey::needed_for(&spec.apps());
-        let keys = rotation_keys(&needed, only).map_err(|error| match error {
-            stackbox_core::CoreError::InvalidField { field, problem } => {
-                ControlError::Invalid { field, problem }
-            }
-            other => other.into(),
-        })?;
+        let keys = rotation_keys(&needed, only).map_err(field_error)?;
         if keys.is_empty() {
             return Err(ControlError::Invalid {
                 field: "only".into(),
@@ -177,10 +172,8 @@ impl Control {
             return false;
         }
         let mut context = StepContext {
-            spec: context.spec.clone(),
             secrets: previous,
-            placement: context.placement.clone(),
-            docker: context.docker.clone(),
+            ..context.clone()
         };
         let converged: Result<(), ControlError> = async {
             let rendered = self.render_for(client, &context)?;

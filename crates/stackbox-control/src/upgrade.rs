@@ -15,7 +15,7 @@ use stackbox_core::stack::Mount;
 use stackbox_store::{ClientState, Deployment, DeploymentKind};
 
 use crate::steps::Step;
-use crate::{names, Control, ControlError, StepContext};
+use crate::{field_error, names, Control, ControlError, StepContext};
 
 /// The parameter of an upgrading redeploy.
 pub(crate) const UPGRADE_PARAM: &str = "upgrade";
@@ -90,13 +90,8 @@ impl Control {
             .release
             .clone()
             .unwrap_or_else(|| BASE_RELEASE.to_string());
-        let invalid = |error: stackbox_core::CoreError| match error {
-            stackbox_core::CoreError::InvalidField { field, problem } => {
-                ControlError::Invalid { field, problem }
-            }
-            other => other.into(),
-        };
-        let change = plan_move(&operator.images, &operator.releases, &from, to).map_err(invalid)?;
+        let change =
+            plan_move(&operator.images, &operator.releases, &from, to).map_err(field_error)?;
         if from == to || change.images.is_empty() {
             return Err(ControlError::Invalid {
                 field: "to".into(),
@@ -143,19 +138,9 @@ impl Control {
         context: &StepContext,
     ) -> bool {
         let id = &deployment.client_id;
-        let mut old = StepContext {
-            spec: context.spec.clone(),
-            secrets: context.secrets.clone(),
-            placement: context.placement.clone(),
-            docker: context.docker.clone(),
-        };
+        let mut old = context.clone();
         old.spec.release = Some(upgrade.from.clone());
-        let mut new = StepContext {
-            spec: context.spec.clone(),
-            secrets: context.secrets.clone(),
-            placement: context.placement.clone(),
-            docker: None,
-        };
+        let mut new = context.clone();
         new.spec.release = Some(upgrade.to.clone());
         let undone: Result<(), ControlError> = async {
             self.inner.store.update_client_spec(id, &old.spec).await?;
