@@ -2,10 +2,11 @@
 # Installs what the test suite uses, from Debian and PyPI, on a fresh machine (idempotent).
 # The tests judge rendered files with real tools: docker-compose, nginx, php, MariaDB,
 # PostgreSQL, and the published JSON schemas through Python's jsonschema; the lifecycle
-# tests run a real Docker engine (docker.io) on images built with debootstrap.
+# tests run a real Docker engine (docker.io) on images built with debootstrap; the README's
+# quickstart test runs its curl and jq commands.
 set -euo pipefail
 
-packages=(docker.io docker-compose debootstrap zstd nginx php-cli mariadb-server mariadb-client postgresql restic)
+packages=(docker.io docker-compose debootstrap zstd nginx php-cli mariadb-server mariadb-client postgresql restic curl jq)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

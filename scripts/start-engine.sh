@@ -15,7 +15,9 @@ mkdir -p "$(dirname "$log")"
 echo "starting dockerd (log: $log)" >&2
 # Each client uses 3-4 bridge networks; Docker's default address pools hold about 30 networks.
 # A /10 cut into /24s holds 16,384 (the README says the same for operators' daemon.json).
-nohup dockerd --default-address-pool base=10.64.0.0/10,size=24 >"$log" 2>&1 &
+# Its own session: an engine started from a job (a CI step, a shell that is closed) must not
+# be stopped with it.
+setsid nohup dockerd --default-address-pool base=10.64.0.0/10,size=24 >"$log" 2>&1 &
 for _ in $(seq 1 60); do
   if docker info >/dev/null 2>&1; then
     exit 0

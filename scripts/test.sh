@@ -16,6 +16,10 @@ export STACKBOX_CACHE_DIR="${STACKBOX_CACHE_DIR:-$HOME/.cache/stackbox}"
 export STACKBOX_TEST_IMAGES="$STACKBOX_CACHE_DIR/test-images.toml"
 tests/images/build.sh "$STACKBOX_TEST_IMAGES"
 
+# Every tier runs here: a test whose tier lacks something (the engine, the images, a tool)
+# fails instead of skipping, as it does under a plain `cargo test` (crates/stackbox-testkit).
+export STACKBOX_REQUIRE_ALL_TIERS=1
+
 # A target directory outside the clone survives between CI runs on the same machine.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stackbox/target}"
 export CARGO_TERM_COLOR=never

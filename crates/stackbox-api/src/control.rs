@@ -12,10 +12,11 @@ use futures_util::stream::BoxStream;
 use stackbox_core::client::{ClientId, ClientSpec, Domain};
 use stackbox_core::plan::Plan;
 
+use crate::dto::AdminPasswordReset;
 use crate::dto::{
     BackupList, ClientChange, ClientDetail, ClientState, ClientSummary, ClonedClient,
     CreatedClient, DeploymentEvent, DeploymentOutcome, DeploymentRef, DeploymentSummary,
-    DeploymentView, Page, TokenList,
+    DeploymentView, Page, RolloutList, RolloutView, TokenList,
 };
 use crate::metrics::DurationHistogram;
 
@@ -285,6 +286,57 @@ pub trait ControlPlane: Send + Sync + 'static {
         async { Err(ControlError::NotFound) }
     }
 
+    /// `POST /v1/clients/{id}/admin-password` (operator): generates a new admin password,
+    /// journals its reset in every app of the client that has an admin (recording who asked)
+    /// and returns it, the only time it is ever shown. `Conflict` when the client is busy or
+    /// not running; `Invalid` when none of its apps has an admin.
+    fn reset_admin_password(
+        &self,
+        id: &ClientId,
+        requested_by: &Authenticated,
+    ) -> impl Future<Output = Result<AdminPasswordReset, ControlError>> + Send {
+        let _ = (id, requested_by);
+        async { Err(ControlError::NotFound) }
+    }
+
+    /// `POST /v1/rollouts` (operator): plans and journals a rollout of release `to` over
+    /// `clients` (every client when `None`) in waves; `Invalid` naming `to` or a settings
+    /// field, `Conflict` while another rollout runs. `settings` is already validated.
+    fn create_rollout(
+        &self,
+        to: String,
+        clients: Option<Vec<ClientId>>,
+        settings: stackbox_core::rollout::RolloutSettings,
+        requested_by: &Authenticated,
+    ) -> impl Future<Output = Result<RolloutView, ControlError>> + Send {
+        let _ = (to, clients, settings, requested_by);
+        async { Err(ControlError::NotFound) }
+    }
+
+    /// `GET /v1/rollouts` (operator): the newest rollouts first.
+    fn list_rollouts(&self) -> impl Future<Output = Result<RolloutList, ControlError>> + Send {
+        async { Err(ControlError::NotFound) }
+    }
+
+    /// `GET /v1/rollouts/{id}` (operator); `NotFound` for a malformed or unknown id.
+    fn get_rollout(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<RolloutView, ControlError>> + Send {
+        let _ = id;
+        async { Err(ControlError::NotFound) }
+    }
+
+    /// `POST /v1/rollouts/{id}/halt` (operator): nothing new starts, the upgrades running
+    /// finish; the rollout as it stands.
+    fn halt_rollout(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<RolloutView, ControlError>> + Send {
+        let _ = id;
+        async { Err(ControlError::NotFound) }
+    }
+
     fn create_backup(
         &self,
         id: &ClientId,
@@ -494,6 +546,21 @@ pub(crate) trait DynControl: Send + Sync + 'static {
         to: String,
         requested_by: &'a Authenticated,
     ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>>;
+    fn reset_admin_password<'a>(
+        &'a self,
+        id: &'a ClientId,
+        requested_by: &'a Authenticated,
+    ) -> BoxFuture<'a, Result<AdminPasswordReset, ControlError>>;
+    fn create_rollout<'a>(
+        &'a self,
+        to: String,
+        clients: Option<Vec<ClientId>>,
+        settings: stackbox_core::rollout::RolloutSettings,
+        requested_by: &'a Authenticated,
+    ) -> BoxFuture<'a, Result<RolloutView, ControlError>>;
+    fn list_rollouts(&self) -> BoxFuture<'_, Result<RolloutList, ControlError>>;
+    fn get_rollout<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<RolloutView, ControlError>>;
+    fn halt_rollout<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<RolloutView, ControlError>>;
     fn create_backup<'a>(
         &'a self,
         id: &'a ClientId,
@@ -643,6 +710,37 @@ impl<C: ControlPlane> DynControl for C {
         requested_by: &'a Authenticated,
     ) -> BoxFuture<'a, Result<DeploymentRef, ControlError>> {
         Box::pin(ControlPlane::upgrade_client(self, id, to, requested_by))
+    }
+    fn reset_admin_password<'a>(
+        &'a self,
+        id: &'a ClientId,
+        requested_by: &'a Authenticated,
+    ) -> BoxFuture<'a, Result<AdminPasswordReset, ControlError>> {
+        Box::pin(ControlPlane::reset_admin_password(self, id, requested_by))
+    }
+    fn create_rollout<'a>(
+        &'a self,
+        to: String,
+        clients: Option<Vec<ClientId>>,
+        settings: stackbox_core::rollout::RolloutSettings,
+        requested_by: &'a Authenticated,
+    ) -> BoxFuture<'a, Result<RolloutView, ControlError>> {
+        Box::pin(ControlPlane::create_rollout(
+            self,
+            to,
+            clients,
+            settings,
+            requested_by,
+        ))
+    }
+    fn list_rollouts(&self) -> BoxFuture<'_, Result<RolloutList, ControlError>> {
+        Box::pin(ControlPlane::list_rollouts(self))
+    }
+    fn get_rollout<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<RolloutView, ControlError>> {
+        Box::pin(ControlPlane::get_rollout(self, id))
+    }
+    fn halt_rollout<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<RolloutView, ControlError>> {
+        Box::pin(ControlPlane::halt_rollout(self, id))
     }
     fn create_backup<'a>(
         &'a self,

@@ -6,8 +6,9 @@
 //! writes; they accept unknown fields, so that a server may add fields without breaking older
 //! clients.
 //!
-//! Secrets: [`Credentials`] is the only type that carries one, and only [`CreatedClient`]
-//! holds it: the response to `POST /v1/clients`, sent once.
+//! Secrets: [`Credentials`] is the only type that carries one, and only [`CreatedClient`] and
+//! [`AdminPasswordReset`] hold it: the responses to `POST /v1/clients` and `POST
+//! /v1/clients/{id}/admin-password`, each sent once for the password it generated.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -331,6 +332,51 @@ pub struct CreatedClient {
     pub services: BTreeMap<String, String>,
     /// Shown once: never returned again.
     pub credentials: Credentials,
+}
+
+name_enum!(
+    /// What an admin password reset does to one app.
+    AdminResetOutcome {
+        /// Set with the app's own command in its running container (Nextcloud's `occ
+        /// user:resetpassword`, EspoCRM's `set-password`).
+        Set = "set",
+        /// Set by recreating the app with the new value in its environment, which it applies
+        /// on every start (Mailtrain).
+        Recreated = "recreated",
+        /// The app has no admin account (Cal.com, Plausible: the first registered account
+        /// owns them); `reason` says so.
+        NotApplicable = "not-applicable",
+    }
+);
+
+/// One app in an admin password reset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AppPasswordReset {
+    /// The app's key (`nextcloud`, `espocrm`, `mailtrain`, `calcom`, `plausible`).
+    #[schema(example = "nextcloud")]
+    pub app: String,
+    pub outcome: AdminResetOutcome,
+    /// Why nothing happens, for `not-applicable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The answer to `POST /v1/clients/{id}/admin-password` (202): the new password, shown this
+/// once, and what the reset does in each app. Follow the deployment for the outcome: when it
+/// does not succeed, the apps keep the previous password (or its error names the app that
+/// could not be set back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminPasswordReset {
+    #[serde(with = "client_id_serde")]
+    #[schema(value_type = String, example = "smithrealestate-e11f059b")]
+    pub client_id: ClientId,
+    /// Follow it at `/v1/deployments/{deployment_id}` and its `/events`.
+    #[schema(example = "dep_0195501e2c4a9f3b2d7e8c1a0b4d")]
+    pub deployment_id: String,
+    /// Shown once: never returned again.
+    pub credentials: Credentials,
+    /// Every app of the client, in the order the reset goes through them.
+    pub apps: Vec<AppPasswordReset>,
 }
 
 /// One row of `GET /v1/clients`.
@@ -809,6 +855,120 @@ fn feature_patch_schema() -> RefOr<Schema> {
             ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::Boolean, Type::Null])),
         ))
         .into()
+}
+
+name_enum!(
+    /// Where a fleet rollout stands: `running` until it `succeeded` (every client finished
+    /// well) or `halted` (a client failed, or the operator halted it).
+    RolloutStatus {
+        Running = "running",
+        Halted = "halted",
+        Succeeded = "succeeded",
+    }
+);
+
+name_enum!(
+    /// Where one client of a rollout stands.
+    RolloutMemberStatus {
+        /// Not started yet.
+        Pending = "pending",
+        /// Its upgrade runs.
+        Running = "running",
+        /// Upgraded and running healthy on the new release.
+        Succeeded = "succeeded",
+        /// Its upgrade failed (it was put back on its release), or it finished unhealthy.
+        Failed = "failed",
+        /// Left out, with the reason in `detail`.
+        Skipped = "skipped",
+    }
+);
+
+/// The body of `POST /v1/rollouts`: a release for many clients, in waves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    /// The release to move the clients to.
+    #[schema(example = "2027.01")]
+    pub to: String,
+    /// Only these clients (every client when left out). Clients that cannot move now are
+    /// listed as `skipped` with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub clients: Option<Vec<String>>,
+    /// Clients upgraded alone first (1 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub canary: Option<usize>,
+    /// Each later wave is this many times the one before (2 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10)]
+    pub growth: Option<usize>,
+    /// The largest wave (50 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub max_wave: Option<usize>,
+    /// Upgrades running at once within a wave (4 when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 32)]
+    pub concurrency: Option<usize>,
+}
+
+/// One client of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutMemberView {
+    #[serde(with = "client_id_serde")]
+    #[schema(value_type = String, example = "smithrealestate-e11f059b")]
+    pub client_id: ClientId,
+    /// 0 is the canary wave.
+    pub wave: u32,
+    /// The release it ran when the rollout was planned.
+    pub from_release: String,
+    pub status: RolloutMemberStatus,
+    /// Its upgrade's deployment, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_id: Option<String>,
+    /// Why it failed or was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// How many clients of a rollout stand where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutCounts {
+    pub pending: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub skipped: u32,
+}
+
+/// `GET /v1/rollouts/{id}`: a rollout and every client's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutView {
+    #[schema(example = "rol_0195501e2c4a9f3b2d7e8c1a0b4d")]
+    pub id: String,
+    /// The release the clients move to.
+    pub to: String,
+    pub status: RolloutStatus,
+    pub canary: usize,
+    pub growth: usize,
+    pub max_wave: usize,
+    pub concurrency: usize,
+    /// Why it stopped starting upgrades (the first failed client, or the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halt_reason: Option<String>,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    pub counts: RolloutCounts,
+    /// In the rollout's order (waves in turn).
+    pub clients: Vec<RolloutMemberView>,
+}
+
+/// `GET /v1/rollouts`: the newest rollouts first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutList {
+    pub rollouts: Vec<RolloutView>,
 }
 
 /// `ClientId` has `Serialize` in the core but no `Deserialize`: this reads it through

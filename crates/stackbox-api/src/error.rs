@@ -29,6 +29,8 @@ pub enum Resource {
     Route,
     /// An API token (by its id).
     Token,
+    /// A fleet rollout.
+    Rollout,
     /// Sign-ups and the payment webhook on a server without a payment provider.
     Onboarding,
 }
@@ -168,6 +170,11 @@ impl ApiError {
             ApiError::NotFound(Resource::Token) => (
                 "not_found",
                 "no such token; GET /v1/tokens lists them".to_string(),
+                None,
+            ),
+            ApiError::NotFound(Resource::Rollout) => (
+                "not_found",
+                "no such rollout; GET /v1/rollouts lists them".to_string(),
                 None,
             ),
             ApiError::NotFound(Resource::Route) => (

@@ -25,7 +25,7 @@ use stackbox_core::CoreError;
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::PartialSchema;
 
-use crate::dto::{CloneRequest, NewClient, RotationRequest, UpgradeRequest};
+use crate::dto::{CloneRequest, NewClient, RolloutRequest, RotationRequest, UpgradeRequest};
 use crate::error::ApiError;
 
 /// The longest snapshot reference: a whole restic snapshot id.
@@ -83,6 +83,29 @@ pub(crate) fn parse_rotation_request(body: &[u8]) -> Result<Vec<String>, ApiErro
     Ok(request.only)
 }
 
+/// `POST /v1/clients/{id}/admin-password`'s body: none, or an empty JSON object (the password
+/// is generated, never chosen by the caller: a chosen one would pass through logs and shells).
+pub(crate) fn parse_admin_password_request(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|error| ApiError::MalformedJson(error.to_string()))?;
+    let Value::Object(object) = &value else {
+        return Err(ApiError::Invalid {
+            field: None,
+            message: "the body must be empty or {}".into(),
+        });
+    };
+    match object.keys().next() {
+        Some(field) => Err(ApiError::invalid(
+            field.clone(),
+            format!("{field}: unknown field; this route takes none (the password is generated)"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The fields of [`UpgradeRequest`].
 fn upgrade_request_fields() -> &'static BTreeSet<String> {
     static FIELDS: OnceLock<BTreeSet<String>> = OnceLock::new();
@@ -106,6 +129,73 @@ pub(crate) fn parse_upgrade_request(body: &[u8]) -> Result<String, ApiError> {
     let request: UpgradeRequest = typed(value)?;
     stackbox_core::release::validate_release_name("to", &request.to).map_err(core_error)?;
     Ok(request.to)
+}
+
+/// The fields of [`RolloutRequest`].
+fn rollout_request_fields() -> &'static BTreeSet<String> {
+    static FIELDS: OnceLock<BTreeSet<String>> = OnceLock::new();
+    FIELDS.get_or_init(schema_fields::<RolloutRequest>)
+}
+
+/// What `POST /v1/rollouts` asks for, validated: the release, the clients (all when `None`)
+/// and the wave settings (the defaults where left out).
+pub(crate) struct ParsedRollout {
+    pub to: String,
+    pub clients: Option<Vec<ClientId>>,
+    pub settings: stackbox_core::rollout::RolloutSettings,
+}
+
+/// `POST /v1/rollouts`'s body: `to` (required), `clients`, `canary`, `growth`, `max_wave`,
+/// `concurrency`; each refusal names its field (`clients[2]` for a malformed id).
+pub(crate) fn parse_rollout_request(body: &[u8]) -> Result<ParsedRollout, ApiError> {
+    let value = known_object(
+        body,
+        rollout_request_fields(),
+        "`to`, the release to move the clients to, and optionally `clients`, `canary`, \
+         `growth`, `max_wave` and `concurrency`",
+    )?;
+    if value.get("to").is_none() {
+        return Err(ApiError::invalid(
+            "to",
+            "to: is missing; give the release to move the clients to",
+        ));
+    }
+    let request: RolloutRequest = typed(value)?;
+    stackbox_core::release::validate_release_name("to", &request.to).map_err(core_error)?;
+    let clients = match request.clients {
+        None => None,
+        Some(list) => {
+            if list.is_empty() {
+                return Err(ApiError::invalid(
+                    "clients",
+                    "clients: is empty; leave it out to roll out to every client",
+                ));
+            }
+            let mut ids = Vec::with_capacity(list.len());
+            for (index, text) in list.iter().enumerate() {
+                let id = ClientId::parse(text).map_err(|error| {
+                    let field = format!("clients[{index}]");
+                    ApiError::invalid(field.clone(), format!("{field}: {error}"))
+                })?;
+                ids.push(id);
+            }
+            Some(ids)
+        }
+    };
+    let defaults = stackbox_core::rollout::RolloutSettings::default();
+    let settings = stackbox_core::rollout::RolloutSettings {
+        canary: request.canary.unwrap_or(defaults.canary),
+        growth: request.growth.unwrap_or(defaults.growth),
+        max_wave: request.max_wave.unwrap_or(defaults.max_wave),
+        concurrency: request.concurrency.unwrap_or(defaults.concurrency),
+    }
+    .validated()
+    .map_err(core_error)?;
+    Ok(ParsedRollout {
+        to: request.to,
+        clients,
+        settings,
+    })
 }
 
 /// The fields of [`CloneRequest`].
@@ -168,6 +258,8 @@ fn validated_client(value: Value, id: Option<&ClientId>) -> Result<ClientSpec, A
         // Not an API field: the control plane records it, and `upgrade` changes it.
         release: None,
         features: new.features.unwrap_or_default(),
+        // Not an API field either: the control plane records the old domain when it changes.
+        previous_domains: Vec::new(),
     };
     ClientSpec::from_file(file).map_err(core_error)
 }

@@ -18,6 +18,7 @@
 //! | `PATCH /v1/clients/{id}` (a JSON merge patch) | operator | 202 [`ClientChange`]; 200 [`ClientDetail`] when nothing changes |
 //! | `GET /v1/clients/{id}/deployments?after=&limit=` | operator, that client | 200 `{items, next}` of [`DeploymentSummary`] |
 //! | `POST /v1/clients/{id}/stop\|start\|redeploy` | operator | 202 [`DeploymentRef`] |
+//! | `POST /v1/clients/{id}/admin-password` | operator | 202 [`AdminPasswordReset`] (the new password, once) |
 //! | `DELETE /v1/clients/{id}?confirm={id}` | operator | 202 [`DeploymentRef`] |
 //! | `POST /v1/clients/{id}/backups` | operator | 202 [`DeploymentRef`] (a `backup`) |
 //! | `GET /v1/clients/{id}/backups` | operator, that client | 200 [`BackupList`] |
@@ -117,14 +118,17 @@ pub use control::{
     Authenticated, ClientAction, ControlError, ControlPlane, DeploymentQuery, HtmlPage, ListQuery,
     MetricsSnapshot, Principal, SignupAccepted, WebhookOutcome,
 };
+pub use dto::{AdminPasswordReset, AdminResetOutcome, AppPasswordReset};
 pub use dto::{
     BackupList, BackupReason, BackupState, BackupStatus, BackupView, ClientChange,
     ClientConfiguration, ClientDetail, ClientPatch, ClientState, ClientSummary, CloneRequest,
     ClonedClient, CreatedClient, Credentials, DeploymentEnd, DeploymentEvent, DeploymentKind,
     DeploymentOutcome, DeploymentRef, DeploymentStatus, DeploymentSummary, DeploymentView,
     ErrorBody, ErrorDetail, FieldChange, Health, HealthStatus, NewClient, Page, RequestedBy,
-    RequesterKind, RotationRequest, ServiceHealth, ServiceState, StepProgress, StepStatus,
-    StepView, StepsSummary, TokenList, TokenRole, TokenView, UpgradeRequest,
+    RequesterKind, RolloutCounts, RolloutList, RolloutMemberStatus, RolloutMemberView,
+    RolloutRequest, RolloutStatus, RolloutView, RotationRequest, ServiceHealth, ServiceState,
+    StepProgress, StepStatus, StepView, StepsSummary, TokenList, TokenRole, TokenView,
+    UpgradeRequest,
 };
 pub use error::{INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE};
 pub use input::parse_new_client;

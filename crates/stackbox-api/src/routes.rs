@@ -27,15 +27,18 @@ use utoipa_axum::routes;
 
 use crate::auth::{authenticate, Caller};
 use crate::control::{ClientAction, DeploymentQuery, DynControl, ListQuery, Principal};
+use crate::dto::AdminPasswordReset;
 use crate::dto::{
     BackupList, ClientChange, ClientDetail, ClientPatch, ClientState, ClientSummary, CloneRequest,
     ClonedClient, CreatedClient, DeploymentEvent, DeploymentRef, DeploymentSummary, DeploymentView,
-    ErrorBody, Health, NewClient, Page, RotationRequest, TokenList, UpgradeRequest,
+    ErrorBody, Health, NewClient, Page, RolloutList, RolloutRequest, RolloutView, RotationRequest,
+    TokenList, UpgradeRequest,
 };
 use crate::error::{ApiError, Resource};
+use crate::input::parse_admin_password_request;
 use crate::input::{
     apply_client_patch, is_snapshot_ref, parse_client_patch, parse_clone_request, parse_new_client,
-    parse_rotation_request, parse_upgrade_request,
+    parse_rollout_request, parse_rotation_request, parse_upgrade_request,
 };
 use crate::{metrics, ApiOptions, MetricsAccess};
 
@@ -108,6 +111,7 @@ impl Shutdown {
         (name = "clients", description = "Create, list, read, change, stop, start, redeploy and delete clients."),
         (name = "deployments", description = "Follow what the control plane does for a client, and a client's history."),
         (name = "tokens", description = "The API tokens: list and revoke (operator only)."),
+        (name = "rollouts", description = "Move many clients to a release in waves, halting on the first failure (operator only)."),
         (name = "backups", description = "Back a client up, list its backups, verify or restore one, clone a client from one."),
         (name = "service", description = "Liveness, metrics and this document; no token needed."),
         (name = "onboarding", description = "Public: sign-up, the payment provider's webhook, the one-time credentials page."),
@@ -142,6 +146,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(redeploy_client))
         .routes(routes!(resend_welcome))
         .routes(routes!(rotate_secrets))
+        .routes(routes!(reset_admin_password))
         .routes(routes!(upgrade_client))
         .routes(routes!(create_backup, list_backups))
         .routes(routes!(restore_backup))
@@ -149,6 +154,9 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(clone_client))
         .routes(routes!(get_deployment))
         .routes(routes!(deployment_events))
+        .routes(routes!(create_rollout, list_rollouts))
+        .routes(routes!(get_rollout))
+        .routes(routes!(halt_rollout))
         .routes(routes!(list_tokens))
         .routes(routes!(revoke_token))
         .routes(routes!(crate::onboarding::signup))
@@ -767,6 +775,61 @@ async fn rotate_secrets(
 
 #[utoipa::path(
     post,
+    path = "/v1/clients/{id}/admin-password",
+    tag = "clients",
+    summary = "Give a running client a new admin password in every app that has an admin, shown once.",
+    description = "A new password is generated (16 random letters and digits) and returned in \
+        this answer, the only time it is ever shown: no later response, log or error carries \
+        it, and the store keeps it only sealed. The reset is a deployment: the bundle and the \
+        stored secret get the new value, the services are recreated health-gated (Mailtrain \
+        applies it from its environment on every start), then Nextcloud (`occ \
+        user:resetpassword`) and EspoCRM (`set-password`) are told it with their own commands \
+        in their running containers; `apps` says what happens per app (`set`, `recreated`, or \
+        `not-applicable` for Cal.com and Plausible, which have no preset admin). If an app \
+        refuses, the apps already set are put back to the previous password and the \
+        deployment ends `compensated`; when one cannot be put back it ends `failed`, its error \
+        naming the app that has the new password. No body, or `{}`.",
+    params(("id" = String, Path, description = "The client id.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = AdminPasswordReset, description = "Accepted: the reset is journaled and runs in the background; the new password is in `credentials`, once.", headers(("Location" = String, description = "The deployment: /v1/deployments/{deployment_id}"))),
+        (status = 400, body = ErrorBody, description = "The body is not JSON."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such client."),
+        (status = 409, body = ErrorBody, description = "The client is busy with another deployment, or not running."),
+        (status = 415, body = ErrorBody, description = "A body that is not `application/json`."),
+        (status = 422, body = ErrorBody, description = "A field in the body (it takes none), or none of the client's apps has an admin account (`field` is `apps`), or the client is on the aws provider."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn reset_admin_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    let id = client_id(id)?;
+    let body = read_body(&state, body)?;
+    if !body.iter().all(u8::is_ascii_whitespace) && !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType(JSON));
+    }
+    parse_admin_password_request(&body)?;
+    let reset = state
+        .control
+        .reset_admin_password(&id, &caller.0)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    // Never the password: the client and the deployment only.
+    tracing::info!(client = %id, deployment = %reset.deployment_id, "admin password reset accepted");
+    Ok(accepted(&reset.deployment_id.clone(), Json(&reset)))
+}
+
+#[utoipa::path(
+    post,
     path = "/v1/clients/{id}/upgrade",
     tag = "clients",
     summary = "Move a client to another release of the images, after a backup, with rollback.",
@@ -1085,6 +1148,161 @@ async fn deployment_events(
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/rollouts",
+    tag = "rollouts",
+    summary = "Move many clients to a release in waves: a canary, then growing batches.",
+    description = "Every client (or the ones in `clients`) is planned once, in id order: those \
+        that cannot move now (stopped, already on the release, a move the upgrade graph \
+        refuses, the aws provider) are listed `skipped` with the reason. The others are upgraded \
+        one wave at a time, each wave with at most `concurrency` upgrades at once, each upgrade \
+        a journaled deployment with its safety backup and rollback. The first client that fails \
+        (its upgrade was undone, or it ended unhealthy) halts the rollout: the upgrades running \
+        finish, nothing new starts, and the clients not started stay on their release. A \
+        restarted server carries on where the rollout stood. Follow it with `GET \
+        /v1/rollouts/{id}`.",
+    request_body(content = RolloutRequest, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, body = RolloutView, description = "Accepted: the rollout is planned and runs in the background.", headers(("Location" = String, description = "The rollout: /v1/rollouts/{id}"))),
+        (status = 400, body = ErrorBody, description = "The body is not JSON."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "A client in `clients` is not known."),
+        (status = 409, body = ErrorBody, description = "Another rollout is running."),
+        (status = 415, body = ErrorBody, description = "Not `application/json`."),
+        (status = 422, body = ErrorBody, description = "`to` is missing or not a release, a client id is malformed (`clients[N]`), or a setting is outside its range; `field` names it."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn create_rollout(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType(JSON));
+    }
+    let body = read_body(&state, body)?;
+    let request = parse_rollout_request(&body)?;
+    let view = state
+        .control
+        .create_rollout(request.to, request.clients, request.settings, &caller.0)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    tracing::info!(rollout = %view.id, to = %view.to, clients = view.clients.len(), "rollout accepted");
+    let mut response = (StatusCode::ACCEPTED, Json(&view)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/rollouts/{}", view.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/rollouts",
+    tag = "rollouts",
+    summary = "The newest rollouts first, each with every client's outcome.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = RolloutList, description = "The rollouts."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn list_rollouts(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<RolloutList>, ApiError> {
+    caller.require_operator()?;
+    let list = state
+        .control
+        .list_rollouts()
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Rollout))?;
+    Ok(Json(list))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/rollouts/{id}",
+    tag = "rollouts",
+    summary = "A rollout: its status, waves and every client's outcome.",
+    params(("id" = String, Path, description = "The rollout id (`rol_…`).")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = RolloutView, description = "The rollout."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such rollout."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn get_rollout(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<RolloutView>, ApiError> {
+    caller.require_operator()?;
+    let id = rollout_id(id)?;
+    let view = state
+        .control
+        .get_rollout(&id)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Rollout))?;
+    Ok(Json(view))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/rollouts/{id}/halt",
+    tag = "rollouts",
+    summary = "Halt a rollout: nothing new starts; the upgrades running finish.",
+    description = "The clients not started stay on their release and are listed `skipped`. \
+        Halting a rollout that has finished changes nothing.",
+    params(("id" = String, Path, description = "The rollout id (`rol_…`).")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = RolloutView, description = "The rollout as it stands."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 403, body = ErrorBody, description = "A client token."),
+        (status = 404, body = ErrorBody, description = "No such rollout."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn halt_rollout(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<RolloutView>, ApiError> {
+    caller.require_operator()?;
+    let id = rollout_id(id)?;
+    let view = state
+        .control
+        .halt_rollout(&id)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Rollout))?;
+    tracing::info!(rollout = %view.id, by = %caller.0.token_id, "rollout halt asked");
+    Ok(Json(view))
+}
+
+/// A rollout id from the path, as written; 404 when it is not URL-safe (the control plane
+/// answers 404 for a malformed or unknown one).
+fn rollout_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    match path {
+        Ok(Path(id)) if is_url_token(&id, 64) => Ok(id),
+        _ => Err(ApiError::NotFound(Resource::Rollout)),
+    }
 }
 
 #[utoipa::path(

@@ -27,6 +27,9 @@ fn ignore(_: InfraEvent) {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_phase_for_a_professional_client_makes_every_resource_tagged_and_wired() {
+    if !aws_tier().ready() {
+        return;
+    }
     let settings = settings();
     let client = client("wholephase", "professional", 0x11);
     let infra = infra(&settings).await;
@@ -289,6 +292,9 @@ async fn the_whole_phase_for_a_professional_client_makes_every_resource_tagged_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_rerun_creates_nothing_and_the_plan_says_everything_is_unchanged() {
+    if !aws_tier().ready() {
+        return;
+    }
     let settings = settings();
     let client = client("rerun", "professional", 0x22);
     let infra = infra(&settings).await;
@@ -336,6 +342,9 @@ async fn an_unchanged_rerun_creates_nothing_and_the_plan_says_everything_is_unch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_removes_everything_of_the_client_and_a_second_destroy_finds_nothing() {
+    if !aws_tier().ready() {
+        return;
+    }
     let settings = settings();
     let client = client("destroyme", "professional", 0x33);
     let infra = infra(&settings).await;
@@ -354,6 +363,9 @@ async fn destroy_removes_everything_of_the_client_and_a_second_destroy_finds_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_side_by_side_and_destroying_one_leaves_the_other_intact() {
+    if !aws_tier().ready() {
+        return;
+    }
     let settings = settings();
     let first = client("sideone", "starter", 0x44);
     let second = client("sidetwo", "professional", 0x55);
@@ -389,6 +401,9 @@ async fn two_clients_side_by_side_and_destroying_one_leaves_the_other_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enterprise_client_gets_a_dedicated_instance_removed_with_a_final_snapshot() {
+    if !aws_tier().ready() {
+        return;
+    }
     let settings = settings();
     let client = client("enterprise", "enterprise", 0x66);
     let infra = infra(&settings).await;
@@ -477,6 +492,9 @@ async fn fails_cleanly(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_validation_record_undoes_the_zone_and_certificate_made_before_it() {
+    if !aws_tier().ready() {
+        return;
+    }
     let settings = settings();
     let client = client("certfail", "professional", 0x71);
     // Route53's record changes are POST …/rrset; the zone and the certificate exist by then.
@@ -493,6 +511,9 @@ async fn a_refused_validation_record_undoes_the_zone_and_certificate_made_before
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_not_issued_in_time_fails_the_step_naming_the_setting() {
+    if !aws_tier().ready() {
+        return;
+    }
     let mut settings = settings();
     settings.certificate_wait_seconds = 1;
     let client = client("certslow", "starter", 0x77);
@@ -519,6 +540,9 @@ async fn a_certificate_not_issued_in_time_fails_the_step_naming_the_setting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_step_that_cannot_log_in_undoes_the_certificate_step() {
+    if !aws_tier().ready() {
+        return;
+    }
     let mut settings = settings();
     settings.shared_db_master_secret = Some("stackbox/shared-db-master-wrong".to_string());
     let client = client("dbfail", "professional", 0x72);
@@ -529,6 +553,9 @@ async fn a_database_step_that_cannot_log_in_undoes_the_certificate_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untagged_secret_with_the_clients_name_is_a_conflict_and_is_left_alone() {
+    if !aws_tier().ready() {
+        return;
+    }
     let settings = settings();
     let client = client("secretclash", "professional", 0x73);
     let config = sdk_config(&bed().endpoint).await;
@@ -586,6 +613,9 @@ async fn an_untagged_secret_with_the_clients_name_is_a_conflict_and_is_left_alon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untagged_target_group_with_the_clients_name_is_a_conflict_and_is_left_alone() {
+    if !aws_tier().ready() {
+        return;
+    }
     let settings = settings();
     let client = client("groupclash", "starter", 0x74);
     let config = sdk_config(&bed().endpoint).await;
@@ -639,6 +669,9 @@ async fn an_untagged_target_group_with_the_clients_name_is_a_conflict_and_is_lef
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_request_at_each_later_step_undoes_everything_this_run_made() {
+    if !aws_tier().ready() {
+        return;
+    }
     // Each request type refused in turn, through a proxy in front of moto that answers it with
     // AccessDenied, as AWS does for a missing IAM permission.
     for (n, (refuse, step)) in [
@@ -670,6 +703,9 @@ async fn a_refused_request_at_each_later_step_undoes_everything_this_run_made() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_that_points_elsewhere_in_the_operators_zone_is_a_conflict_and_is_kept() {
+    if !aws_tier().ready() {
+        return;
+    }
     let mut settings = settings();
     settings.hosted_zone = HostedZonePolicy::Existing;
     let client = client("dnsclash", "starter", 0x75);
@@ -748,6 +784,9 @@ async fn a_record_that_points_elsewhere_in_the_operators_zone_is_a_conflict_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_hosted_zone_stops_the_phase_before_anything_is_made_when_the_policy_is_existing()
 {
+    if !aws_tier().ready() {
+        return;
+    }
     let mut settings = settings();
     settings.hosted_zone = HostedZonePolicy::Existing;
     let client = client("nozone", "starter", 0x76);
@@ -763,6 +802,9 @@ async fn a_missing_hosted_zone_stops_the_phase_before_anything_is_made_when_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_the_secrets_of_a_client_without_a_secret_gives_none() {
+    if !aws_tier().ready() {
+        return;
+    }
     let settings = settings();
     let infra = infra(&settings).await;
     let id = stackbox_core::client::ClientId::parse("nobody-00000000").unwrap();

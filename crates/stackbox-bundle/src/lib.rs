@@ -298,10 +298,16 @@ impl BundleStore {
                 }
             }
         };
-        let spec = &ClientSpec {
+        let mut spec = ClientSpec {
             release: Some(release),
             ..spec.clone()
         };
+        // A changed domain: the old one's hostnames redirect to the new one for a while.
+        if let Some(stored) = &stored {
+            let (today, until) = redirect_dates();
+            stackbox_core::client::carry_previous_domains(&stored.spec, &mut spec, &today, &until);
+        }
+        let spec = &spec;
         let mut secrets = match options.restore_secrets {
             Some(secrets) => secrets,
             None => stored.map(|client| client.secrets).unwrap_or_default(),
@@ -494,6 +500,18 @@ fn sync_dir(path: &Path) -> Result<(), BundleError> {
     File::open(path)
         .and_then(|dir| dir.sync_all())
         .map_err(io_error("syncing", path))
+}
+
+/// Today (UTC) and the last day a domain changed today keeps redirecting.
+pub fn redirect_dates() -> (String, String) {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_secs() / 86_400) as i64)
+        .unwrap_or(0);
+    (
+        stackbox_core::client::civil_date(days),
+        stackbox_core::client::civil_date(days + stackbox_core::client::DOMAIN_REDIRECT_DAYS),
+    )
 }
 
 #[cfg(test)]

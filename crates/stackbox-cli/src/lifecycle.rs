@@ -19,14 +19,14 @@ use stackbox_engine::{DockerRuntime, EngineError};
 use crate::new_admin_password;
 use crate::progress::Progress;
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-fn parse_id(text: &str) -> Result<ClientId> {
+pub(crate) fn parse_id(text: &str) -> Result<ClientId> {
     Ok(ClientId::parse(text)?)
 }
 
@@ -86,7 +86,7 @@ pub fn deploy(operator: &OperatorConfig, spec: &ClientSpec, args: DeployArgs) ->
 /// The bundle root that holds a client: the given one when the client is there, else the one
 /// its containers were deployed from (their working-directory label), so commands on an
 /// existing client need no `--out`.
-fn root_holding(
+pub(crate) fn root_holding(
     root: &Path,
     id: &ClientId,
     rt: &tokio::runtime::Runtime,
@@ -215,7 +215,7 @@ pub fn rotate_secrets(
     Ok(())
 }
 
-fn converge(
+pub(crate) fn converge(
     operator: &OperatorConfig,
     store: &BundleStore,
     spec: &ClientSpec,
@@ -326,7 +326,8 @@ fn converge(
             println!();
             println!(
                 "Kept the data of apps no longer in the plan (switching them on again finds it; \
-                 only `stackbox destroy` removes it):"
+                 `stackbox prune {}` lists it and removes it with --yes):",
+                outcome.id
             );
             for volume in &done.kept_volumes {
                 println!("  {volume}");
@@ -568,6 +569,55 @@ fn remove_from_engine(
     });
     progress.finish();
     Ok(removed?)
+}
+
+/// `stackbox prune ID`: the volumes of apps the client no longer runs (kept by every deploy),
+/// listed; removed with `yes`.
+pub fn prune(
+    operator: &OperatorConfig,
+    root: &Path,
+    id: &str,
+    yes: bool,
+    json: bool,
+) -> Result<()> {
+    let id = parse_id(id)?;
+    let rt = runtime()?;
+    let docker = rt.block_on(DockerRuntime::connect())?;
+    let root = root_holding(root, &id, &rt, &docker)?;
+    let store = BundleStore::new(&root);
+    let _lock = store.lock_client(&id)?;
+    let stored = store
+        .load(&id)?
+        .with_context(|| format!("client {id} has no bundle under {}", root.display()))?;
+    let stack = stackbox_core::stack::build(&stored.spec, &id, operator);
+    let wanted: Vec<&str> = stack.volumes.iter().map(|v| v.name.as_str()).collect();
+    let unused = rt.block_on(lifecycle::prune_volumes(&docker, &id, &wanted, !yes))?;
+    if json {
+        println!(
+            "{}",
+            json!({"event": "result", "success": yes || unused.is_empty(), "client_id": id.as_str(),
+                   "volumes": unused, "removed": yes})
+        );
+    } else if unused.is_empty() {
+        println!("Client {id} has no data of apps it no longer runs.");
+    } else if yes {
+        println!("Removed the data of apps client {id} no longer runs:");
+        for volume in &unused {
+            println!("  {volume}");
+        }
+    } else {
+        println!("Data of apps client {id} no longer runs (kept by every deploy):");
+        for volume in &unused {
+            println!("  {volume}");
+        }
+    }
+    if !yes && !unused.is_empty() {
+        bail!(
+            "prune deletes these volumes for good (take `stackbox backup create {id}` first to \
+             keep a copy); confirm with --yes"
+        );
+    }
+    Ok(())
 }
 
 pub fn destroy(

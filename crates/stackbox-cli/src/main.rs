@@ -18,6 +18,7 @@ use stackbox_core::plan::{App, Plan, ServiceKind};
 use stackbox_core::secrets::SecretKey;
 use stackbox_core::stack::ADMIN_USERNAME;
 
+mod admin_password;
 mod backup;
 mod cloud;
 mod doctor;
@@ -133,15 +134,37 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         health_timeout: Option<u64>,
     },
+    /// Give a running client a new admin password in every app that has an admin (Nextcloud
+    /// and EspoCRM with their own commands, Mailtrain recreated with it; Cal.com and Plausible
+    /// have none) and print it once. An app that refuses has the others put back to the
+    /// previous password.
+    AdminPassword {
+        client_id: String,
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_name = "SECONDS")]
+        health_timeout: Option<u64>,
+    },
     /// Move a client to another release of the images (see `stackbox releases`): the upgrade
     /// graph is checked, a backup is taken first, services are replaced health-gated, and a
     /// failure returns the client to its release (restoring the backup when data may have
     /// been migrated).
+    ///
+    /// With `--all` (through `--server`): a fleet rollout in waves, a canary first, then
+    /// growing batches; it halts on the first client that fails, leaving the rest on their
+    /// release, and reports per client.
     Upgrade {
-        client_id: String,
+        /// The client to upgrade; or `--all`.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        client_id: Option<String>,
+        /// Every client (a rollout through `--server`).
+        #[arg(long)]
+        all: bool,
         /// The release to move to (a `[[releases]]` name, or "base").
         #[arg(long, value_name = "RELEASE")]
         to: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
         #[command(flatten)]
         common: Common,
         #[arg(long, value_name = "SECONDS")]
@@ -159,6 +182,16 @@ enum Command {
         /// Remove the client's volumes (its data) too.
         #[arg(long)]
         delete_volumes: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List the data (volumes) of apps the client no longer runs, which every deploy keeps;
+    /// `--yes` removes it for good.
+    Prune {
+        client_id: String,
+        /// Remove the listed volumes.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -191,6 +224,11 @@ enum Command {
     Backup {
         #[command(subcommand)]
         command: BackupCommand,
+    },
+    /// Fleet rollouts through `--server` (`upgrade --all` starts one): list, show, halt.
+    Rollouts {
+        #[command(subcommand)]
+        command: RolloutCommand,
     },
     /// A new client from a client's backup: its data, a new domain, new secrets where they are
     /// not tied to the data.
@@ -251,6 +289,44 @@ enum InfraCommand {
         /// Confirms: the client's databases on RDS are dropped.
         #[arg(long)]
         yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How `upgrade --all` cuts the clients into waves (the server's defaults where left out).
+#[derive(clap::Args)]
+struct RolloutArgs {
+    /// Clients upgraded alone first (default 1).
+    #[arg(long, requires = "all", value_name = "N")]
+    canary: Option<usize>,
+    /// Each later wave is this many times the one before (default 2).
+    #[arg(long, requires = "all", value_name = "N")]
+    growth: Option<usize>,
+    /// The largest wave (default 50).
+    #[arg(long, requires = "all", value_name = "N")]
+    max_wave: Option<usize>,
+    /// Upgrades at once within a wave (default 4).
+    #[arg(long, requires = "all", value_name = "N")]
+    concurrency: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// The newest rollouts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One rollout and every client's outcome.
+    Show {
+        rollout_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop starting upgrades; those running finish, the rest stay on their release.
+    Halt {
+        rollout_id: String,
         #[arg(long)]
         json: bool,
     },
@@ -352,8 +428,10 @@ fn main() -> ExitCode {
         | Command::Stop { common, .. }
         | Command::Start { common, .. }
         | Command::RotateSecrets { common, .. }
+        | Command::AdminPassword { common, .. }
         | Command::Upgrade { common, .. }
         | Command::Cleanup { common, .. }
+        | Command::Prune { common, .. }
         | Command::Destroy { common, .. }
         | Command::Clone { common, .. } => common.json,
         Command::Backup { command } => match command {
@@ -372,6 +450,11 @@ fn main() -> ExitCode {
             command: TokenCommand::List { json },
         } => *json,
         Command::Doctor { json } => *json,
+        Command::Rollouts { command } => match command {
+            RolloutCommand::List { json }
+            | RolloutCommand::Show { json, .. }
+            | RolloutCommand::Halt { json, .. } => *json,
+        },
         Command::Serve { .. } | Command::Token { .. } => false,
     };
     match run(cli) {
@@ -412,6 +495,7 @@ fn starts_containers(command: &Command) -> bool {
         Command::Deploy { .. }
         | Command::Start { .. }
         | Command::RotateSecrets { .. }
+        | Command::AdminPassword { .. }
         | Command::Upgrade { .. }
         | Command::Serve { .. }
         | Command::Clone { .. } => true,
@@ -425,9 +509,11 @@ fn starts_containers(command: &Command) -> bool {
         | Command::Status { .. }
         | Command::Stop { .. }
         | Command::Cleanup { .. }
+        | Command::Prune { .. }
         | Command::Infra { .. }
         | Command::Token { .. }
         | Command::Doctor { .. }
+        | Command::Rollouts { .. }
         | Command::Destroy { .. } => false,
     }
 }
@@ -485,6 +571,10 @@ fn run(cli: Cli) -> Result<()> {
     let data_dir = serve::data_dir(cli.data_dir.clone());
     match cli.command {
         Command::Doctor { .. } => unreachable!("doctor returns before the configuration loads"),
+        Command::Rollouts { .. } => anyhow::bail!(
+            "rollouts live in the control plane's store: add --server URL (and --token) to \
+             reach `stackbox serve`"
+        ),
         Command::Serve {
             listen,
             master_key_file,
@@ -628,7 +718,15 @@ fn run(cli: Cli) -> Result<()> {
             to,
             common,
             health_timeout,
+            ..
         } => {
+            let Some(client_id) = client_id else {
+                anyhow::bail!(
+                    "upgrade --all runs through the control plane, which journals the rollout so \
+                     that it carries on after a restart: start `stackbox serve` and add \
+                     --server URL"
+                );
+            };
             let root = lifecycle::root_for(&root_of(&common, &operator), &client_id)?;
             backup::upgrade(
                 &operator,
@@ -639,6 +737,22 @@ fn run(cli: Cli) -> Result<()> {
                     root: &root,
                     data_dir: &data_dir,
                     json: common.json,
+                },
+            )
+        }
+        Command::AdminPassword {
+            client_id,
+            common,
+            health_timeout,
+        } => {
+            let root = root_of(&common, &operator);
+            admin_password::admin_password(
+                &operator,
+                &client_id,
+                lifecycle::DeployArgs {
+                    root: &root,
+                    json: common.json,
+                    health_timeout,
                 },
             )
         }
@@ -669,6 +783,17 @@ fn run(cli: Cli) -> Result<()> {
             &root_of(&common, &operator),
             &client_id,
             delete_volumes,
+            common.json,
+        ),
+        Command::Prune {
+            client_id,
+            yes,
+            common,
+        } => lifecycle::prune(
+            &operator,
+            &root_of(&common, &operator),
+            &client_id,
+            yes,
             common.json,
         ),
         Command::Backup { command } => {
@@ -775,6 +900,9 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
             }
             remote()?.destroy(client_id, *delete_backups, common.json)
         })(),
+        Command::Prune { .. } => Err(anyhow::anyhow!(
+            "prune runs on the engine's host only (without --server): it deletes volumes there"
+        )),
         Command::Cleanup { .. } => Err(anyhow::anyhow!(
             "cleanup runs on the engine's host only; the server compensates a failed deployment itself"
         )),
@@ -821,12 +949,38 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
             common,
             ..
         } => remote().and_then(|r| r.rotate_secrets(client_id, only, common.json)),
+        Command::AdminPassword {
+            client_id, common, ..
+        } => remote().and_then(|r| r.admin_password(client_id, common.json)),
         Command::Upgrade {
-            client_id,
+            client_id: Some(client_id),
             to,
             common,
             ..
         } => remote().and_then(|r| r.upgrade(client_id, to, common.json)),
+        Command::Upgrade {
+            client_id: None,
+            to,
+            rollout,
+            common,
+            ..
+        } => remote().and_then(|r| {
+            r.rollout(
+                to,
+                &remote::RolloutSettings {
+                    canary: rollout.canary,
+                    growth: rollout.growth,
+                    max_wave: rollout.max_wave,
+                    concurrency: rollout.concurrency,
+                },
+                common.json,
+            )
+        }),
+        Command::Rollouts { command } => remote().and_then(|r| match command {
+            RolloutCommand::List { json } => r.rollouts(*json),
+            RolloutCommand::Show { rollout_id, json } => r.show_rollout(rollout_id, *json),
+            RolloutCommand::Halt { rollout_id, json } => r.halt_rollout(rollout_id, *json),
+        }),
         Command::Render { .. }
         | Command::Plans { .. }
         | Command::Releases { .. }

@@ -246,6 +246,59 @@ impl Remote {
         self.finish(&id, json, "rotate-secrets")
     }
 
+    /// `POST /v1/clients/{id}/admin-password`: prints the new password the answer carries
+    /// (once: the server never shows it again), then follows the deployment, whose failure
+    /// means the apps kept the previous one (or its error names the app that did not).
+    pub fn admin_password(&self, client: &str, json: bool) -> Result<()> {
+        let reset = self.ok(
+            "POST",
+            &format!("/v1/clients/{client}/admin-password"),
+            None,
+        )?;
+        let id = reset["deployment_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if json {
+            println!(
+                "{}",
+                json!({
+                    "event": "admin-password",
+                    "client_id": client,
+                    "deployment_id": id,
+                    "credentials": reset["credentials"],
+                    "apps": reset["apps"],
+                })
+            );
+        } else {
+            println!("Resetting the admin password of {client}:");
+            println!(
+                "  admin username  {}",
+                reset["credentials"]["admin_username"]
+                    .as_str()
+                    .unwrap_or_default()
+            );
+            println!(
+                "  admin password  {}",
+                reset["credentials"]["admin_password"]
+                    .as_str()
+                    .unwrap_or_default()
+            );
+            println!("  (shown once; it holds once the reset below succeeds)");
+            for app in reset["apps"].as_array().into_iter().flatten() {
+                let name = app["app"].as_str().unwrap_or_default();
+                match app["reason"].as_str() {
+                    Some(reason) => println!("  {name:<10} not applicable: {reason}"),
+                    None => println!(
+                        "  {name:<10} {}",
+                        app["outcome"].as_str().unwrap_or_default()
+                    ),
+                }
+            }
+        }
+        self.finish(&id, json, "admin-password")
+    }
+
     /// `POST /v1/clients/{id}/upgrade`, then follows the deployment.
     pub fn upgrade(&self, client: &str, to: &str, json: bool) -> Result<()> {
         let body = json!({ "to": to });
@@ -450,6 +503,193 @@ fn patch_to(current: &Value, spec: &ClientSpec) -> Value {
         patch["infrastructure"] = Value::Null;
     }
     patch
+}
+
+/// `upgrade --all`'s wave settings; `None` leaves the server's default.
+pub struct RolloutSettings {
+    pub canary: Option<usize>,
+    pub growth: Option<usize>,
+    pub max_wave: Option<usize>,
+    pub concurrency: Option<usize>,
+}
+
+impl Remote {
+    /// `upgrade --all`: plans a rollout on the server and follows it to its end, one line (or
+    /// JSON event) per client change and a bar of the clients finished on a terminal. Fails
+    /// when the rollout halted.
+    pub fn rollout(&self, to: &str, settings: &RolloutSettings, json: bool) -> Result<()> {
+        let mut body = json!({ "to": to });
+        for (key, value) in [
+            ("canary", settings.canary),
+            ("growth", settings.growth),
+            ("max_wave", settings.max_wave),
+            ("concurrency", settings.concurrency),
+        ] {
+            if let Some(value) = value {
+                body[key] = json!(value);
+            }
+        }
+        let rollout = self.ok("POST", "/v1/rollouts", Some(&body))?;
+        let id = rollout["id"].as_str().unwrap_or_default().to_string();
+        if json {
+            println!("{}", json!({"event": "rollout", "rollout": rollout}));
+        } else {
+            eprintln!(
+                "Rollout {id} of release {to}: {} clients, {} skipped.",
+                rollout["clients"].as_array().map_or(0, Vec::len),
+                rollout["counts"]["skipped"]
+            );
+        }
+        let total = rollout["clients"]
+            .as_array()
+            .map_or(0, |c| c.iter().filter(|m| m["status"] != "skipped").count());
+        let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {bar:30} {pos}/{len} clients upgraded {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+        let view = loop {
+            let view = self.ok("GET", &format!("/v1/rollouts/{id}"), None)?;
+            for member in view["clients"].as_array().into_iter().flatten() {
+                let client = member["client_id"].as_str().unwrap_or_default().to_string();
+                let status = member["status"].as_str().unwrap_or_default().to_string();
+                if seen.get(&client) == Some(&status) {
+                    continue;
+                }
+                let first = !seen.contains_key(&client);
+                seen.insert(client.clone(), status.clone());
+                if first && status == "pending" {
+                    continue;
+                }
+                if json {
+                    println!("{}", json!({"event": "client", "client": member}));
+                    continue;
+                }
+                let line = format!(
+                    "  wave {:<3} {:<40} {}{}",
+                    member["wave"],
+                    client,
+                    status,
+                    member["detail"]
+                        .as_str()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                );
+                match &bar {
+                    Some(bar) => bar.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+            if let Some(bar) = &bar {
+                let done = view["counts"]["succeeded"].as_u64().unwrap_or(0)
+                    + view["counts"]["failed"].as_u64().unwrap_or(0);
+                bar.set_position(done);
+            }
+            if view["status"] != "running" {
+                break view;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let status = view["status"].as_str().unwrap_or_default();
+        if json {
+            println!(
+                "{}",
+                json!({"event": "result", "success": status == "succeeded", "rollout": view})
+            );
+        } else {
+            print_rollout(&view);
+        }
+        if status != "succeeded" {
+            bail!(
+                "rollout {id} {status}: {}",
+                view["halt_reason"].as_str().unwrap_or("no details")
+            );
+        }
+        Ok(())
+    }
+
+    pub fn rollouts(&self, json: bool) -> Result<()> {
+        let list = self.ok("GET", "/v1/rollouts", None)?;
+        if json {
+            println!("{list}");
+            return Ok(());
+        }
+        println!(
+            "{:<32} {:<12} {:<10} {:>9} {:>6} {:>7} {:>7}",
+            "ROLLOUT", "RELEASE", "STATUS", "SUCCEEDED", "FAILED", "SKIPPED", "PENDING"
+        );
+        for rollout in list["rollouts"].as_array().into_iter().flatten() {
+            let counts = &rollout["counts"];
+            println!(
+                "{:<32} {:<12} {:<10} {:>9} {:>6} {:>7} {:>7}",
+                rollout["id"].as_str().unwrap_or_default(),
+                rollout["to"].as_str().unwrap_or_default(),
+                rollout["status"].as_str().unwrap_or_default(),
+                counts["succeeded"],
+                counts["failed"],
+                counts["skipped"],
+                counts["pending"].as_u64().unwrap_or(0) + counts["running"].as_u64().unwrap_or(0)
+            );
+        }
+        Ok(())
+    }
+
+    pub fn show_rollout(&self, id: &str, json: bool) -> Result<()> {
+        let view = self.ok("GET", &format!("/v1/rollouts/{id}"), None)?;
+        if json {
+            println!("{view}");
+        } else {
+            print_rollout(&view);
+        }
+        Ok(())
+    }
+
+    pub fn halt_rollout(&self, id: &str, json: bool) -> Result<()> {
+        let view = self.ok("POST", &format!("/v1/rollouts/{id}/halt"), None)?;
+        if json {
+            println!("{view}");
+        } else {
+            println!("Rollout {id} halts: nothing new starts; the upgrades running finish.");
+        }
+        Ok(())
+    }
+}
+
+/// A rollout's report: its status, then one line per client.
+fn print_rollout(view: &Value) {
+    println!(
+        "Rollout {} to release {}: {}{}",
+        view["id"].as_str().unwrap_or_default(),
+        view["to"].as_str().unwrap_or_default(),
+        view["status"].as_str().unwrap_or_default(),
+        view["halt_reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "{:<5} {:<40} {:<10} {:<10} DETAIL",
+        "WAVE", "CLIENT", "FROM", "STATUS"
+    );
+    for member in view["clients"].as_array().into_iter().flatten() {
+        println!(
+            "{:<5} {:<40} {:<10} {:<10} {}",
+            member["wave"],
+            member["client_id"].as_str().unwrap_or_default(),
+            member["from_release"].as_str().unwrap_or_default(),
+            member["status"].as_str().unwrap_or_default(),
+            member["detail"].as_str().unwrap_or_default()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -323,6 +323,8 @@ fn store_error(error: StoreError) -> ControlError {
             ControlError::Conflict(format!("client {client} already exists"))
         }
         StoreError::ClientNotFound { .. } => ControlError::NotFound,
+        StoreError::RolloutNotFound { .. } => ControlError::NotFound,
+        error @ StoreError::RolloutRunning { .. } => ControlError::Conflict(error.to_string()),
         other => internal(other),
     }
 }
@@ -346,6 +348,9 @@ fn control_error(error: stackbox_control::ControlError) -> ControlError {
             ControlError::Invalid { field, problem }
         }
         error @ stackbox_control::ControlError::ConfigurationChanged { .. } => {
+            ControlError::Conflict(error.to_string())
+        }
+        error @ stackbox_control::ControlError::NotRunning { .. } => {
             ControlError::Conflict(error.to_string())
         }
         // Stripe retries a webhook answered 503; a buyer is told to retry.
@@ -415,6 +420,56 @@ fn requested_params(
         requested(caller)?.to_json(),
     );
     Ok(params)
+}
+
+/// A rollout as the API shows it.
+fn rollout_view(rollout: &stackbox_store::RolloutRecord) -> stackbox_api::RolloutView {
+    use stackbox_api::{RolloutCounts, RolloutMemberStatus, RolloutMemberView, RolloutStatus};
+    use stackbox_core::rollout::MemberStatus;
+    let mut counts = RolloutCounts::default();
+    let clients = rollout
+        .members
+        .iter()
+        .map(|member| {
+            let (status, count) = match member.status {
+                MemberStatus::Pending => (RolloutMemberStatus::Pending, &mut counts.pending),
+                MemberStatus::Running => (RolloutMemberStatus::Running, &mut counts.running),
+                MemberStatus::Succeeded => (RolloutMemberStatus::Succeeded, &mut counts.succeeded),
+                MemberStatus::Failed => (RolloutMemberStatus::Failed, &mut counts.failed),
+                MemberStatus::Skipped => (RolloutMemberStatus::Skipped, &mut counts.skipped),
+            };
+            *count += 1;
+            RolloutMemberView {
+                client_id: member.client_id.clone(),
+                wave: member.wave,
+                from_release: member.from_release.clone(),
+                status,
+                deployment_id: member
+                    .deployment_id
+                    .as_ref()
+                    .map(|d| d.as_str().to_string()),
+                detail: member.detail.clone(),
+            }
+        })
+        .collect();
+    stackbox_api::RolloutView {
+        id: rollout.id.as_str().to_string(),
+        to: rollout.to_release.clone(),
+        status: match rollout.status {
+            stackbox_store::RolloutStatus::Running => RolloutStatus::Running,
+            stackbox_store::RolloutStatus::Halted => RolloutStatus::Halted,
+            stackbox_store::RolloutStatus::Succeeded => RolloutStatus::Succeeded,
+        },
+        canary: rollout.settings.canary,
+        growth: rollout.settings.growth,
+        max_wave: rollout.settings.max_wave,
+        concurrency: rollout.settings.concurrency,
+        halt_reason: rollout.halt_reason.clone(),
+        created_at: time(rollout.created_at),
+        finished_at: rollout.finished_at.map(time),
+        counts,
+        clients,
+    }
 }
 
 /// A deployment in a client's history.
@@ -1071,6 +1126,47 @@ impl ControlPlane for Served {
         })
     }
 
+    async fn reset_admin_password(
+        &self,
+        id: &ClientId,
+        requested_by: &Authenticated,
+    ) -> Result<stackbox_api::AdminPasswordReset, ControlError> {
+        let params = requested_params(requested_by)?;
+        let reset = self
+            .control
+            .request_admin_password(id, params)
+            .await
+            .map_err(control_error)?;
+        self.forget_lists();
+        Ok(stackbox_api::AdminPasswordReset {
+            client_id: id.clone(),
+            deployment_id: reset.deployment.id.as_str().to_string(),
+            credentials: stackbox_api::Credentials {
+                admin_username: reset.admin_username.to_string(),
+                admin_password: reset.admin_password.clone(),
+            },
+            apps: reset
+                .apps
+                .iter()
+                .map(|app| stackbox_api::AppPasswordReset {
+                    app: app.app.key().to_string(),
+                    outcome: match app.outcome {
+                        stackbox_core::admin::ResetOutcome::Set => {
+                            stackbox_api::AdminResetOutcome::Set
+                        }
+                        stackbox_core::admin::ResetOutcome::Recreated => {
+                            stackbox_api::AdminResetOutcome::Recreated
+                        }
+                        stackbox_core::admin::ResetOutcome::NotApplicable => {
+                            stackbox_api::AdminResetOutcome::NotApplicable
+                        }
+                    },
+                    reason: app.reason.map(str::to_string),
+                })
+                .collect(),
+        })
+    }
+
     async fn upgrade_client(
         &self,
         id: &ClientId,
@@ -1087,6 +1183,57 @@ impl ControlPlane for Served {
         Ok(DeploymentRef {
             deployment_id: deployment.id.as_str().to_string(),
         })
+    }
+
+    async fn create_rollout(
+        &self,
+        to: String,
+        clients: Option<Vec<ClientId>>,
+        settings: stackbox_core::rollout::RolloutSettings,
+        requested_by: &Authenticated,
+    ) -> Result<stackbox_api::RolloutView, ControlError> {
+        let by = requested(requested_by)?.to_json();
+        let rollout = self
+            .control
+            .request_rollout(&to, settings, clients.as_deref(), Some(by))
+            .await
+            .map_err(control_error)?;
+        Ok(rollout_view(&rollout))
+    }
+
+    async fn list_rollouts(&self) -> Result<stackbox_api::RolloutList, ControlError> {
+        let rollouts = self
+            .control
+            .store()
+            .rollouts(20)
+            .await
+            .map_err(store_error)?;
+        Ok(stackbox_api::RolloutList {
+            rollouts: rollouts.iter().map(rollout_view).collect(),
+        })
+    }
+
+    async fn get_rollout(&self, id: &str) -> Result<stackbox_api::RolloutView, ControlError> {
+        let id = stackbox_store::RolloutId::parse(id).map_err(|_| ControlError::NotFound)?;
+        match self
+            .control
+            .store()
+            .rollout(&id)
+            .await
+            .map_err(store_error)?
+        {
+            Some(rollout) => Ok(rollout_view(&rollout)),
+            None => Err(ControlError::NotFound),
+        }
+    }
+
+    async fn halt_rollout(&self, id: &str) -> Result<stackbox_api::RolloutView, ControlError> {
+        let id = stackbox_store::RolloutId::parse(id).map_err(|_| ControlError::NotFound)?;
+        self.control
+            .halt_rollout(&id, "halted by the operator")
+            .await
+            .map_err(control_error)?;
+        self.get_rollout(id.as_str()).await
     }
 
     async fn create_backup(&self, id: &ClientId) -> Result<DeploymentRef, ControlError> {

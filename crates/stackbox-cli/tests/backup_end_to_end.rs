@@ -23,7 +23,7 @@ struct Env {
 }
 
 impl Env {
-    fn new() -> Env {
+    fn new(images: &str) -> Env {
         let root = tempfile::tempdir().unwrap();
         let operator = root.path().join("stackbox.toml");
         std::fs::write(
@@ -39,9 +39,7 @@ impl Env {
         Env {
             root,
             operator,
-            images: std::env::var("STACKBOX_TEST_IMAGES").expect(
-                "STACKBOX_TEST_IMAGES is not set: run scripts/test.sh, which builds the local test images",
-            ),
+            images: images.to_string(),
         }
     }
 
@@ -367,7 +365,13 @@ fn every_pack_file(dir: &std::path::Path, found: &mut Vec<PathBuf>) {
 
 #[test]
 fn enterprise_client_is_backed_up_restored_verified_and_cloned_on_a_real_engine() {
-    let env = Env::new();
+    let Some(images) = stackbox_testkit::Tier::engine()
+        .program("restic", "apt-get install restic")
+        .images()
+    else {
+        return;
+    };
+    let env = Env::new(&images);
     let config = env.root.path().join("client.toml");
     std::fs::write(
         &config,

@@ -64,7 +64,13 @@ fn wait(server: &Server, token: &str, deployment: &str) -> serde_json::Value {
 
 #[test]
 fn backups_restores_verifies_and_clones_are_journaled_deployments_of_serve() {
-    let mut server = Server::new(EDGE, 28182, 28545);
+    let Some(images) = stackbox_testkit::Tier::engine()
+        .program("restic", "apt-get install restic")
+        .images()
+    else {
+        return;
+    };
+    let mut server = Server::new(&images, EDGE, 28182, 28545);
     server.start();
     let operator = server.token(&["--operator"]);
     let (status, created) = server.http(

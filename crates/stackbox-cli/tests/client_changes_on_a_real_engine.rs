@@ -54,7 +54,10 @@ fn deploy(env: &CliEnv, file: &str) -> serde_json::Value {
 
 #[test]
 fn plan_changes_up_and_down_keep_every_app_s_data_and_its_database_users_log_in() {
-    let env = CliEnv::new(EDGE, 18580, 18943, "");
+    let Some(images) = stackbox_testkit::engine_images() else {
+        return;
+    };
+    let env = CliEnv::new(&images, EDGE, 18580, 18943, "");
     let file = env.client_file(
         "client.toml",
         &client("professional", "[features]\ncalcom = true\n"),
@@ -164,11 +167,71 @@ fn plan_changes_up_and_down_keep_every_app_s_data_and_its_database_users_log_in(
     );
     assert_eq!(file_back, "contract");
     assert_eq!(env.state(&id), "running");
+
+    // Back on Professional, Mailtrain's data (Enterprise only) is still kept. `prune` lists it
+    // and refuses without --yes; with it, exactly that data goes and the running apps' stays.
+    let volumes_of = || {
+        text(
+            &std::process::Command::new("docker")
+                .args([
+                    "volume",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    &format!("label=io.stackbox.client={id}"),
+                ])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+    };
+    let refused = env.run(&["prune", &id]);
+    assert!(
+        !refused.status.success(),
+        "prune without --yes removed something"
+    );
+    let listed = text(&refused.stdout);
+    assert!(
+        listed.contains(&format!("{id}_mailtrain-files")),
+        "{listed}"
+    );
+    assert!(!listed.contains(&format!("{id}_postgres-data")), "{listed}");
+    assert!(
+        text(&refused.stderr).contains("--yes"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(volumes_of().contains(&format!("{id}_mailtrain-files")));
+    let pruned = env.json(&["prune", &id, "--yes", "--json"]);
+    assert_eq!(pruned["removed"], true, "{pruned}");
+    let volumes = volumes_of();
+    assert!(!volumes.contains("mailtrain-files"), "{volumes}");
+    assert!(
+        volumes.contains(&format!("{id}_postgres-data")),
+        "{volumes}"
+    );
+    let (ok, out) = postgres_as(
+        &id,
+        "calcom",
+        &calcom_pw,
+        "calcom",
+        "SELECT note FROM marker",
+    );
+    assert!(ok && out == "booking", "Cal.com's data after prune: {out}");
+    let nothing = env.ok(&["prune", &id]);
+    assert!(
+        nothing.contains("no data of apps it no longer runs"),
+        "{nothing}"
+    );
 }
 
 #[test]
 fn rotating_every_live_secret_lets_every_app_user_in_with_the_new_password_only() {
+    let Some(images) = stackbox_testkit::engine_images() else {
+        return;
+    };
     let env = CliEnv::new(
+        &images,
         EDGE.replace("changes", "rotation").as_str(),
         18581,
         18944,
@@ -319,7 +382,16 @@ fn poll_website(router: &str) -> std::process::Child {
 
 #[test]
 fn a_brand_colour_change_replaces_the_website_start_first_without_a_failed_request() {
-    let env = CliEnv::new(&EDGE.replace("changes", "startfirst"), 18582, 18945, "");
+    let Some(images) = stackbox_testkit::engine_images() else {
+        return;
+    };
+    let env = CliEnv::new(
+        &images,
+        &EDGE.replace("changes", "startfirst"),
+        18582,
+        18945,
+        "",
+    );
     let file = env.client_file("client.toml", &client("starter", ""));
     let id = deploy(&env, &file)["client_id"]
         .as_str()

@@ -125,8 +125,11 @@ fn operator_token_id(server: &Server) -> String {
 
 #[test]
 fn deploy_of_an_edited_file_through_serve_changes_the_running_client_and_its_history() {
+    let Some(images) = stackbox_testkit::engine_images() else {
+        return;
+    };
     let _edge_network = EdgeNetwork;
-    let mut server = Server::new(EDGE, 28186, 28549);
+    let mut server = Server::new(&images, EDGE, 28186, 28549);
     server.start();
     let operator = server.token(&["--operator"]);
     let operator_id = operator_token_id(&server);
@@ -336,4 +339,117 @@ fn deploy_of_an_edited_file_through_serve_changes_the_running_client_and_its_his
         finished,
     );
     assert_eq!(view["status"], "succeeded", "{view}");
+
+    // A stopped client stays stopped when it is changed: the change is journaled as a stop
+    // (nothing started), stored, and applied by its next start.
+    let wait = |deployment: &Value| {
+        poll(
+            &server,
+            &operator,
+            deployment["deployment_id"].as_str().unwrap(),
+            Duration::from_secs(240),
+            finished,
+        )
+    };
+    let (status, stopping) =
+        server.http("POST", &format!("/v1/clients/{id}/stop"), &operator, None);
+    assert_eq!(status, 202, "{stopping}");
+    assert_eq!(wait(&stopping)["status"], "succeeded");
+    let (status, change) = server.http(
+        "PATCH",
+        &format!("/v1/clients/{id}"),
+        &operator,
+        Some(r#"{"company_name": "Changed While Stopped"}"#),
+    );
+    assert_eq!(status, 202, "{change}");
+    let view = wait(&change);
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_eq!(
+        view["kind"], "stop",
+        "a change of a stopped client starts nothing: {view}"
+    );
+    let (_, detail) = server.http("GET", &format!("/v1/clients/{id}"), &operator, None);
+    assert_eq!(detail["state"], "stopped", "{detail}");
+    assert_eq!(
+        detail["configuration"]["company_name"],
+        "Changed While Stopped"
+    );
+    let running = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{.State.Running}}",
+            &format!("{id}-website-1"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "false");
+    assert_eq!(
+        history(&server, &operator, &id)[0]["changes"]["company_name"]["to"],
+        "Changed While Stopped"
+    );
+    let (status, starting) =
+        server.http("POST", &format!("/v1/clients/{id}/start"), &operator, None);
+    assert_eq!(status, 202, "{starting}");
+    assert_eq!(wait(&starting)["status"], "succeeded");
+    assert!(
+        website(&id).contains("Changed While Stopped"),
+        "the start applied the stored change: {}",
+        website(&id)
+    );
+
+    // A new domain: the old one's hostnames redirect to it (a router on the website with a
+    // certificate of its own, and the edge still sends them here), and the old domain is
+    // not free for another client while they do.
+    let (status, change) = server.http(
+        "PATCH",
+        &format!("/v1/clients/{id}"),
+        &operator,
+        Some(r#"{"domain": "moved.example"}"#),
+    );
+    assert_eq!(status, 202, "{change}");
+    assert_eq!(wait(&change)["status"], "succeeded");
+    let labels = |container: &str| -> Value {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{json .Config.Labels}}", container])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let site = labels(&format!("{id}-website-1"));
+    let rule = site[format!("traefik.http.routers.{id}-previous-domains.rule")]
+        .as_str()
+        .unwrap_or_default();
+    assert!(rule.contains("Host(`changes.example`)"), "{site}");
+    assert_eq!(
+        site[format!("traefik.http.middlewares.{id}-previous-domains.redirectregex.replacement")],
+        "https://${1}moved.example${2}",
+        "{site}"
+    );
+    let router = labels(&format!("{id}-traefik-1"));
+    let sni = router[format!("traefik.tcp.routers.{id}-edge-tls.rule")]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        sni.contains("HostSNI(`moved.example`)") && sni.contains("HostSNI(`changes.example`)"),
+        "{sni}"
+    );
+    let stored = std::fs::read_to_string(
+        server
+            .data
+            .path()
+            .join("data/bundles/clients")
+            .join(&id)
+            .join("client.toml"),
+    )
+    .unwrap_or_default();
+    assert!(stored.contains("[[previous_domains]]"), "{stored}");
+    let (status, body) = server.http(
+        "POST",
+        "/v1/clients",
+        &operator,
+        Some(&client_body("Domain Squatter", "changes.example")),
+    );
+    assert_eq!(status, 409, "the old domain still redirects: {body}");
+    assert!(body.to_string().contains(&id), "{body}");
 }

@@ -21,22 +21,19 @@ fn operator(dir: &Path, edge: &str, http: u16, https: u16) -> std::path::PathBuf
     path
 }
 
-fn stackbox(root: &Path, operator: &Path, args: &[&str]) -> Output {
+fn stackbox(root: &Path, operator: &Path, images: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_stackbox"))
         .args(args)
         .arg("--out")
         .arg(root)
         .env("STACKBOX_OPERATOR_CONFIG", operator)
-        .env(
-            "STACKBOX_IMAGES",
-            std::env::var("STACKBOX_TEST_IMAGES").expect("STACKBOX_TEST_IMAGES (scripts/test.sh)"),
-        )
+        .env("STACKBOX_IMAGES", images)
         .env("STACKBOX_DATA_DIR", root.join("data"))
         .output()
         .unwrap()
 }
 
-fn deploy(root: &Path, operator: &Path, company: &str, domain: &str) -> String {
+fn deploy(root: &Path, operator: &Path, images: &str, company: &str, domain: &str) -> String {
     let config = root.join(format!("{domain}.toml"));
     std::fs::write(
         &config,
@@ -46,6 +43,7 @@ fn deploy(root: &Path, operator: &Path, company: &str, domain: &str) -> String {
     let output = stackbox(
         root,
         operator,
+        images,
         &["deploy", config.to_str().unwrap(), "--json"],
     );
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
@@ -64,18 +62,23 @@ fn deploy(root: &Path, operator: &Path, company: &str, domain: &str) -> String {
 
 #[test]
 fn destroy_detaches_a_foreign_edge_router_from_the_clients_edge_network() {
+    let Some(images) = stackbox_testkit::engine_images() else {
+        return;
+    };
     let root = tempfile::tempdir().unwrap();
     let first = operator(root.path(), "stackbox-foreign-edge-a", 18480, 18843);
     let second = operator(root.path(), "stackbox-foreign-edge-b", 18481, 18844);
     let a = deploy(
         root.path(),
         &first,
+        &images,
         "Foreign Edge One",
         "foreign-one.example",
     );
     let b = deploy(
         root.path(),
         &second,
+        &images,
         "Foreign Edge Two",
         "foreign-two.example",
     );
@@ -90,8 +93,8 @@ fn destroy_detaches_a_foreign_edge_router_from_the_clients_edge_network() {
         .output()
         .unwrap();
     let attached = String::from_utf8_lossy(&attached.stdout).to_string();
-    let destroyed = stackbox(root.path(), &first, &["destroy", &a, "--yes"]);
-    let b_destroyed = stackbox(root.path(), &second, &["destroy", &b, "--yes"]);
+    let destroyed = stackbox(root.path(), &first, &images, &["destroy", &a, "--yes"]);
+    let b_destroyed = stackbox(root.path(), &second, &images, &["destroy", &b, "--yes"]);
     for edge in ["stackbox-foreign-edge-a", "stackbox-foreign-edge-b"] {
         let _ = Command::new("docker").args(["rm", "-f", edge]).output();
         let _ = Command::new("docker")

@@ -16,10 +16,9 @@ const STRIPE_KEY: &str = "sk_test_stripe-DOCTORMARK";
 const WEBHOOK_SECRET: &str = "whsec_webhook-DOCTORMARK";
 const DATABASE_PASSWORD: &str = "db-pw-DOCTORMARK";
 
-fn test_images() -> PathBuf {
-    PathBuf::from(std::env::var("STACKBOX_TEST_IMAGES").expect(
-        "STACKBOX_TEST_IMAGES is not set: run scripts/test.sh, which builds the local test images",
-    ))
+/// The engine tier's guard: the local test images' catalog, or `None` (the test returns).
+fn test_images() -> Option<PathBuf> {
+    stackbox_testkit::engine_images().map(PathBuf::from)
 }
 
 /// An operator file with ingress ports nothing else uses and its own edge router name.
@@ -98,6 +97,9 @@ const IMAGE_KEYS: [&str; 12] = [
 
 #[test]
 fn doctor_on_the_local_engine_with_the_test_images_finds_every_image_and_prints_no_secret() {
+    let Some(images) = test_images() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let operator = operator_file(
         dir.path(),
@@ -118,7 +120,7 @@ fn doctor_on_the_local_engine_with_the_test_images_finds_every_image_and_prints_
             .env("STACKBOX_STRIPE_PRICE_STARTER", "price_doctor")
             .env("STACKBOX_PUBLIC_URL", "https://stackbox.doctor.example");
     };
-    let mut json = doctor(dir.path(), &operator, &test_images());
+    let mut json = doctor(dir.path(), &operator, &images);
     json.arg("--json");
     with_secrets(&mut json);
     let (output, stdout, stderr) = run(&mut json);
@@ -166,7 +168,7 @@ fn doctor_on_the_local_engine_with_the_test_images_finds_every_image_and_prints_
     // Nothing in the data directory was created by looking.
     assert!(!dir.path().join("data").exists());
 
-    let mut text = doctor(dir.path(), &operator, &test_images());
+    let mut text = doctor(dir.path(), &operator, &images);
     with_secrets(&mut text);
     let (text_output, text_stdout, text_stderr) = run(&mut text);
     assert_eq!(
@@ -205,7 +207,10 @@ fn doctor_on_the_local_engine_with_the_test_images_finds_every_image_and_prints_
 fn doctor_without_an_engine_fails_the_engine_check_naming_the_socket_and_docker_host() {
     let dir = tempfile::tempdir().unwrap();
     let operator = operator_file(dir.path(), "stackbox-doctor-test-edge", 80, 443);
-    let (output, stdout, stderr) = run(doctor(dir.path(), &operator, &test_images())
+    // No engine, so no image is looked at: the catalog's own images, no test images needed.
+    let catalog = dir.path().join("images.toml");
+    std::fs::write(&catalog, "[images]\n").unwrap();
+    let (output, stdout, stderr) = run(doctor(dir.path(), &operator, &catalog)
         .arg("--json")
         .env("DOCKER_HOST", "unix:///nonexistent.sock"));
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
@@ -229,8 +234,8 @@ fn doctor_without_an_engine_fails_the_engine_check_naming_the_socket_and_docker_
         check(&report, name);
     }
 
-    let (output, stdout, stderr) = run(doctor(dir.path(), &operator, &test_images())
-        .env("DOCKER_HOST", "unix:///nonexistent.sock"));
+    let (output, stdout, stderr) =
+        run(doctor(dir.path(), &operator, &catalog).env("DOCKER_HOST", "unix:///nonexistent.sock"));
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
     let line = stdout
         .lines()
@@ -248,6 +253,9 @@ fn doctor_without_an_engine_fails_the_engine_check_naming_the_socket_and_docker_
 
 #[test]
 fn doctor_with_a_catalog_naming_a_missing_image_fails_that_image_check_naming_it() {
+    let Some(images) = test_images() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let operator = operator_file(
         dir.path(),
@@ -256,7 +264,7 @@ fn doctor_with_a_catalog_naming_a_missing_image_fails_that_image_check_naming_it
         support::free_port(),
     );
     let missing = "stackbox-test/doctor-does-not-exist:0";
-    let catalog = std::fs::read_to_string(test_images()).unwrap();
+    let catalog = std::fs::read_to_string(&images).unwrap();
     let catalog: String = catalog
         .lines()
         .map(|line| {
@@ -300,13 +308,16 @@ fn doctor_with_a_catalog_naming_a_missing_image_fails_that_image_check_naming_it
 
 #[test]
 fn doctor_accepts_a_port_held_by_its_edge_router_and_fails_one_held_by_another_process() {
+    let Some(images) = test_images() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let router = format!("stackbox-doctor-router-{}", std::process::id());
     let http = support::free_port();
     let started = Command::new("docker")
         .args(["run", "-d", "--name", &router, "-p"])
         .arg(format!("{http}:80"))
-        .arg(nginx_test_image())
+        .arg(nginx_test_image(&images))
         .output()
         .unwrap();
     let _cleanup = RemoveContainer(router.clone());
@@ -319,7 +330,7 @@ fn doctor_accepts_a_port_held_by_its_edge_router_and_fails_one_held_by_another_p
     let held = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let https = held.local_addr().unwrap().port();
     let operator = operator_file(dir.path(), &router, http, https);
-    let (output, stdout, stderr) = run(doctor(dir.path(), &operator, &test_images()).arg("--json"));
+    let (output, stdout, stderr) = run(doctor(dir.path(), &operator, &images).arg("--json"));
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
     let report = parse(&stdout);
     let ours = check(&report, "ingress-http");
@@ -347,7 +358,7 @@ fn doctor_accepts_a_port_held_by_its_edge_router_and_fails_one_held_by_another_p
         support::free_port(),
         http,
     );
-    let (_, stdout, _) = run(doctor(dir.path(), &operator, &test_images()).arg("--json"));
+    let (_, stdout, _) = run(doctor(dir.path(), &operator, &images).arg("--json"));
     let foreign = check(&parse(&stdout), "ingress-https").clone();
     assert_eq!(foreign["status"], "fail", "{foreign}");
     assert!(
@@ -358,6 +369,9 @@ fn doctor_accepts_a_port_held_by_its_edge_router_and_fails_one_held_by_another_p
 
 #[test]
 fn doctor_with_an_unreachable_database_fails_the_store_check_without_its_password() {
+    let Some(images) = test_images() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let operator = operator_file(
         dir.path(),
@@ -366,12 +380,10 @@ fn doctor_with_an_unreachable_database_fails_the_store_check_without_its_passwor
         support::free_port(),
     );
     let port = support::free_port();
-    let (output, stdout, stderr) = run(doctor(dir.path(), &operator, &test_images())
-        .arg("--json")
-        .env(
-            "STACKBOX_DATABASE_URL",
-            format!("postgres://stackbox:{DATABASE_PASSWORD}@127.0.0.1:{port}/stackbox"),
-        ));
+    let (output, stdout, stderr) = run(doctor(dir.path(), &operator, &images).arg("--json").env(
+        "STACKBOX_DATABASE_URL",
+        format!("postgres://stackbox:{DATABASE_PASSWORD}@127.0.0.1:{port}/stackbox"),
+    ));
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
     let store = check(&parse(&stdout), "store").clone();
     assert_eq!(store["status"], "fail", "{store}");
@@ -394,8 +406,8 @@ fn doctor_with_an_unreachable_database_fails_the_store_check_without_its_passwor
     }
 }
 
-fn nginx_test_image() -> String {
-    let catalog = std::fs::read_to_string(test_images()).unwrap();
+fn nginx_test_image(images: &Path) -> String {
+    let catalog = std::fs::read_to_string(images).unwrap();
     catalog
         .lines()
         .find_map(|line| {

@@ -2,7 +2,8 @@
 //! starts, redeploys, breaks, isolates and removes client stacks.
 //!
 //! Needs a running engine and the local test images: `scripts/test.sh` starts `dockerd`, runs
-//! `tests/images/build.sh` and passes the catalog it writes in `STACKBOX_TEST_IMAGES`. The
+//! `tests/images/build.sh` and passes the catalog it writes in `STACKBOX_TEST_IMAGES`; without
+//! them the test skips with one line (`stackbox_testkit::engine_images`). The
 //! `docker` CLI is used only to observe, never to act.
 
 use std::io::{Read, Write};
@@ -12,13 +13,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 const EDGE: &str = "stackbox-test-edge";
-
-fn images() -> String {
-    std::env::var("STACKBOX_TEST_IMAGES").expect(
-        "STACKBOX_TEST_IMAGES is not set: run scripts/test.sh, which starts the Docker engine and \
-         builds the local test images (tests/images/build.sh CATALOG_OUT)",
-    )
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()
@@ -31,7 +25,7 @@ struct Env {
 }
 
 impl Env {
-    fn new() -> Env {
+    fn new(images: &str) -> Env {
         let root = tempfile::tempdir().unwrap();
         let operator = root.path().join("stackbox.toml");
         // Unusual host ports, so the test never fights a web server of the machine; and the
@@ -54,7 +48,7 @@ impl Env {
         Env {
             root,
             operator,
-            images: images(),
+            images: images.to_string(),
         }
     }
 
@@ -228,7 +222,10 @@ fn can_reach(from_container: &str, ip: &str, port: u16) -> bool {
 
 #[test]
 fn professional_client_lifecycle_on_a_real_engine() {
-    let env = Env::new();
+    let Some(images) = stackbox_testkit::engine_images() else {
+        return;
+    };
+    let env = Env::new(&images);
 
     // An image the engine does not have (and no registry to pull from): the deploy names the
     // image and the service and how to provide it, and changes nothing.

@@ -266,10 +266,12 @@ impl Drop for EngineCleanup {
 
 #[test]
 fn signup_payment_webhooks_and_welcome_mail_from_checkout_to_destroy() {
-    let images = std::env::var("STACKBOX_TEST_IMAGES").expect(
-        "STACKBOX_TEST_IMAGES is not set: run scripts/test.sh, which starts the engine and \
-         builds the local test images",
-    );
+    let Some(images) = stackbox_testkit::Tier::engine()
+        .python_modules(&["aiosmtpd"], "python3 -m pip install 'aiosmtpd>=1.4,<2'")
+        .images()
+    else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let hard_limit = support::hard_open_files_limit();
     let operator = data.path().join("stackbox.toml");

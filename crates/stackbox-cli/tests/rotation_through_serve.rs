@@ -58,7 +58,10 @@ fn wait(server: &Server, token: &str, deployment: &str) -> serde_json::Value {
 
 #[test]
 fn a_rotation_through_the_api_replaces_live_secrets_and_a_failed_one_is_compensated() {
-    let mut server = Server::new(EDGE, 28187, 28550);
+    let Some(images) = stackbox_testkit::engine_images() else {
+        return;
+    };
+    let mut server = Server::new(&images, EDGE, 28187, 28550);
     server.start();
     let operator = server.token(&["--operator"]);
     let (status, created) = server.http(

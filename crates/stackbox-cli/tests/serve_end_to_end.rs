@@ -15,13 +15,16 @@ use support::server::{client_body, finished, poll, running_step, Server};
 
 const EDGE: &str = "stackbox-serve-test-edge";
 
-fn new_server() -> Server {
-    Server::new(EDGE, 28082, 28445)
+fn new_server(images: &str) -> Server {
+    Server::new(images, EDGE, 28082, 28445)
 }
 
 #[test]
 fn serve_survives_sigkill_mid_deployment_and_keeps_one_stack() {
-    let mut server = new_server();
+    let Some(images) = stackbox_testkit::engine_images() else {
+        return;
+    };
+    let mut server = new_server(&images);
     server.start();
     let operator = server.token(&["--operator"]);
     assert!(operator.len() > 20);

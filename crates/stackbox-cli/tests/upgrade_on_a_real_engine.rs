@@ -13,9 +13,15 @@ use support::cli::{exec, text, try_exec, CliEnv};
 
 const EDGE: &str = "stackbox-upgrade-test-edge";
 
-fn catalog_image(key: &str) -> String {
-    let path = std::env::var("STACKBOX_TEST_IMAGES").expect("STACKBOX_TEST_IMAGES");
-    let catalog = std::fs::read_to_string(path).unwrap();
+/// The engine tier with restic (an upgrade takes a backup first): the test images' catalog.
+fn engine_with_restic() -> Option<String> {
+    stackbox_testkit::Tier::engine()
+        .program("restic", "apt-get install restic")
+        .images()
+}
+
+fn catalog_image(images: &str, key: &str) -> String {
+    let catalog = std::fs::read_to_string(images).unwrap();
     catalog
         .lines()
         .find_map(|line| line.strip_prefix(&format!("{key} = \"")))
@@ -82,11 +88,11 @@ fn image_of(container: &str) -> String {
 /// The test releases, made from the test images: r2 re-tags the website's nginx; r3 is a
 /// Nextcloud whose start writes a marker into its volume (a migration) and exits. Returns
 /// (nginx, nginx r2, nextcloud, nextcloud r3) and the operator file's `[[releases]]`.
-fn test_releases() -> (String, String, String, String, String) {
-    let nginx = catalog_image("nginx");
+fn test_releases(images: &str) -> (String, String, String, String, String) {
+    let nginx = catalog_image(images, "nginx");
     let nginx_r2 = format!("{}:upgrade-r2", nginx.split(':').next().unwrap());
     docker(&["tag", &nginx, &nginx_r2], None);
-    let nextcloud = catalog_image("nextcloud");
+    let nextcloud = catalog_image(images, "nextcloud");
     let broken = format!("{}:upgrade-r3-broken", nextcloud.split(':').next().unwrap());
     docker(
         &["build", "-q", "-t", &broken, "-"],
@@ -119,8 +125,11 @@ fn wait(
 #[test]
 fn an_upgrade_through_serve_is_a_journaled_deployment_and_a_failed_one_is_compensated() {
     use support::server::{client_body, Server};
-    let (_, nginx_r2, nextcloud, _, releases) = test_releases();
-    let mut server = Server::new("stackbox-upgrade-serve-test-edge", 28188, 28551);
+    let Some(images) = engine_with_restic() else {
+        return;
+    };
+    let (_, nginx_r2, nextcloud, _, releases) = test_releases(&images);
+    let mut server = Server::new(&images, "stackbox-upgrade-serve-test-edge", 28188, 28551);
     server.start();
     let operator = server.token(&["--operator"]);
     let (status, created) = server.http(
@@ -197,9 +206,12 @@ fn an_upgrade_through_serve_is_a_journaled_deployment_and_a_failed_one_is_compen
 
 #[test]
 fn an_upgrade_moves_the_client_after_a_backup_and_a_failed_one_restores_its_data() {
-    let (nginx, nginx_r2, nextcloud, _, releases) = test_releases();
+    let Some(images) = engine_with_restic() else {
+        return;
+    };
+    let (nginx, nginx_r2, nextcloud, _, releases) = test_releases(&images);
 
-    let env = CliEnv::new(EDGE, 18390, 18753, "");
+    let env = CliEnv::new(&images, EDGE, 18390, 18753, "");
     let file = env.client_file("client.toml", &client_toml(None));
     let first = env.json(&["deploy", &file, "--json"]);
     let id = first["client_id"].as_str().unwrap().to_string();

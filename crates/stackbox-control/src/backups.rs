@@ -226,12 +226,7 @@ impl Control {
     ) -> Result<(ClientId, Deployment), ControlError> {
         let store = &self.inner.store;
         let record = self.client_record(source).await?;
-        if let Some(owner) = store.client_by_domain(&domain).await? {
-            return Err(ControlError::DomainTaken {
-                domain: domain.to_string(),
-                owner: owner.id,
-            });
-        }
+        self.domain_free(&domain, None).await?;
         let snapshot = self
             .resolve_snapshot(source, snapshot.unwrap_or("latest"))
             .await?;

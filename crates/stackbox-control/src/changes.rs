@@ -18,6 +18,9 @@
 //! 4. the redeploy is queued. If step 3 fails, the deployment is ended as failed, naming why,
 //!    and nothing was queued.
 //!
+//! A stopped client's change is journaled as a stop rather than a redeploy: it stays stopped
+//! (a suspended client is not started by an edit), and its next start applies the change.
+//!
 //! A crash between 2 and 3 leaves a pending redeploy of the unchanged configuration, which the
 //! next start runs: a convergence, harmless, though its history names the change it did not
 //! apply. A change that changes nothing journals nothing.
@@ -58,6 +61,9 @@ impl Control {
         let mut new_spec = new_spec;
         // The release is not the configuration's to change: `upgrade` moves it.
         new_spec.release = current.release.clone();
+        // Nor the redirects of previous domains: a changed domain adds one.
+        let (today, until) = stackbox_bundle::redirect_dates();
+        stackbox_core::client::carry_previous_domains(&current, &mut new_spec, &today, &until);
         let spec = as_stored(id, new_spec)?;
         if spec == current {
             return Ok(None);
@@ -74,24 +80,26 @@ impl Control {
                 ),
             });
         }
-        if let Some(owner) = store.client_by_domain(&spec.domain).await? {
-            if &owner.id != id {
-                return Err(ControlError::DomainTaken {
-                    domain: spec.domain.to_string(),
-                    owner: owner.id,
-                });
-            }
-        }
+        self.domain_free(&spec.domain, Some(id)).await?;
         let changes = spec_changes(&current, &spec);
         let params = json!({
             REQUESTED_BY_PARAM: requested_by.to_json(),
             CHANGES_PARAM: FieldChange::map_to_json(&changes),
         });
+        // A stopped client (by the operator, or suspended by billing) stays stopped: the
+        // change is journaled as a stop, which holds the client like any deployment and
+        // changes nothing on the engine, and the next start (which renders and deploys the
+        // stored configuration) applies it.
+        let kind = if record.state == stackbox_store::ClientState::Stopped {
+            DeploymentKind::Stop
+        } else {
+            DeploymentKind::Redeploy
+        };
         let deployment = store
             .create_deployment_with_params(
                 id,
-                DeploymentKind::Redeploy,
-                &names(steps_for(DeploymentKind::Redeploy, provider)),
+                kind,
+                &names(steps_for(kind, provider)),
                 Some(&params),
             )
             .await?;
@@ -146,6 +154,48 @@ impl Control {
     ) -> Result<Deployment, ControlError> {
         let params = json!({ REQUESTED_BY_PARAM: requested_by.to_json() });
         self.request_with(client, kind, Some(&params)).await
+    }
+
+    /// Ends the redirects of previous domains whose last day has passed: each client with
+    /// one is changed (a journaled redeploy asked by the schedule) to its configuration
+    /// without it, so its old hostnames stop being routed and are free for others. A client
+    /// busy with another deployment is looked at again at the next pass.
+    pub(crate) async fn expire_redirects_pass(&self) -> Result<usize, ControlError> {
+        let store = &self.inner.store;
+        let (today, _) = stackbox_bundle::redirect_dates();
+        let mut changed = 0;
+        let mut after = None;
+        loop {
+            let page = store
+                .list_clients(stackbox_store::ClientFilter::default(), after.as_ref(), 500)
+                .await?;
+            for summary in &page.clients {
+                let Some(record) = store.client(&summary.id).await? else {
+                    continue;
+                };
+                let spec = record.spec()?;
+                if !spec.previous_domains.iter().any(|p| p.until < today) {
+                    continue;
+                }
+                let mut next = spec.clone();
+                next.previous_domains.clear();
+                match self
+                    .update_client(&record.id, next, &RequestedBy::Schedule)
+                    .await
+                {
+                    Ok(_) => changed += 1,
+                    Err(ControlError::Store(stackbox_store::StoreError::ClientBusy { .. })) => {}
+                    Err(error) => {
+                        tracing::warn!(client = %record.id, %error, "an expired domain redirect could not be ended");
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        Ok(changed)
     }
 
     /// [`Control::request_destroy`] recording who asked.

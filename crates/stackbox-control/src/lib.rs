@@ -14,11 +14,13 @@
 //! steps run on one dedicated thread with a local task set; callers talk to it through a
 //! channel and the store.
 
+mod admin_password;
 mod backups;
 mod changes;
 mod cloud;
 mod monitor;
 mod onboarding;
+mod rollout;
 mod rotation;
 mod steps;
 mod upgrade;
@@ -26,6 +28,8 @@ mod upgrade;
 pub use steps::{step_names, steps_for, CloudMysql, Step, StepOutput};
 
 pub use cloud::{CloudInfra, CloudOutcome};
+
+pub use admin_password::{AdminPasswordReset, AppReset};
 
 pub use onboarding::{
     retry_delay, MailFailure, Mailer, Onboarding, Page, Payments, SignupOutcome, WebhookResult,
@@ -91,6 +95,8 @@ pub enum ControlError {
          again and retry"
     )]
     ConfigurationChanged { client: ClientId },
+    #[error("client {client} is {state}, not running; start it first")]
+    NotRunning { client: ClientId, state: String },
 }
 
 /// A step changed: what the deployment's event stream carries.
@@ -192,6 +198,29 @@ impl Control {
         &self.inner.store
     }
 
+    /// `DomainTaken` when `domain` is another client's than `except`: its current domain, or
+    /// a previous one whose hostnames still redirect to it (two clients would then claim the
+    /// same hostnames at the edge).
+    pub(crate) async fn domain_free(
+        &self,
+        domain: &stackbox_core::client::Domain,
+        except: Option<&ClientId>,
+    ) -> Result<(), ControlError> {
+        let store = &self.inner.store;
+        let current = store.client_by_domain(domain).await?.into_iter();
+        let redirecting = store.clients_redirecting(domain).await?.into_iter();
+        match current
+            .chain(redirecting)
+            .find(|owner| Some(&owner.id) != except)
+        {
+            Some(owner) => Err(ControlError::DomainTaken {
+                domain: domain.to_string(),
+                owner: owner.id,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn enqueue(&self, id: &DeploymentId) -> Result<(), ControlError> {
         self.inner
             .jobs
@@ -202,12 +231,7 @@ impl Control {
     /// Accepts a new client: id, secrets (encrypted in the store) and its create deployment.
     pub async fn create_client(&self, spec: ClientSpec) -> Result<CreatedClient, ControlError> {
         let store = &self.inner.store;
-        if let Some(owner) = store.client_by_domain(&spec.domain).await? {
-            return Err(ControlError::DomainTaken {
-                domain: spec.domain.to_string(),
-                owner: owner.id,
-            });
-        }
+        self.domain_free(&spec.domain, None).await?;
         let id = match &spec.client_id {
             Some(id) => id.clone(),
             None => {
@@ -389,6 +413,7 @@ impl Control {
             tokio::task::spawn_local(monitor::follow(self.clone()));
             tokio::task::spawn_local(onboarding::run(self.clone()));
             tokio::task::spawn_local(backups::run(self.clone()));
+            tokio::task::spawn_local(rollout::run(self.clone()));
             while let Some(id) = jobs.recv().await {
                 let control = self.clone();
                 let limit = limit.clone();
@@ -557,6 +582,7 @@ impl Control {
             secrets,
             placement: Placement::default(),
             docker: None,
+            admin_password_set: Vec::new(),
         })
     }
 
@@ -581,6 +607,10 @@ impl Control {
                 }
                 if let Some(upgrade) = upgrade::Upgrade::of(deployment) {
                     self.apply_upgrade(&upgrade, deployment, context).await?;
+                }
+                if let Some(reset) = admin_password::AdminReset::of(deployment) {
+                    self.apply_admin_password(&reset, deployment, context)
+                        .await?;
                 }
                 let rendered = self.render_for(id, context)?;
                 self.inner.bundles.write_bundle(id, &rendered.bundle)?;
@@ -716,6 +746,7 @@ impl Control {
             Step::Restore => self.restore_step(deployment, context).await,
             Step::Verify => self.verify_step(deployment, context).await,
             Step::Clone => self.clone_step(deployment, context).await,
+            Step::AdminPassword => self.admin_password_step(deployment, context).await,
         }
     }
 
@@ -806,6 +837,9 @@ impl Control {
         if let Some(upgrade) = upgrade::Upgrade::of(deployment) {
             return self.undo_upgrade(&upgrade, deployment, context).await;
         }
+        if let Some(reset) = admin_password::AdminReset::of(deployment) {
+            return self.undo_admin_password(&reset, deployment, context).await;
+        }
         // A clone is a new client's first deployment too.
         if !matches!(
             deployment.kind,
@@ -856,6 +890,9 @@ struct StepContext {
     /// step says otherwise.
     placement: Placement,
     docker: Option<DockerRuntime>,
+    /// The apps an admin password reset has given the new password in this run and that
+    /// have not been set back (the `admin-password` step's record, for its compensation).
+    admin_password_set: Vec<stackbox_core::plan::App>,
 }
 
 /// A core validation error as the API's field error (422 naming the field); other core

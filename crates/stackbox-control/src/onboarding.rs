@@ -218,12 +218,7 @@ impl Control {
             });
         };
         let store = self.store();
-        if let Some(owner) = store.client_by_domain(&spec.domain).await? {
-            return Err(ControlError::DomainTaken {
-                domain: spec.domain.to_string(),
-                owner: owner.id,
-            });
-        }
+        self.domain_free(&spec.domain, None).await?;
         let signup = store.create_signup(&spec.admin_email, &spec).await?;
         let request = stackbox_billing::CheckoutRequest {
             price_id: price.clone(),

@@ -45,10 +45,12 @@ pub enum Step {
     Verify,
     /// A new client's stack built from another client's snapshot.
     Clone,
+    /// The admin password set in each app that has one, with the app's own command.
+    AdminPassword,
 }
 
 impl Step {
-    pub const ALL: [Step; 15] = [
+    pub const ALL: [Step; 16] = [
         Step::Cloud,
         Step::Render,
         Step::Infrastructure,
@@ -64,6 +66,7 @@ impl Step {
         Step::Restore,
         Step::Verify,
         Step::Clone,
+        Step::AdminPassword,
     ];
 
     /// The name in the journal, the API and the metrics.
@@ -84,6 +87,7 @@ impl Step {
             Step::Restore => "restore",
             Step::Verify => "verify",
             Step::Clone => "clone",
+            Step::AdminPassword => "admin-password",
         }
     }
 

@@ -171,6 +171,12 @@ async fn control(data: &Path, smtp_port: u16) -> (Control, Store) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_verified_idempotent_scoped_and_survive_a_domain_race() {
+    if !stackbox_testkit::Tier::new("smtp")
+        .python_modules(&["aiosmtpd"], "python3 -m pip install 'aiosmtpd>=1.4,<2'")
+        .ready()
+    {
+        return;
+    }
     let (sink, smtp_port) = smtp_sink();
     let data = tempfile::tempdir().unwrap();
     let (control, store) = control(data.path(), smtp_port).await;

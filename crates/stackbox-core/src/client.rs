@@ -43,6 +43,108 @@ pub struct ClientConfigFile {
     pub release: Option<String>,
     #[serde(default)]
     pub features: BTreeMap<String, bool>,
+    /// Domains the client had before, redirected to `domain` until their date (recorded by
+    /// StackBox when the domain changes; see [`carry_previous_domains`]).
+    #[serde(default)]
+    pub previous_domains: Vec<PreviousDomainFile>,
+}
+
+/// A `[[previous_domains]]` entry as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousDomainFile {
+    pub domain: String,
+    /// The last day (UTC, `YYYY-MM-DD`) its hostnames redirect.
+    pub until: String,
+}
+
+/// A domain the client had before: its hostnames answer with a permanent redirect to the same
+/// place on the current domain until `until` (inclusive, UTC), so links, bookmarks and mail
+/// signatures keep working while the client tells people; then they are dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PreviousDomain {
+    pub domain: Domain,
+    /// `YYYY-MM-DD`: ISO dates compare as text.
+    pub until: String,
+}
+
+/// How long the hostnames of a client's previous domain redirect to the new one.
+pub const DOMAIN_REDIRECT_DAYS: i64 = 90;
+
+/// The most previous domains kept (each adds routes and certificates).
+pub const MAX_PREVIOUS_DOMAINS: usize = 5;
+
+/// The civil date (UTC, `YYYY-MM-DD`) `days` days after 1970-01-01; the adapters pass the
+/// clock's day, the core does the calendar (Howard Hinnant's `civil_from_days`).
+pub fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Whether `text` is a real `YYYY-MM-DD` date.
+fn is_civil_date(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+        return false;
+    }
+    let number = |range: std::ops::Range<usize>| text[range].parse::<u32>().ok();
+    let (Some(year), Some(month), Some(day)) = (number(0..4), number(5..7), number(8..10)) else {
+        return false;
+    };
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    text[..4].bytes().all(|b| b.is_ascii_digit()) && (1..=days_in_month).contains(&day)
+}
+
+/// The previous domains `next` keeps when it replaces `current` on `today`: its own and
+/// `current`'s (its own first) that have not expired and are not `next`'s domain again, plus
+/// `current`'s domain (redirected until `until`) when the domain changes. The one place that
+/// decides it, for the control plane's changes and the CLI's deploys alike; applying it twice
+/// changes nothing.
+pub fn carry_previous_domains(
+    current: &ClientSpec,
+    next: &mut ClientSpec,
+    today: &str,
+    until: &str,
+) {
+    let mut kept: Vec<PreviousDomain> = Vec::new();
+    for previous in next
+        .previous_domains
+        .iter()
+        .chain(&current.previous_domains)
+    {
+        if previous.until.as_str() >= today
+            && previous.domain != next.domain
+            && !kept.iter().any(|k| k.domain == previous.domain)
+        {
+            kept.push(previous.clone());
+        }
+    }
+    if current.domain != next.domain && !kept.iter().any(|p| p.domain == current.domain) {
+        kept.push(PreviousDomain {
+            domain: current.domain.clone(),
+            until: until.to_string(),
+        });
+    }
+    // The oldest go first when there are too many.
+    while kept.len() > MAX_PREVIOUS_DOMAINS {
+        kept.remove(0);
+    }
+    next.previous_domains = kept;
 }
 
 /// A validated client configuration.
@@ -63,6 +165,8 @@ pub struct ClientSpec {
     pub release: Option<String>,
     /// Explicit `[features]` switches, kept so that a stored configuration reads as written.
     pub features: BTreeMap<App, bool>,
+    /// Domains whose hostnames still redirect here (oldest first).
+    pub previous_domains: Vec<PreviousDomain>,
 }
 
 impl ClientSpec {
@@ -132,7 +236,46 @@ impl ClientSpec {
                 crate::release::validate_release_name("release", &name).map(|()| name)
             })
             .transpose()?;
+        if file.previous_domains.len() > MAX_PREVIOUS_DOMAINS {
+            return Err(CoreError::invalid(
+                "previous_domains",
+                format!(
+                    "at most {MAX_PREVIOUS_DOMAINS} previous domains are kept; remove the oldest"
+                ),
+            ));
+        }
+        let mut previous_domains = Vec::with_capacity(file.previous_domains.len());
+        for (index, entry) in file.previous_domains.into_iter().enumerate() {
+            let field = format!("previous_domains[{index}]");
+            let old = Domain::parse(&entry.domain).map_err(|error| match error {
+                CoreError::InvalidField { problem, .. } => {
+                    CoreError::invalid(format!("{field}.domain"), problem)
+                }
+                other => other,
+            })?;
+            if old == domain
+                || previous_domains
+                    .iter()
+                    .any(|p: &PreviousDomain| p.domain == old)
+            {
+                return Err(CoreError::invalid(
+                    format!("{field}.domain"),
+                    format!("{old} is the client's domain or listed twice; remove this entry"),
+                ));
+            }
+            if !is_civil_date(&entry.until) {
+                return Err(CoreError::invalid(
+                    format!("{field}.until"),
+                    format!("{:?} is not a date; write it as YYYY-MM-DD", entry.until),
+                ));
+            }
+            previous_domains.push(PreviousDomain {
+                domain: old,
+                until: entry.until,
+            });
+        }
         Ok(ClientSpec {
+            previous_domains,
             client_id,
             company_name,
             domain,
@@ -187,6 +330,14 @@ impl ClientSpec {
             for (app, enabled) in &self.features {
                 out.push_str(&format!("{} = {}\n", app.key(), enabled));
             }
+        }
+        for previous in &self.previous_domains {
+            out.push_str("\n[[previous_domains]]\n");
+            out.push_str(&format!(
+                "domain = {}\n",
+                toml_string(previous.domain.as_str())
+            ));
+            out.push_str(&format!("until = {}\n", toml_string(&previous.until)));
         }
         out
     }
@@ -536,6 +687,92 @@ pub fn slug(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(domain: &str, previous: &[(&str, &str)]) -> ClientSpec {
+        let mut text = format!(
+            "company_name = \"Moving\"\ndomain = \"{domain}\"\nplan = \"starter\"\n\
+             admin_email = \"o@example.org\"\n"
+        );
+        for (old, until) in previous {
+            text.push_str(&format!(
+                "\n[[previous_domains]]\ndomain = \"{old}\"\nuntil = \"{until}\"\n"
+            ));
+        }
+        ClientSpec::from_toml(&text).unwrap()
+    }
+
+    fn previous(spec: &ClientSpec) -> Vec<(String, String)> {
+        spec.previous_domains
+            .iter()
+            .map(|p| (p.domain.to_string(), p.until.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_changed_domain_keeps_the_old_one_redirecting_and_expired_ones_are_dropped() {
+        let current = at("b.example.com", &[("a.example.com", "2026-12-01")]);
+        let mut next = at("c.example.com", &[]);
+        carry_previous_domains(&current, &mut next, "2026-12-03", "2027-03-03");
+        assert_eq!(
+            previous(&next),
+            [("b.example.com".to_string(), "2027-03-03".to_string())],
+            "a.example.com expired on 2026-12-01"
+        );
+        // Applied again (a resumed change, a render of the stored result): nothing moves.
+        let mut again = next.clone();
+        carry_previous_domains(&current, &mut again, "2026-12-03", "2027-03-05");
+        assert_eq!(again, next);
+        // Back to the old domain: it is not a previous one any more.
+        let mut back = at("b.example.com", &[]);
+        carry_previous_domains(&next, &mut back, "2026-12-04", "2027-03-04");
+        assert_eq!(
+            previous(&back),
+            [("c.example.com".to_string(), "2027-03-04".to_string())]
+        );
+        // Unchanged domain: only the expiry applies.
+        let mut same = at("b.example.com", &[]);
+        carry_previous_domains(&current, &mut same, "2026-11-30", "2027-03-01");
+        assert_eq!(
+            previous(&same),
+            [("a.example.com".to_string(), "2026-12-01".to_string())]
+        );
+    }
+
+    #[test]
+    fn previous_domains_round_trip_through_toml_and_bad_ones_name_their_field() {
+        let spec = at("b.example.com", &[("a.example.com", "2027-01-31")]);
+        let id = ClientId::parse("moving-0000abcd").unwrap();
+        assert_eq!(
+            ClientSpec::from_toml(&spec.to_toml(&id))
+                .unwrap()
+                .previous_domains,
+            spec.previous_domains
+        );
+        let bad = |previous: &str| {
+            ClientSpec::from_toml(&format!(
+                "company_name = \"M\"\ndomain = \"b.example.com\"\nplan = \"starter\"\n\
+                 admin_email = \"o@example.org\"\n\n[[previous_domains]]\n{previous}"
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(bad("domain = \"a.example.com\"\nuntil = \"2027-02-30\"\n")
+            .starts_with("previous_domains[0].until:"));
+        assert!(bad("domain = \"not a domain\"\nuntil = \"2027-02-01\"\n")
+            .starts_with("previous_domains[0].domain:"));
+        assert!(bad("domain = \"b.example.com\"\nuntil = \"2027-02-01\"\n")
+            .starts_with("previous_domains[0].domain:"));
+    }
+
+    #[test]
+    fn civil_dates_follow_the_calendar() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(11_016), "2000-02-29");
+        assert_eq!(civil_date(20_790), "2026-12-03");
+        assert_eq!(civil_date(20_790 + DOMAIN_REDIRECT_DAYS), "2027-03-03");
+        assert!(is_civil_date("2028-02-29") && !is_civil_date("2027-02-29"));
+        assert!(!is_civil_date("2027-1-01") && !is_civil_date("2027-13-01"));
+    }
 
     const EXAMPLE: &str = r##"
 company_name = "Smith Real Estate"

@@ -756,6 +756,20 @@ impl DeployPlan {
 }
 
 /// Compares desired and observed state.
+/// The client's volumes on the engine that no service of the stack mounts (`wanted` are the
+/// stack's volume names), sorted: the data of apps switched off or above the plan, kept by
+/// every deploy until the operator prunes it (`stackbox prune`) or destroys the client.
+pub fn unused_volumes(wanted: &[&str], observed: &Observed) -> Vec<String> {
+    let mut unused: Vec<String> = observed
+        .volumes
+        .iter()
+        .filter(|name| !wanted.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    unused.sort();
+    unused
+}
+
 pub fn plan(desired: &DesiredState, observed: &Observed) -> DeployPlan {
     let create_networks = desired
         .networks
@@ -818,13 +832,8 @@ pub fn plan(desired: &DesiredState, observed: &Observed) -> DeployPlan {
         .filter(|c| !claimed.contains(c.id.as_str()))
         .cloned()
         .collect();
-    let mut kept_volumes: Vec<String> = observed
-        .volumes
-        .iter()
-        .filter(|name| !desired.volumes.iter().any(|v| &v.name == *name))
-        .cloned()
-        .collect();
-    kept_volumes.sort();
+    let wanted: Vec<&str> = desired.volumes.iter().map(|v| v.name.as_str()).collect();
+    let kept_volumes = unused_volumes(&wanted, observed);
     DeployPlan {
         create_networks,
         create_volumes,

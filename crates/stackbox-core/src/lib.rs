@@ -9,6 +9,7 @@
 //! [`secrets::RandomSource`], files go out as bytes in a [`render::Bundle`]. The test
 //! `core_has_no_io_dependencies` checks its Cargo.toml.
 
+pub mod admin;
 pub mod backup;
 pub mod catalog;
 pub mod client;
@@ -22,6 +23,7 @@ pub mod operator;
 pub mod plan;
 pub mod release;
 pub mod render;
+pub mod rollout;
 pub mod secrets;
 pub mod stack;
 

@@ -140,7 +140,7 @@ impl SecretKey {
     pub fn live_rotation_refusal(self) -> Option<&'static str> {
         match self {
             SecretKey::AdminPassword => Some(
-                "is the administrator's password, hashed into each app's own user table at installation; a new value in the environment changes nothing there",
+                "is the administrator's password, hashed into each app's own user table at installation; a new value in the environment changes nothing there. Reset it in every app with `stackbox admin-password ID` (POST /v1/clients/{id}/admin-password)",
             ),
             SecretKey::EspocrmDbPassword => Some(
                 "was written by EspoCRM's installer into its data/config-internal.php, which StackBox does not rewrite; EspoCRM would stop reaching its database",
@@ -445,6 +445,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(bound.contains("config-internal.php"), "{bound}");
+        let admin = rotation_keys(&needed, &["ADMIN_PASSWORD".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(admin.contains("stackbox admin-password"), "{admin}");
     }
 
     #[test]

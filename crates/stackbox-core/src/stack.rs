@@ -436,12 +436,11 @@ pub struct ServiceUrl {
 /// The Mailtrain hostnames: trusted (the admin UI), public (subscription pages, links in
 /// e-mails) and sandbox (the template editor's isolated origin). Mailtrain v2 needs all three.
 pub fn mailtrain_hosts(client: &ClientSpec) -> [String; 3] {
-    [
-        client.domain.sub("newsletter"),
-        client.domain.sub("lists"),
-        client.domain.sub("newsletter-sandbox"),
-    ]
+    MAILTRAIN_SUBDOMAINS.map(|sub| client.domain.sub(sub))
 }
+
+/// Mailtrain's trusted, public and sandbox subdomains, in that order.
+const MAILTRAIN_SUBDOMAINS: [&str; 3] = ["newsletter", "lists", "newsletter-sandbox"];
 
 /// The client's addresses, website first.
 pub fn service_urls(client: &ClientSpec) -> Vec<ServiceUrl> {
@@ -462,15 +461,34 @@ pub fn service_urls(client: &ClientSpec) -> Vec<ServiceUrl> {
 
 /// Every hostname the client's Traefik answers for (certificates, edge routing, DNS).
 pub fn hostnames(client: &ClientSpec) -> Vec<String> {
-    let mut hosts = vec![client.domain.to_string()];
+    hostnames_on(client, &client.domain)
+}
+
+/// The client's hostnames as they are on `domain` (its apps' subdomains of it).
+fn hostnames_on(client: &ClientSpec, domain: &crate::client::Domain) -> Vec<String> {
+    let mut hosts = vec![domain.to_string()];
     for app in client.apps() {
         if app == App::Mailtrain {
-            hosts.extend(mailtrain_hosts(client));
+            hosts.extend(MAILTRAIN_SUBDOMAINS.map(|sub| domain.sub(sub)));
         } else {
-            hosts.push(client.domain.sub(app.subdomain()));
+            hosts.push(domain.sub(app.subdomain()));
         }
     }
     hosts
+}
+
+/// The hostnames of the client's previous domains, which redirect to the current one.
+pub fn previous_hostnames(client: &ClientSpec) -> Vec<String> {
+    client
+        .previous_domains
+        .iter()
+        .flat_map(|previous| hostnames_on(client, &previous.domain))
+        .collect()
+}
+
+/// A domain as a Go regular expression that matches only itself (its dots escaped).
+fn domain_regex(domain: &str) -> String {
+    domain.replace('.', "\\.")
 }
 
 /// The names of the services (containers) the client's plan and features give it, with the
@@ -783,7 +801,8 @@ impl Builder<'_> {
                         // ignores containers with the router role): HTTP by Host, so HTTP-01
                         // challenges and redirects come here, and TLS passed through by SNI.
                         s.networks.push("edge");
-                        let hosts = hostnames(self.client);
+                        let mut hosts = hostnames(self.client);
+                        hosts.extend(previous_hostnames(self.client));
                         let http_rule = hosts
                             .iter()
                             .map(|h| self.host(h))
@@ -858,6 +877,42 @@ impl Builder<'_> {
                     10,
                 );
                 self.route(&mut s, "website", self.host(domain.as_str()), 80, &[]);
+                // The previous domains' hostnames: a permanent redirect to the same host and
+                // path on the current domain, with certificates of their own meanwhile.
+                let old_hosts = previous_hostnames(self.client);
+                if !old_hosts.is_empty() {
+                    let router = format!("{}-previous-domains", self.id);
+                    let prefix = format!("traefik.http.routers.{router}");
+                    let rule = old_hosts
+                        .iter()
+                        .map(|h| self.host(h))
+                        .collect::<Vec<_>>()
+                        .join(" || ");
+                    let alternatives = self
+                        .client
+                        .previous_domains
+                        .iter()
+                        .map(|p| domain_regex(p.domain.as_str()))
+                        .collect::<Vec<_>>()
+                        .join("|");
+                    let l = &mut s.labels;
+                    l.insert(format!("{prefix}.rule"), rule);
+                    l.insert(format!("{prefix}.entrypoints"), "websecure".into());
+                    l.insert(format!("{prefix}.tls"), "true".into());
+                    l.insert(format!("{prefix}.tls.certresolver"), CERT_RESOLVER.into());
+                    l.insert(format!("{prefix}.service"), "noop@internal".into());
+                    l.insert(format!("{prefix}.middlewares"), format!("{router}@docker"));
+                    let m = format!("traefik.http.middlewares.{router}.redirectregex");
+                    l.insert(
+                        format!("{m}.regex"),
+                        format!("^https?://([^/]*\\.)?(?:{alternatives})(?::[0-9]+)?(/.*)?$"),
+                    );
+                    l.insert(
+                        format!("{m}.replacement"),
+                        format!("https://${{1}}{}${{2}}", self.client.domain),
+                    );
+                    l.insert(format!("{m}.permanent"), "true".into());
+                }
                 // The shared security headers middleware, used by every router of the client.
                 let m = format!("traefik.http.middlewares.{}-headers.headers", self.id);
                 s.labels
@@ -1393,6 +1448,90 @@ impl Builder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn moved_client() -> (ClientSpec, ClientId) {
+        let spec = ClientSpec::from_toml(
+            "company_name = \"Moved\"\ndomain = \"new.example.com\"\nplan = \"professional\"\n\
+             admin_email = \"o@new.example.com\"\n\n[[previous_domains]]\n\
+             domain = \"old.example.com\"\nuntil = \"2027-03-01\"\n",
+        )
+        .unwrap();
+        (spec, ClientId::parse("moved-0000abcd").unwrap())
+    }
+
+    #[test]
+    fn the_old_domains_hostnames_redirect_to_the_same_place_on_the_new_domain() {
+        let (spec, id) = moved_client();
+        let stack = build(&spec, &id, &OperatorConfig::default());
+        let website = stack.service(ServiceKind::Website).unwrap();
+        let router = "traefik.http.routers.moved-0000abcd-previous-domains";
+        let rule = &website.labels[&format!("{router}.rule")];
+        for host in [
+            "old.example.com",
+            "crm.old.example.com",
+            "booking.old.example.com",
+        ] {
+            assert!(rule.contains(&format!("Host(`{host}`)")), "{rule}");
+        }
+        assert!(!rule.contains("new.example.com"), "{rule}");
+        assert_eq!(
+            website.labels[&format!("{router}.service")],
+            "noop@internal"
+        );
+        assert_eq!(
+            website.labels[&format!("{router}.tls.certresolver")],
+            CERT_RESOLVER
+        );
+        let m = "traefik.http.middlewares.moved-0000abcd-previous-domains.redirectregex";
+        let regex = regex::Regex::new(&website.labels[&format!("{m}.regex")]).unwrap();
+        let replacement = &website.labels[&format!("{m}.replacement")];
+        let redirect = |url: &str| regex.replace(url, replacement.as_str()).to_string();
+        assert_eq!(
+            redirect("https://crm.old.example.com/login?next=%2F"),
+            "https://crm.new.example.com/login?next=%2F"
+        );
+        assert_eq!(
+            redirect("https://old.example.com"),
+            "https://new.example.com"
+        );
+        assert_eq!(
+            redirect("http://old.example.com:443/a/b"),
+            "https://new.example.com/a/b"
+        );
+        // The dots are literal: a look-alike domain is not rewritten.
+        assert!(!regex.is_match("https://oldxexample.com/"));
+        assert_eq!(website.labels[&format!("{m}.permanent")], "true");
+    }
+
+    #[test]
+    fn the_edge_routes_the_old_domains_hostnames_to_the_client_until_they_expire() {
+        let (spec, id) = moved_client();
+        let operator = OperatorConfig::from_toml(
+            "[ingress]\nmode = \"edge\"\nedge_router = \"edge\"\n",
+            "test",
+        )
+        .unwrap();
+        let stack = build(&spec, &id, &operator);
+        let traefik = stack.service(ServiceKind::Traefik).unwrap();
+        let sni = &traefik.labels["traefik.tcp.routers.moved-0000abcd-edge-tls.rule"];
+        assert!(sni.contains("HostSNI(`crm.old.example.com`)"), "{sni}");
+        assert!(sni.contains("HostSNI(`crm.new.example.com`)"), "{sni}");
+        let without = ClientSpec {
+            previous_domains: Vec::new(),
+            ..spec
+        };
+        let stack = build(&without, &id, &operator);
+        let traefik = stack.service(ServiceKind::Traefik).unwrap();
+        assert!(
+            !traefik.labels["traefik.tcp.routers.moved-0000abcd-edge-tls.rule"]
+                .contains("old.example.com")
+        );
+        let website = stack.service(ServiceKind::Website).unwrap();
+        assert!(!website
+            .labels
+            .keys()
+            .any(|k| k.contains("previous-domains")));
+    }
 
     fn problem(result: Result<MysqlPlacement, CoreError>) -> (String, String) {
         match result {

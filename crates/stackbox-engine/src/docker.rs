@@ -31,7 +31,7 @@ use stackbox_core::deploy::{
 use stackbox_core::stack::{Healthcheck, CLIENT_LABEL};
 
 use crate::runtime::{
-    ContainerDetails, ContainerRuntime, ExecOutcome, ExecSink, ExecSource, Probe,
+    ContainerDetails, ContainerRuntime, ExecOptions, ExecOutcome, ExecSink, ExecSource, Probe,
 };
 use crate::EngineError;
 
@@ -352,6 +352,15 @@ impl ContainerRuntime for DockerRuntime {
         // The engine accepts two networks with one name (API 1.41 only refuses that when asked,
         // and bollard's request no longer asks), and a second one makes the name ambiguous:
         // create only what is missing, and if a concurrent run made one too, keep the oldest.
+        // Within one process (a `serve` deploying several clients at once, all sharing the
+        // edge network) creations take turns, so no twin is ever made: a twin removed after
+        // the fact leaves a moment in which the name is ambiguous and another deploy's
+        // container start fails on it. The clean-up below remains for other processes.
+        static CREATING: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+        let _turn = CREATING
+            .get_or_init(|| tokio::sync::Mutex::new(()))
+            .lock()
+            .await;
         if !self.networks_named(&network.name).await?.is_empty() {
             return Ok(());
         }
@@ -854,9 +863,26 @@ impl ContainerRuntime for DockerRuntime {
         input: Option<ExecSource<'_>>,
         output: ExecSink<'_>,
     ) -> Result<ExecOutcome, EngineError> {
+        self.exec_as(id, command, ExecOptions::default(), input, output)
+            .await
+    }
+
+    async fn exec_as(
+        &self,
+        id: &str,
+        command: &[String],
+        options: ExecOptions<'_>,
+        input: Option<ExecSource<'_>>,
+        output: ExecSink<'_>,
+    ) -> Result<ExecOutcome, EngineError> {
         use bollard::container::LogOutput;
         use tokio::io::AsyncWriteExt;
         let action = "run a command in";
+        let env: Vec<String> = options
+            .env
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
         let exec = self
             .docker
             .create_exec(
@@ -866,6 +892,9 @@ impl ContainerRuntime for DockerRuntime {
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     attach_stdin: Some(input.is_some()),
+                    user: options.user.map(str::to_string),
+                    working_dir: options.working_dir.map(str::to_string),
+                    env: (!env.is_empty()).then_some(env),
                     ..Default::default()
                 },
             )

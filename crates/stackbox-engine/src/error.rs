@@ -73,6 +73,20 @@ pub enum EngineError {
         output: String,
     },
 
+    #[error("service {service} of client {client} is not running; start the client first")]
+    ServiceNotRunning { client: String, service: String },
+
+    #[error("{service} refused to {what} (exit {exit}): {output}")]
+    AppCommandFailed {
+        service: String,
+        /// What the command does, e.g. `set the admin password`.
+        what: String,
+        /// `none` when the engine did not report one.
+        exit: String,
+        /// What the command printed, scrubbed of the secrets it was given.
+        output: String,
+    },
+
     #[error("deploy interrupted; what it had started was rolled back")]
     Interrupted,
 
@@ -85,7 +99,9 @@ impl EngineError {
     pub fn failed_service(&self) -> Option<&str> {
         match self {
             EngineError::Unhealthy { service, .. }
-            | EngineError::ConvergeFailed { service, .. } => Some(service),
+            | EngineError::ConvergeFailed { service, .. }
+            | EngineError::ServiceNotRunning { service, .. }
+            | EngineError::AppCommandFailed { service, .. } => Some(service),
             _ => None,
         }
     }

@@ -5,6 +5,7 @@
 //! this crate observes and acts, through the small [`ContainerRuntime`] trait that
 //! [`DockerRuntime`] implements with the Docker Engine API.
 
+pub mod admin;
 mod docker;
 mod error;
 pub mod host;
@@ -13,4 +14,6 @@ mod runtime;
 
 pub use docker::{ContainerEvent, DockerRuntime};
 pub use error::EngineError;
-pub use runtime::{ContainerDetails, ContainerRuntime, ExecOutcome, ExecSink, ExecSource, Probe};
+pub use runtime::{
+    ContainerDetails, ContainerRuntime, ExecOptions, ExecOutcome, ExecSink, ExecSource, Probe,
+};

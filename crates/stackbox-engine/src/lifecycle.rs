@@ -1061,6 +1061,25 @@ fn service_status(container: ObservedContainer) -> ServiceStatus {
     }
 }
 
+/// Removes the client's volumes that no service of its stack mounts (`wanted`: the stack's
+/// volume names), returning their names; with `dry_run`, only names them. A volume a
+/// container still uses is refused by the engine, so nothing in use is ever removed.
+pub async fn prune_volumes<R: ContainerRuntime>(
+    runtime: &R,
+    client: &ClientId,
+    wanted: &[&str],
+    dry_run: bool,
+) -> Result<Vec<String>, EngineError> {
+    let observed = runtime.observe(client).await?;
+    let unused = stackbox_core::deploy::unused_volumes(wanted, &observed);
+    if !dry_run {
+        for volume in &unused {
+            runtime.remove_volume(volume).await?;
+        }
+    }
+    Ok(unused)
+}
+
 /// One client's state: one list query, then the restart counts (which only the engine's
 /// per-container inspect carries) fetched concurrently.
 pub async fn status<R: ContainerRuntime>(

@@ -53,6 +53,34 @@ impl ExecOutcome {
     }
 }
 
+/// How [`ContainerRuntime::exec_as`] runs a command: as which user, in which directory, with
+/// which extra environment. An app's own command line may read a password from that
+/// environment (Nextcloud's `OC_PASS`): its values are never logged, and the engine keeps no
+/// record of them (an exec's inspect shows its arguments and user only).
+#[derive(Clone, Copy, Default)]
+pub struct ExecOptions<'a> {
+    /// As `docker exec --user` takes it (`www-data`, `33`, `33:33`); the image's user when
+    /// `None`.
+    pub user: Option<&'a str>,
+    /// The image's working directory when `None`.
+    pub working_dir: Option<&'a str>,
+    /// `NAME`, value pairs added to the container's environment for this command only.
+    pub env: &'a [(String, String)],
+}
+
+impl std::fmt::Debug for ExecOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecOptions")
+            .field("user", &self.user)
+            .field("working_dir", &self.working_dir)
+            .field(
+                "env",
+                &self.env.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 /// Where a streamed command's standard output goes.
 pub type ExecSink<'a> = &'a mut (dyn tokio::io::AsyncWrite + Unpin);
 /// Where a streamed command's standard input comes from.
@@ -111,6 +139,18 @@ pub trait ContainerRuntime {
         &self,
         id: &str,
         command: &[String],
+        input: Option<ExecSource<'_>>,
+        output: ExecSink<'_>,
+    ) -> Result<ExecOutcome, EngineError>;
+
+    /// [`ContainerRuntime::exec_streaming`] as another user, in another directory or with
+    /// extra environment: an app's own command line run the way its image documents it
+    /// (`docker exec --user www-data … php occ …`), such as the admin password reset.
+    async fn exec_as(
+        &self,
+        id: &str,
+        command: &[String],
+        options: ExecOptions<'_>,
         input: Option<ExecSource<'_>>,
         output: ExecSink<'_>,
     ) -> Result<ExecOutcome, EngineError>;

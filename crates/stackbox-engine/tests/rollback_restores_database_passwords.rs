@@ -111,6 +111,18 @@ impl ContainerRuntime for RefusingRuntime {
     ) -> Result<ExecOutcome, EngineError> {
         self.inner.exec_streaming(id, command, input, output).await
     }
+    async fn exec_as(
+        &self,
+        id: &str,
+        command: &[String],
+        options: stackbox_engine::ExecOptions<'_>,
+        input: Option<ExecSource<'_>>,
+        output: ExecSink<'_>,
+    ) -> Result<ExecOutcome, EngineError> {
+        self.inner
+            .exec_as(id, command, options, input, output)
+            .await
+    }
     async fn container_env(&self, id: &str, name: &str) -> Result<Option<String>, EngineError> {
         self.inner.container_env(id, name).await
     }
@@ -139,7 +151,8 @@ impl RandomSource for Random {
     }
 }
 
-fn operator() -> OperatorConfig {
+/// The operator settings on the test images' catalog (the engine tier's guard gives it).
+fn operator(catalog: &str) -> OperatorConfig {
     let hard_limit = Command::new("sh")
         .args(["-c", "ulimit -Hn"])
         .output()
@@ -152,17 +165,14 @@ fn operator() -> OperatorConfig {
         })
         .unwrap_or(1 << 20);
     let text = format!(
-        "[ingress]\nmode = \"edge\"\nedge_router = \"{EDGE}\"\nhttp_port = 18480\nhttps_port = 18843\n\
+        "[ingress]\nmode = \"edge\"\nedge_router = \"{EDGE}\"\nhttp_port = 18486\nhttps_port = 18849\n\
          [host]\nmax_open_files = {hard_limit}\n"
     );
     let mut operator = OperatorConfig::from_toml_with_env(&text, "test", &|_| None).unwrap();
-    let catalog = std::env::var("STACKBOX_TEST_IMAGES").expect(
-        "STACKBOX_TEST_IMAGES is not set: run scripts/test.sh, which builds the local test images",
-    );
-    let images = std::fs::read_to_string(&catalog).unwrap();
+    let images = std::fs::read_to_string(catalog).unwrap();
     operator.images = operator
         .images
-        .with_overrides_toml(&images, &catalog)
+        .with_overrides_toml(&images, catalog)
         .unwrap();
     operator
 }
@@ -220,7 +230,10 @@ impl Drop for Cleanup {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_rotation_that_fails_after_mariadb_took_the_new_root_password_gives_it_back_the_old() {
-    let operator = operator();
+    let Some(images) = stackbox_testkit::engine_images() else {
+        return;
+    };
+    let operator = operator(&images);
     let root = tempfile::tempdir().unwrap();
     let bundles = BundleStore::new(root.path());
     let spec = ClientSpec::from_toml(

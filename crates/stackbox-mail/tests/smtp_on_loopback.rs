@@ -22,6 +22,13 @@ const SINK: &str = concat!(
 const FROM: &str = "StackBox <noreply@stackbox.example>";
 const LINK: &str = "https://api.stackbox.example/v1/credentials/tok3nAbc?sig=9&v=1";
 
+/// The SMTP tier's guard: python3 with aiosmtpd, which the sink is.
+fn smtp_tier() -> bool {
+    stackbox_testkit::Tier::new("smtp")
+        .python_modules(&["aiosmtpd"], "python3 -m pip install 'aiosmtpd>=1.4,<2'")
+        .ready()
+}
+
 /// A running sink; killed when dropped.
 struct Sink {
     child: Child,
@@ -148,6 +155,9 @@ fn unix(text: &str) -> String {
 
 #[tokio::test]
 async fn welcome_email_arrives_as_utf8_multipart_alternative_with_every_url_and_the_link() {
+    if !smtp_tier() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), &[]);
     let mailer = SmtpMailer::from_url(&sink.url(), FROM).unwrap();
@@ -217,6 +227,9 @@ async fn welcome_email_arrives_as_utf8_multipart_alternative_with_every_url_and_
 
 #[tokio::test]
 async fn the_same_message_id_gives_the_same_message_id_header_on_a_resend() {
+    if !smtp_tier() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), &[]);
     let mailer = SmtpMailer::from_url(&sink.url(), "noreply@stackbox.example").unwrap();
@@ -235,6 +248,9 @@ async fn the_same_message_id_gives_the_same_message_id_header_on_a_resend() {
 
 #[tokio::test]
 async fn authentication_required_by_the_server_and_given_with_percent_encoded_credentials() {
+    if !smtp_tier() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), &["--auth", "mailer@corp:p@ss:w/rd é"]);
     let url = format!(
@@ -250,6 +266,9 @@ async fn authentication_required_by_the_server_and_given_with_percent_encoded_cr
 
 #[tokio::test]
 async fn a_wrong_password_is_a_permanent_error_that_never_shows_the_password() {
+    if !smtp_tier() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), &["--auth", "mailer:right-password"]);
     let url = format!("smtp://mailer:Wr0ngS3cret@127.0.0.1:{}", sink.port);
@@ -289,6 +308,9 @@ async fn a_wrong_password_is_a_permanent_error_that_never_shows_the_password() {
 
 #[tokio::test]
 async fn no_credentials_when_the_server_requires_them_is_a_permanent_error() {
+    if !smtp_tier() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), &["--auth", "mailer:pw"]);
     let mailer = SmtpMailer::from_url(&sink.url(), FROM).unwrap();
@@ -317,6 +339,9 @@ async fn nothing_listening_is_a_transient_error() {
 
 #[tokio::test]
 async fn a_server_down_then_started_gets_the_second_attempt_exactly_once() {
+    if !smtp_tier() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mailer = SmtpMailer::from_url(&format!("smtp://127.0.0.1:{port}"), FROM).unwrap();
@@ -341,6 +366,9 @@ async fn a_server_down_then_started_gets_the_second_attempt_exactly_once() {
 
 #[tokio::test]
 async fn a_4xx_reply_is_transient_and_a_5xx_reply_is_permanent_with_the_code() {
+    if !smtp_tier() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let busy = Sink::start(dir.path(), &["--rcpt-reply", "451 4.3.0 Try again later"]);
     let error = SmtpMailer::from_url(&busy.url(), FROM)
@@ -402,6 +430,9 @@ async fn a_server_that_accepts_and_never_answers_is_a_transient_timeout() {
 
 #[tokio::test]
 async fn required_starttls_is_never_downgraded_to_plain_text() {
+    if !smtp_tier() {
+        return;
+    }
     // The sink offers no STARTTLS: with tls=required the password and message must not go out.
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), &["--auth", "mailer:S3cretPw"]);
@@ -422,6 +453,9 @@ async fn required_starttls_is_never_downgraded_to_plain_text() {
 
 #[tokio::test]
 async fn implicit_tls_against_a_plain_server_fails_without_sending() {
+    if !smtp_tier() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path(), &[]);
     let url = format!("smtps://mailer:S3cretPw@127.0.0.1:{}", sink.port);

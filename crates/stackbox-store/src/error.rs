@@ -146,6 +146,15 @@ pub enum StoreError {
     #[error("{}", token_scope_problem(*role))]
     TokenScope { role: TokenRole },
 
+    #[error("rollout {rollout} was not found")]
+    RolloutNotFound { rollout: crate::model::RolloutId },
+
+    #[error(
+        "rollout {rollout} is still running; wait until it finishes (or halt it) before \
+         starting another"
+    )]
+    RolloutRunning { rollout: crate::model::RolloutId },
+
     #[error("token {token} was not found")]
     TokenNotFound { token: TokenId },
 

@@ -115,8 +115,8 @@ pub use model::{
     BillingTransition, ClientFilter, ClientPage, ClientRecord, ClientState, Deployment,
     DeploymentId, DeploymentKind, DeploymentPage, DeploymentStatus, FinishedDeployment,
     FinishedStep, MailBody, MailId, MailRecord, MailStatus, NewMail, NewToken, OutboxMail,
-    PlaintextToken, RetainedClient, Signup, SignupId, SignupStatus, Step, StepStatus, Timestamp,
-    TokenId, TokenInfo, TokenRecord, TokenRole,
+    PlaintextToken, RetainedClient, RolloutId, RolloutStatus, Signup, SignupId, SignupStatus, Step,
+    StepStatus, Timestamp, TokenId, TokenInfo, TokenRecord, TokenRole,
 };
 
 pub use params::{FieldChange, RequestedBy, CHANGES_PARAM, REQUESTED_BY_PARAM};
@@ -187,9 +187,11 @@ macro_rules! on_backend {
 // After `on_backend!`, which their `impl Store` uses.
 mod backups;
 mod onboarding;
+mod rollouts;
 
 pub use backups::{MAX_BACKUP_KEY_CHARS, MAX_SNAPSHOT_ID_CHARS};
 pub use onboarding::{MAX_DEDUPE_KEY_CHARS, MAX_EXTERNAL_ID_CHARS, MAX_SUBJECT_CHARS};
+pub use rollouts::{NewRolloutMember, RolloutMember, RolloutRecord};
 
 /// Where a store lives, parsed from what `Store::open` was given.
 enum Location {
@@ -363,6 +365,15 @@ impl Store {
         domain: &Domain,
     ) -> Result<Option<ClientRecord>, StoreError> {
         on_backend!(self, client_by_domain(domain))
+    }
+
+    /// The clients whose previous domains (still redirected to their current one) include
+    /// `domain`: it is not free for another client until their redirect ends.
+    pub async fn clients_redirecting(
+        &self,
+        domain: &Domain,
+    ) -> Result<Vec<ClientRecord>, StoreError> {
+        on_backend!(self, clients_redirecting(domain))
     }
 
     /// Clients matching `filter`, in id order, starting after `after` (keyset pagination: a

@@ -70,6 +70,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: Some(include_str!("../migrations/0003_backups.sqlite.sql")),
         postgres: Some(include_str!("../migrations/0003_backups.postgres.sql")),
     },
+    Migration {
+        version: 4,
+        name: "rollouts",
+        shared: include_str!("../migrations/0004_rollouts.sql"),
+        sqlite: None,
+        postgres: None,
+    },
 ];
 
 /// Created before anything else, on both engines.

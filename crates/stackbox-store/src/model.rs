@@ -185,6 +185,15 @@ hex_id!(
     "mail id"
 );
 
+hex_id!(
+    /// A rollout's id: `rol_`, 12 hex digits of its creation time in milliseconds, then 16
+    /// random hex digits, so ids sort in the order rollouts were asked for.
+    RolloutId,
+    "rol_",
+    28,
+    "rollout id"
+);
+
 /// Declares a closed set of lowercase names stored as TEXT.
 macro_rules! text_enum {
     (
@@ -840,6 +849,16 @@ impl fmt::Debug for PlaintextToken {
         f.write_str("PlaintextToken(<redacted>)")
     }
 }
+
+text_enum!(
+    /// Where a rollout stands: `running` until it `succeeded` (every member finished well) or
+    /// `halted` (a member failed, or the operator stopped it).
+    RolloutStatus {
+        Running = "running",
+        Halted = "halted",
+        Succeeded = "succeeded",
+    }
+);
 
 #[cfg(test)]
 mod tests {

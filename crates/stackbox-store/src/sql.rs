@@ -321,6 +321,40 @@ pub(crate) async fn client_by_domain(
     .transpose()
 }
 
+/// The clients whose stored configuration names `domain` as one of its previous domains
+/// (found by the quoted name in the TOML, then confirmed on the parsed configuration).
+pub(crate) async fn clients_redirecting(
+    pool: &Pool,
+    domain: &Domain,
+) -> Result<Vec<ClientRecord>, StoreError> {
+    // A domain holds only [a-z0-9.-]: no LIKE wildcard.
+    let pattern = format!("%\"{}\"%", domain.as_str());
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        client_columns!(),
+        " FROM clients WHERE spec LIKE $1"
+    ))
+    .bind(pattern)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::database(
+        "looking for clients redirecting a domain",
+    ))?;
+    let mut out = Vec::new();
+    for row in &rows {
+        let record = client_from_row(row)?;
+        if record
+            .spec()?
+            .previous_domains
+            .iter()
+            .any(|p| &p.domain == domain)
+        {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
 /// One page in id order after `after`. Asks for one row more than the page to know whether
 /// another page follows, so the last page never costs an empty extra request.
 pub(crate) async fn list_clients(

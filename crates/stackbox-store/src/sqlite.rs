@@ -31,6 +31,12 @@ pub(crate) mod onboarding_sql;
 #[path = "backups_sql.rs"]
 pub(crate) mod backups_sql;
 
+/// The rollout queries (rollouts and their members), compiled here like [`sql`].
+// Deliberately the same file as `postgres::rollouts_sql`; see the crate docs.
+#[allow(clippy::duplicate_mod)]
+#[path = "rollouts_sql.rs"]
+pub(crate) mod rollouts_sql;
+
 /// Which engine this module is, for the migration runner's engine companions.
 pub(crate) const BACKEND: crate::Backend = crate::Backend::Sqlite;
 

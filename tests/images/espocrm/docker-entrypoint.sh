@@ -6,7 +6,9 @@
 #   - the real MariaDB accepts ESPOCRM_DATABASE_USER/PASSWORD on HOST:PORT/NAME, and the user can
 #     create a table and write to it (the installer creates EspoCRM's tables);
 #   - it records the database settings in data/ (data/config-internal.php in real EspoCRM) for
-#     app-check, the daemon and the websocket server, and chowns data/ to www-data.
+#     app-check, the daemon and the websocket server, and chowns data/ to www-data;
+#   - on the first install only, it records the admin's password hash in data/.standin-admin
+#     (EspoCRM's user table); `bin/command set-password` changes it.
 # Then `exec "$@"` (apache2-foreground serves :80).
 set -eu
 STANDIN=espocrm
@@ -44,6 +46,11 @@ if [ "${1:-}" = apache2-foreground ]; then
         echo "DB_PASSWORD=$(shell_quote "$ESPOCRM_DATABASE_PASSWORD")"
     } >data/.standin-db.tmp
     mv data/.standin-db.tmp data/.standin-db
+    # The installer creates the admin once (`create-admin-user`, then `set-password` from
+    # ESPOCRM_ADMIN_PASSWORD); an installed volume keeps its password, and `bin/command
+    # set-password` changes it afterwards.
+    admin_exists "$STANDIN_ADMIN_FILE" "$ESPOCRM_ADMIN_USERNAME" ||
+        record_admin "$STANDIN_ADMIN_FILE" "$ESPOCRM_ADMIN_USERNAME" "$ESPOCRM_ADMIN_PASSWORD"
     chown -R www-data:www-data data custom client/custom
     chmod 0640 data/.standin-db
     log "installed (admin user $ESPOCRM_ADMIN_USERNAME)"

@@ -80,3 +80,28 @@ page() {
 shell_quote() {
     printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"
 }
+
+# The apps' admin accounts. A stand-in records its admin's password as a salted SHA-256 hash
+# (`USER:SALT:HEX` in one file, as the real apps keep a hash in their user tables), and
+# `standin-login USER` (password on standard input) checks a login against it, so a test can
+# see that a new password works and the old one no longer does.
+
+# admin_hash SALT PASSWORD : the hash the stand-ins record (hex).
+admin_hash() {
+    printf '%s:%s' "$1" "$2" | sha256sum | cut -d' ' -f1
+}
+
+# record_admin FILE USER PASSWORD : FILE holds USER's password (replaced atomically, 0640).
+record_admin() {
+    (
+        umask 027
+        salt=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+        printf '%s:%s:%s\n' "$2" "$salt" "$(admin_hash "$salt" "$3")" >"$1.tmp"
+        mv "$1.tmp" "$1"
+    )
+}
+
+# admin_exists FILE USER : FILE records a password for USER.
+admin_exists() {
+    [ -r "$1" ] && awk -F: -v u="$2" '$1 == u { found = 1 } END { exit !found }' "$1"
+}

@@ -8,7 +8,9 @@
 #   - MongoDB at MONGO_HOST:27017 answers (its HTTP reply on the driver port, which real mongod
 #     sends too);
 #   - /app/server/files is writable.
-# Then serves 3000 (trusted), 3003 (sandbox) and 3004 (public).
+# Then, as the real one on every start, it sets the admin's password to ADMIN_PASSWORD (the hash
+# in /app/server/files/.standin-admin here, the users table there) and serves 3000 (trusted),
+# 3003 (sandbox) and 3004 (public).
 set -eu
 STANDIN=mailtrain
 . /usr/local/lib/standin.sh
@@ -30,6 +32,9 @@ fi
 mongo_up() { curl -s --max-time 3 "http://$1:27017/" | grep -q MongoDB; }
 retry 30 "MongoDB at ${MONGO_HOST:-mongo}:27017" mongo_up "${MONGO_HOST:-mongo}"
 touch /app/server/files/.standin || die "/app/server/files is not writable"
+# setup/docker-entrypoint-db-setup.js: the admin's password is ADMIN_PASSWORD on every start.
+record_admin "$STANDIN_ADMIN_FILE" admin "$ADMIN_PASSWORD"
+log "admin password set from ADMIN_PASSWORD"
 
 www=/run/mailtrain-www
 page "$www/trusted" index.html "Mailtrain stand-in (trusted) for $URL_BASE_TRUSTED"

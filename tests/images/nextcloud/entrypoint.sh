@@ -7,7 +7,9 @@
 #     can create and write a table (the installer creates Nextcloud's tables);
 #   - when REDIS_HOST is set, the real Redis answers PONG to REDIS_HOST_PASSWORD;
 #   - it writes config/standin-db (config/config.php in real Nextcloud: the database settings,
-#     for the cron container) and a status.php with "installed":true.
+#     for the cron container) and a status.php with "installed":true;
+#   - on the first install only, it records the admin's password hash in config/standin-admin
+#     (Nextcloud's user table); `php occ user:resetpassword` (../nextcloud/php) changes it.
 # Then `exec "$@"` (apache2-foreground serves status.php on :80; config/ is not served).
 set -eu
 STANDIN=nextcloud
@@ -42,6 +44,10 @@ case "${1:-}" in
         } >config/standin-db.tmp
         mv config/standin-db.tmp config/standin-db
         umask 022
+        # The installer creates the admin once (an installed volume keeps its password; the
+        # variables are not read again): `php occ user:resetpassword` changes it afterwards.
+        admin_exists "$STANDIN_ADMIN_FILE" "$NEXTCLOUD_ADMIN_USER" ||
+            record_admin "$STANDIN_ADMIN_FILE" "$NEXTCLOUD_ADMIN_USER" "$NEXTCLOUD_ADMIN_PASSWORD"
         mkdir -p /run/nextcloud-www
         printf '%s\n' '{"installed":true,"maintenance":false,"needsDbUpgrade":false,"version":"34.0.0.0","versionstring":"34.0.0","edition":"","productname":"Nextcloud (StackBox stand-in)","extendedSupport":false}' >/run/nextcloud-www/status.php
         chown -R www-data:www-data /var/www/html

@@ -94,6 +94,8 @@ pub struct Fake {
     changes: Mutex<BTreeMap<String, BTreeMap<String, FieldChange>>>,
     /// Every spec `update_client` was given.
     pub updates: Mutex<Vec<ClientSpec>>,
+    /// The rollouts asked for, oldest first.
+    rollouts: Mutex<Vec<stackbox_api::RolloutView>>,
 }
 
 /// The one signature header the fake accepts, and the one credentials token it knows.
@@ -137,6 +139,7 @@ impl Fake {
             snapshot_calls: Mutex::new(Vec::new()),
             clones: Mutex::new(Vec::new()),
             deleted_with_backups: Mutex::new(Vec::new()),
+            rollouts: Mutex::new(Vec::new()),
             tokens: Mutex::new(BTreeMap::from([
                 (
                     OPERATOR.to_string(),
@@ -577,6 +580,147 @@ impl ControlPlane for Fake {
         let deployment = self.new_deployment(client, DeploymentKind::Redeploy)?;
         lock(&self.requested_by).insert(deployment.deployment_id.clone(), requested_by.clone());
         Ok(deployment)
+    }
+
+    /// An admin password reset is a redeploy that answers a new password, different each
+    /// time; a stopped client is refused as the real control plane refuses it.
+    async fn reset_admin_password(
+        &self,
+        client: &ClientId,
+        requested_by: &Authenticated,
+    ) -> Result<stackbox_api::AdminPasswordReset, ControlError> {
+        self.injected()?;
+        let Some(stored) = lock(&self.clients)
+            .get(client)
+            .map(|c| (c.spec.clone(), c.state))
+        else {
+            return Err(ControlError::NotFound);
+        };
+        let (spec, state) = stored;
+        if state != ClientState::Running {
+            return Err(ControlError::Conflict(format!(
+                "client {client} is {state}, not running; start it first"
+            )));
+        }
+        let deployment = self.new_deployment(client, DeploymentKind::Redeploy)?;
+        lock(&self.requested_by).insert(deployment.deployment_id.clone(), requested_by.clone());
+        let number = self.next_number();
+        let apps = stackbox_core::admin::reset_plan(&spec.apps())
+            .map_err(|e| ControlError::Invalid {
+                field: "apps".into(),
+                problem: e.to_string(),
+            })?
+            .into_iter()
+            .map(|(app, mechanism)| stackbox_api::AppPasswordReset {
+                app: app.key().to_string(),
+                outcome: stackbox_api::AdminResetOutcome::from_name(mechanism.outcome().as_str())
+                    .expect("the API names every outcome"),
+                reason: mechanism.reason().map(str::to_string),
+            })
+            .collect();
+        Ok(stackbox_api::AdminPasswordReset {
+            client_id: client.clone(),
+            deployment_id: deployment.deployment_id,
+            credentials: Credentials {
+                admin_username: "admin".into(),
+                admin_password: format!("{PASSWORD_PREFIX}{number:08}"),
+            },
+            apps,
+        })
+    }
+
+    /// Only release `r2` exists; every client (or the ones named) is planned pending, in id
+    /// order, in the settings' waves; one rollout runs at a time.
+    async fn create_rollout(
+        &self,
+        to: String,
+        clients: Option<Vec<ClientId>>,
+        settings: stackbox_core::rollout::RolloutSettings,
+        _requested_by: &Authenticated,
+    ) -> Result<stackbox_api::RolloutView, ControlError> {
+        use stackbox_api::{RolloutCounts, RolloutMemberStatus, RolloutMemberView, RolloutStatus};
+        self.injected()?;
+        if to != "r2" {
+            return Err(ControlError::Invalid {
+                field: "to".into(),
+                problem: format!("{to:?} is not one of the operator's releases (base, r2)"),
+            });
+        }
+        let known: Vec<ClientId> = lock(&self.clients).keys().cloned().collect();
+        let chosen = match clients {
+            Some(ids) => {
+                if ids.iter().any(|id| !known.contains(id)) {
+                    return Err(ControlError::NotFound);
+                }
+                ids
+            }
+            None => known,
+        };
+        let mut rollouts = lock(&self.rollouts);
+        if rollouts.iter().any(|r| r.status == RolloutStatus::Running) {
+            return Err(ControlError::Conflict("another rollout is running".into()));
+        }
+        let waves = settings.waves(chosen.len());
+        let view = stackbox_api::RolloutView {
+            id: format!("rol_{:028x}", rollouts.len() + 1),
+            to,
+            status: RolloutStatus::Running,
+            canary: settings.canary,
+            growth: settings.growth,
+            max_wave: settings.max_wave,
+            concurrency: settings.concurrency,
+            halt_reason: None,
+            created_at: at(5),
+            finished_at: None,
+            counts: RolloutCounts {
+                pending: chosen.len() as u32,
+                ..RolloutCounts::default()
+            },
+            clients: chosen
+                .into_iter()
+                .zip(waves)
+                .map(|(client_id, wave)| RolloutMemberView {
+                    client_id,
+                    wave: wave as u32,
+                    from_release: "base".into(),
+                    status: RolloutMemberStatus::Pending,
+                    deployment_id: None,
+                    detail: None,
+                })
+                .collect(),
+        };
+        rollouts.push(view.clone());
+        Ok(view)
+    }
+
+    async fn list_rollouts(&self) -> Result<stackbox_api::RolloutList, ControlError> {
+        self.injected()?;
+        let mut rollouts = lock(&self.rollouts).clone();
+        rollouts.reverse();
+        Ok(stackbox_api::RolloutList { rollouts })
+    }
+
+    async fn get_rollout(&self, id: &str) -> Result<stackbox_api::RolloutView, ControlError> {
+        self.injected()?;
+        lock(&self.rollouts)
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+            .ok_or(ControlError::NotFound)
+    }
+
+    async fn halt_rollout(&self, id: &str) -> Result<stackbox_api::RolloutView, ControlError> {
+        self.injected()?;
+        let mut rollouts = lock(&self.rollouts);
+        let rollout = rollouts
+            .iter_mut()
+            .find(|r| r.id == id)
+            .ok_or(ControlError::NotFound)?;
+        if rollout.status == stackbox_api::RolloutStatus::Running {
+            rollout.status = stackbox_api::RolloutStatus::Halted;
+            rollout.halt_reason = Some("halted by the operator".into());
+        }
+        Ok(rollout.clone())
     }
 
     /// An upgrade is a redeploy; only release `r2` exists.

@@ -16,7 +16,7 @@ use crate::fake::{
 use crate::{new_client, parse_sse, Api};
 
 /// Every `/v1` route: (method, path).
-const V1_ROUTES: [(&str, &str); 16] = [
+const V1_ROUTES: [(&str, &str); 17] = [
     ("POST", "/v1/clients"),
     ("GET", "/v1/clients"),
     ("GET", "/v1/clients/alpha-0000000a"),
@@ -28,6 +28,7 @@ const V1_ROUTES: [(&str, &str); 16] = [
     ("POST", "/v1/clients/alpha-0000000a/start"),
     ("POST", "/v1/clients/alpha-0000000a/redeploy"),
     ("POST", "/v1/clients/alpha-0000000a/rotate-secrets"),
+    ("POST", "/v1/clients/alpha-0000000a/admin-password"),
     ("POST", "/v1/clients/alpha-0000000a/upgrade"),
     (
         "DELETE",
@@ -58,7 +59,7 @@ async fn healthz_needs_no_token_and_sets_the_common_headers() {
 #[tokio::test]
 async fn every_v1_route_answers_401_without_a_token_or_with_a_bad_one() {
     let api = Api::new();
-    for (method, path) in &V1_ROUTES[..15] {
+    for (method, path) in &V1_ROUTES[..16] {
         let body = Some(("application/json", b"{}".to_vec()));
         let reply = api.call(method, path, None, body.clone()).await;
         reply.expect(401);
@@ -109,7 +110,7 @@ async fn unknown_routes_and_methods_answer_json_errors() {
     let reply = api.get("/v2/nothing", Some(OPERATOR)).await;
     reply.expect(404);
     assert_eq!(reply.error_code(), "not_found");
-    let reply = api.get(V1_ROUTES[15].1, Some(OPERATOR)).await;
+    let reply = api.get(V1_ROUTES[16].1, Some(OPERATOR)).await;
     reply.expect(404);
     let reply = api.call("PUT", "/v1/clients", Some(OPERATOR), None).await;
     reply.expect(405);

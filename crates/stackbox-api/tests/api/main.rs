@@ -1,6 +1,7 @@
 //! The API tier's tests: the router in-process (tower's `oneshot`) and the server over a real
 //! loopback socket, against an in-memory control plane ([`fake::Fake`]).
 
+mod admin_password;
 mod backups;
 mod changes;
 mod fake;
@@ -8,6 +9,7 @@ mod in_process;
 mod metrics;
 mod onboarding;
 mod openapi;
+mod rollouts;
 mod socket;
 mod tokens;
 

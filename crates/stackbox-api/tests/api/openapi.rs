@@ -9,7 +9,7 @@ use crate::fake::{CLIENT_A, DEPLOYMENT_A, OPERATOR, TOKEN_A_ID};
 use crate::Api;
 
 /// Every route the server has: (method, OpenAPI path).
-const ROUTES: [(&str, &str); 28] = [
+const ROUTES: [(&str, &str); 33] = [
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -23,6 +23,7 @@ const ROUTES: [(&str, &str); 28] = [
     ("post", "/v1/clients/{id}/start"),
     ("post", "/v1/clients/{id}/redeploy"),
     ("post", "/v1/clients/{id}/rotate-secrets"),
+    ("post", "/v1/clients/{id}/admin-password"),
     ("post", "/v1/clients/{id}/upgrade"),
     ("post", "/v1/clients/{id}/welcome"),
     ("post", "/v1/clients/{id}/backups"),
@@ -32,6 +33,10 @@ const ROUTES: [(&str, &str); 28] = [
     ("post", "/v1/clients/{id}/clone"),
     ("get", "/v1/deployments/{id}"),
     ("get", "/v1/deployments/{id}/events"),
+    ("post", "/v1/rollouts"),
+    ("get", "/v1/rollouts"),
+    ("get", "/v1/rollouts/{id}"),
+    ("post", "/v1/rollouts/{id}/halt"),
     ("get", "/v1/tokens"),
     ("delete", "/v1/tokens/{id}"),
     ("post", "/v1/signup"),
@@ -285,15 +290,29 @@ async fn the_document_lists_every_route_and_only_those() {
         .is_some_and(|kinds| ["backup", "restore", "verify", "clone"]
             .iter()
             .all(|kind| kinds.contains(&Value::from(*kind)))));
-    // Credentials are only in CreatedClient.
+    // Credentials are only in the two answers that generate a password.
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
     for (name, schema) in schemas {
         let mut found = Vec::new();
         refs(schema, &mut found);
         if found.contains(&"#/components/schemas/Credentials") {
-            assert_eq!(name, "CreatedClient");
+            assert!(
+                ["CreatedClient", "AdminPasswordReset"].contains(&name.as_str()),
+                "{name} carries credentials"
+            );
         }
     }
+    let reset = &doc["paths"]["/v1/clients/{id}/admin-password"]["post"];
+    for status in ["202", "403", "404", "409", "422"] {
+        assert!(
+            reset["responses"].get(status).is_some(),
+            "admin-password {status}"
+        );
+    }
+    assert_eq!(
+        doc["components"]["schemas"]["AdminResetOutcome"]["enum"],
+        serde_json::json!(["set", "recreated", "not-applicable"])
+    );
 }
 
 #[tokio::test]
@@ -309,6 +328,19 @@ async fn every_documented_route_is_served() {
             )
             .replace("/v1/tokens/{id}", &format!("/v1/tokens/{TOKEN_A_ID}"));
         let uri = uri.replace("{token}", crate::fake::GOOD_LINK);
+        if path.starts_with("/v1/rollouts/") {
+            // A rollout to look at or halt.
+            let made = api
+                .call(
+                    "POST",
+                    "/v1/rollouts",
+                    Some(OPERATOR),
+                    Some(("application/json", br#"{"to": "r2"}"#.to_vec())),
+                )
+                .await;
+            assert_eq!(made.status.as_u16(), 202, "{}", made.text());
+        }
+        let uri = uri.replace("/v1/rollouts/{id}", &format!("/v1/rollouts/rol_{:028x}", 1));
         let uri = uri.replace("{snapshot}", "latest");
         let uri = if (method == "delete" && path.starts_with("/v1/clients"))
             || path.ends_with("/restore")
@@ -331,9 +363,9 @@ async fn every_documented_route_is_served() {
         }
         let body = if path.ends_with("/clone") {
             serde_json::json!({"domain": "served-clone.example.com"})
-        } else if path.ends_with("/rotate-secrets") {
+        } else if path.ends_with("/rotate-secrets") || path.ends_with("/admin-password") {
             serde_json::json!({})
-        } else if path.ends_with("/upgrade") {
+        } else if path.ends_with("/upgrade") || path == "/v1/rollouts" {
             serde_json::json!({"to": "r2"})
         } else {
             crate::new_client("served.example.com")

@@ -86,6 +86,18 @@ pub struct Bed {
     _dir: tempfile::TempDir,
 }
 
+/// The AWS tier's guard, first in every test: moto's server and a real MariaDB (both started
+/// by [`bed`]).
+pub fn aws_tier() -> stackbox_testkit::Tier {
+    let moto = "python3 -m pip install 'moto[server]>=5,<6'";
+    stackbox_testkit::Tier::new("aws")
+        .python_modules(&["moto", "moto.server"], moto)
+        .program("moto_server", moto)
+        .program("mariadb-install-db", "apt-get install mariadb-server")
+        .program("mariadbd", "apt-get install mariadb-server")
+        .program("mariadb", "apt-get install mariadb-client")
+}
+
 static BED: OnceLock<Bed> = OnceLock::new();
 
 /// The test bed, started once per test binary.

@@ -18,8 +18,10 @@ pub struct CliEnv {
 }
 
 impl CliEnv {
-    /// `extra` is appended to the operator file (TOML sections of the test's own).
-    pub fn new(edge: &str, http_port: u16, https_port: u16, extra: &str) -> CliEnv {
+    /// On the test images' catalog (`stackbox_testkit::engine_images()`, the engine tier's
+    /// guard, gives it); `extra` is appended to the operator file (TOML sections of the
+    /// test's own).
+    pub fn new(images: &str, edge: &str, http_port: u16, https_port: u16, extra: &str) -> CliEnv {
         let root = tempfile::tempdir().unwrap();
         let operator = root.path().join("stackbox.toml");
         std::fs::write(
@@ -35,9 +37,7 @@ impl CliEnv {
             root,
             operator,
             edge: edge.to_string(),
-            images: std::env::var("STACKBOX_TEST_IMAGES").expect(
-                "STACKBOX_TEST_IMAGES is not set: run scripts/test.sh, which builds the local test images",
-            ),
+            images: images.to_string(),
         }
     }
 

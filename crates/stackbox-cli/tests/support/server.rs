@@ -19,13 +19,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server with its own data directory, edge router name and edge ports (each test file
-    /// its own, so that test binaries running in parallel never share them).
-    pub fn new(edge: &'static str, http_port: u16, https_port: u16) -> Server {
-        let images = std::env::var("STACKBOX_TEST_IMAGES").expect(
-            "STACKBOX_TEST_IMAGES is not set: run scripts/test.sh, which starts the engine and \
-             builds the local test images",
-        );
+    /// A server on the test images' catalog (`stackbox_testkit::engine_images()`, the engine
+    /// tier's guard, gives it) with its own data directory, edge router name and edge ports
+    /// (each test file its own, so that test binaries running in parallel never share them).
+    pub fn new(images: &str, edge: &'static str, http_port: u16, https_port: u16) -> Server {
+        let images = images.to_string();
         let data = tempfile::tempdir().unwrap();
         let hard_limit = super::hard_open_files_limit();
         let operator = data.path().join("stackbox.toml");

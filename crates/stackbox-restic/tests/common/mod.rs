@@ -13,6 +13,20 @@ use stackbox_restic::{BackupProgress, Location, Redacted, Repository};
 
 pub const PASSWORD: &str = "correct horse battery staple 7f3a";
 
+/// The restic tier's guard: the real restic binary (the tests that stand a script in for it
+/// need no guard).
+pub fn restic_tier() -> stackbox_testkit::Tier {
+    stackbox_testkit::Tier::new("restic").program("restic", "apt-get install restic")
+}
+
+/// The restic tier with moto's S3 server.
+pub fn s3_tier() -> stackbox_testkit::Tier {
+    restic_tier().python_modules(
+        &["moto", "moto.server"],
+        "python3 -m pip install 'moto[server]>=5,<6'",
+    )
+}
+
 /// Incompressible bytes (xorshift), so that data_added measures real storage.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;

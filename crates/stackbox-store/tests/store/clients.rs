@@ -10,6 +10,7 @@ use stackbox_store::{
 use crate::harness::{add_client, client_id, on_both_engines, spec, TestDb, PLANS};
 
 on_both_engines!(
+    clients_redirecting_a_previous_domain_are_found_by_it_and_only_by_it,
     an_inserted_client_reads_back_by_id_and_by_domain,
     a_domain_already_in_use_is_refused_naming_its_owner,
     the_same_client_id_cannot_be_inserted_twice,
@@ -430,4 +431,31 @@ async fn updating_a_configuration_replaces_it_and_keeps_the_clients_state(db: &T
         store.client(&client.id).await.unwrap().unwrap().plan,
         Plan::Enterprise
     );
+}
+
+async fn clients_redirecting_a_previous_domain_are_found_by_it_and_only_by_it(db: &TestDb) {
+    let store = db.open().await;
+    let moved = stackbox_core::client::ClientSpec::from_toml(
+        "company_name = \"Moved\"\ndomain = \"new.example.com\"\nplan = \"starter\"\n\
+         admin_email = \"o@new.example.com\"\n\n[[previous_domains]]\n\
+         domain = \"old.example.com\"\nuntil = \"2027-03-01\"\n",
+    )
+    .unwrap();
+    let id = crate::harness::client_id("moved", 1);
+    store
+        .insert_client(&id, &moved, ClientState::Running)
+        .await
+        .unwrap();
+    let old = stackbox_core::client::Domain::parse("old.example.com").unwrap();
+    let found = store.clients_redirecting(&old).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, id);
+    // Its current domain is not a redirect; a domain that only contains the old one is not it.
+    for other in ["new.example.com", "example.com", "sub.old.example.com"] {
+        let domain = stackbox_core::client::Domain::parse(other).unwrap();
+        assert!(
+            store.clients_redirecting(&domain).await.unwrap().is_empty(),
+            "{other}"
+        );
+    }
 }

@@ -9,6 +9,7 @@ mod clients;
 mod credential_links;
 mod deployments;
 mod outbox;
+mod rollouts;
 mod schema;
 mod secrets;
 mod signups;
