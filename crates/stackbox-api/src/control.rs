@@ -16,7 +16,7 @@ use crate::dto::AdminPasswordReset;
 use crate::dto::{
     BackupList, ClientChange, ClientDetail, ClientState, ClientSummary, ClonedClient,
     CreatedClient, DeploymentEvent, DeploymentOutcome, DeploymentRef, DeploymentSummary,
-    DeploymentView, Page, RolloutList, RolloutView, TokenList,
+    DeploymentView, LogLine, Page, RolloutList, RolloutView, TokenList,
 };
 use crate::metrics::DurationHistogram;
 
@@ -63,6 +63,20 @@ pub struct ListQuery {
 impl ListQuery {
     pub const DEFAULT_LIMIT: u32 = 50;
     pub const MAX_LIMIT: u32 = 500;
+}
+
+/// `GET /v1/clients/{id}/logs`, validated by the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogQuery {
+    /// Only this service's container (the control plane answers `Invalid` naming `service`
+    /// for one the client does not have).
+    pub service: Option<String>,
+    /// Only lines from this Unix second on.
+    pub since: Option<i64>,
+    /// The last this many lines per container, 1 to [`stackbox_core::logs::MAX_TAIL`].
+    pub tail: u32,
+    /// Keep streaming new lines until the client's containers stop.
+    pub follow: bool,
 }
 
 /// `GET /v1/clients/{id}/deployments`, validated by the API.
@@ -355,6 +369,19 @@ pub trait ControlPlane: Send + Sync + 'static {
         async { Err(ControlError::NotFound) }
     }
 
+    /// `GET /v1/clients/{id}/logs` (operator, or that client's token): the client's container
+    /// log lines, the last `tail` of each container (in time order), then with `follow`
+    /// every new one until its containers stop. The app's lines are passed as they are.
+    /// The default answers 404: a control plane without an engine has no logs.
+    fn client_logs(
+        &self,
+        id: &ClientId,
+        query: LogQuery,
+    ) -> impl Future<Output = Result<BoxStream<'static, LogLine>, ControlError>> + Send {
+        let _ = (id, query);
+        async { Err(ControlError::NotFound) }
+    }
+
     /// `POST /v1/clients/{id}/backups/{snapshot}/restore` (operator): journals a `restore`
     /// (a safety backup first, then the client's data replaced by the snapshot's). The API
     /// has already checked the `confirm` parameter. `Conflict` when busy.
@@ -569,6 +596,11 @@ pub(crate) trait DynControl: Send + Sync + 'static {
         &'a self,
         id: &'a ClientId,
     ) -> BoxFuture<'a, Result<BackupList, ControlError>>;
+    fn client_logs<'a>(
+        &'a self,
+        id: &'a ClientId,
+        query: LogQuery,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, LogLine>, ControlError>>;
     fn restore_backup<'a>(
         &'a self,
         id: &'a ClientId,
@@ -753,6 +785,13 @@ impl<C: ControlPlane> DynControl for C {
         id: &'a ClientId,
     ) -> BoxFuture<'a, Result<BackupList, ControlError>> {
         Box::pin(ControlPlane::list_backups(self, id))
+    }
+    fn client_logs<'a>(
+        &'a self,
+        id: &'a ClientId,
+        query: LogQuery,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, LogLine>, ControlError>> {
+        Box::pin(ControlPlane::client_logs(self, id, query))
     }
     fn restore_backup<'a>(
         &'a self,

@@ -530,6 +530,31 @@ pub struct BackupState {
     pub missing: bool,
 }
 
+/// Which output stream of a container a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStreamKind {
+    Stdout,
+    Stderr,
+}
+
+/// One line of a client's container log, as the app wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogLine {
+    /// The service (`website`, `nextcloud`, …).
+    pub service: String,
+    pub stream: LogStreamKind,
+    /// The engine's RFC 3339 timestamp of the line (UTC, up to nanoseconds).
+    pub time: String,
+    pub line: String,
+}
+
+/// `GET /v1/clients/{id}/logs` without `follow`: the last lines, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogLines {
+    pub lines: Vec<LogLine>,
+}
+
 /// `GET /v1/clients/{id}/backups`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BackupList {

@@ -116,7 +116,7 @@ use tokio::sync::watch;
 
 pub use control::{
     Authenticated, ClientAction, ControlError, ControlPlane, DeploymentQuery, HtmlPage, ListQuery,
-    MetricsSnapshot, Principal, SignupAccepted, WebhookOutcome,
+    LogQuery, MetricsSnapshot, Principal, SignupAccepted, WebhookOutcome,
 };
 pub use dto::{AdminPasswordReset, AdminResetOutcome, AppPasswordReset};
 pub use dto::{
@@ -130,6 +130,7 @@ pub use dto::{
     StepProgress, StepStatus, StepView, StepsSummary, TokenList, TokenRole, TokenView,
     UpgradeRequest,
 };
+pub use dto::{LogLine, LogLines, LogStreamKind};
 pub use error::{INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE};
 pub use input::parse_new_client;
 pub use metrics::{

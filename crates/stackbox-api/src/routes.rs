@@ -26,13 +26,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{authenticate, Caller};
-use crate::control::{ClientAction, DeploymentQuery, DynControl, ListQuery, Principal};
+use crate::control::{ClientAction, DeploymentQuery, DynControl, ListQuery, LogQuery, Principal};
 use crate::dto::AdminPasswordReset;
 use crate::dto::{
     BackupList, ClientChange, ClientDetail, ClientPatch, ClientState, ClientSummary, CloneRequest,
     ClonedClient, CreatedClient, DeploymentEvent, DeploymentRef, DeploymentSummary, DeploymentView,
-    ErrorBody, Health, NewClient, Page, RolloutList, RolloutRequest, RolloutView, RotationRequest,
-    TokenList, UpgradeRequest,
+    ErrorBody, Health, LogLines, NewClient, Page, RolloutList, RolloutRequest, RolloutView,
+    RotationRequest, TokenList, UpgradeRequest,
 };
 use crate::error::{ApiError, Resource};
 use crate::input::parse_admin_password_request;
@@ -149,6 +149,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(reset_admin_password))
         .routes(routes!(upgrade_client))
         .routes(routes!(create_backup, list_backups))
+        .routes(routes!(client_logs))
         .routes(routes!(restore_backup))
         .routes(routes!(verify_backup))
         .routes(routes!(clone_client))
@@ -207,6 +208,24 @@ struct DeleteParams {
     /// `true` deletes the client's backups too; by default they are kept for the operator's
     /// retention period after a destroy, so that the client can come back.
     delete_backups: Option<bool>,
+}
+
+/// The query parameters of `GET /v1/clients/{id}/logs` (documentation; [`log_query`] reads
+/// them).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct LogParams {
+    /// Only this service's container (`website`, `nextcloud`, …); every container when left out.
+    service: Option<String>,
+    /// Only lines since then: a duration back from now (`30s`, `10m`, `2h`, `1d`) or an RFC
+    /// 3339 time.
+    since: Option<String>,
+    /// The last this many lines, 1 to 5000; 200 when left out.
+    #[param(minimum = 1, maximum = 5000)]
+    tail: Option<u32>,
+    /// `true` streams new lines as server-sent events until the client's containers stop.
+    follow: Option<bool>,
 }
 
 /// The query parameters of `POST /v1/clients/{id}/backups/{snapshot}/restore` (documentation).
@@ -943,6 +962,126 @@ async fn list_backups(
         .await
         .map_err(|error| ApiError::from_control(error, Resource::Client))?;
     Ok(Json(list))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{id}/logs",
+    tag = "clients",
+    summary = "A client's container logs, or a stream of them.",
+    description = "The last `tail` lines (oldest first) of the client's containers, or of one \
+        service's, as the apps wrote them. With `follow=true`, server-sent events instead: one \
+        unnamed event per line whose `data` is a `LogLine`, then `event: end` once the \
+        containers stop. A comment is sent every 15 s while nothing happens.",
+    params(("id" = String, Path, description = "The client id."), LogParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = LogLines, description = "The lines; with `follow=true` a `text/event-stream` whose events carry a `LogLine` each."),
+        (status = 401, body = ErrorBody, description = "No bearer token, or one the server does not know.", headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"stackbox\"`"))),
+        (status = 404, body = ErrorBody, description = "No such client (or not the client token's own)."),
+        (status = 422, body = ErrorBody, description = "A `service` the client does not have, a bad `since`, `tail` or `follow`, or an unknown query parameter."),
+        (status = 500, body = ErrorBody, description = "Internal error; the body never carries its detail."),
+        (status = 503, body = ErrorBody, description = "The control plane is temporarily unavailable.", headers(("Retry-After" = String, description = "Seconds to wait."))),
+    )
+)]
+async fn client_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = client_id(id)?;
+    if !caller.may_read(&id) {
+        return Err(ApiError::NotFound(Resource::Client));
+    }
+    let query = log_query(query)?;
+    let (follow, tail) = (query.follow, query.tail as usize);
+    let mut lines = state
+        .control
+        .client_logs(&id, query)
+        .await
+        .map_err(|error| ApiError::from_control(error, Resource::Client))?;
+    if !follow {
+        let mut collected = Vec::new();
+        while let Some(line) = lines.next().await {
+            collected.push(line);
+        }
+        // Each container gave its last `tail`; together, the last `tail` in time order.
+        collected.sort_by(|a, b| a.time.cmp(&b.time));
+        let skip = collected.len().saturating_sub(tail);
+        collected.drain(..skip);
+        return Ok(Json(LogLines { lines: collected }).into_response());
+    }
+    let shutdown = state.shutdown.clone().fired();
+    let stream = futures_util::stream::unfold(Some((lines, shutdown)), |state| async move {
+        let (mut lines, mut shutdown) = state?;
+        tokio::select! {
+            () = &mut shutdown => None,
+            next = lines.next() => match next {
+                Some(line) => {
+                    Some((Ok::<_, Infallible>(json_event(None, &line)), Some((lines, shutdown))))
+                }
+                None => Some((Ok(Event::default().event("end").data("{}")), None)),
+            },
+        }
+    });
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// `GET /v1/clients/{id}/logs`'s query, validated (`since` against the clock).
+fn log_query(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<LogQuery, ApiError> {
+    let mut params = query_params(query, &["service", "since", "tail", "follow"])?;
+    let field_error = |error: stackbox_core::CoreError| match error {
+        stackbox_core::CoreError::InvalidField { field, problem } => {
+            let message = format!("{field}: {problem}");
+            ApiError::invalid(field, message)
+        }
+        other => ApiError::invalid("query", other.to_string()),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64);
+    let since = params
+        .remove("since")
+        .map(|text| stackbox_core::logs::parse_since(&text, now))
+        .transpose()
+        .map_err(field_error)?;
+    let tail =
+        stackbox_core::logs::parse_tail(params.remove("tail").as_deref()).map_err(field_error)?;
+    let follow = match params.remove("follow").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "follow",
+                format!("follow: {other:?} is neither true nor false"),
+            ))
+        }
+    };
+    let service = match params.remove("service") {
+        None => None,
+        Some(text) if is_url_token(&text, 64) => Some(text),
+        Some(text) => {
+            return Err(ApiError::invalid(
+                "service",
+                format!("service: {text:?} is not a service name"),
+            ))
+        }
+    };
+    Ok(LogQuery {
+        service,
+        since,
+        tail,
+        follow,
+    })
 }
 
 #[utoipa::path(

@@ -23,6 +23,7 @@ mod backup;
 mod cloud;
 mod doctor;
 mod lifecycle;
+mod logs;
 mod progress;
 mod remote;
 mod serve;
@@ -103,6 +104,23 @@ enum Command {
         /// Every client on the engine.
         #[arg(long, conflicts_with = "client_id")]
         all: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show a client's container logs (every service, or one), the app's lines as they are.
+    Logs {
+        client_id: String,
+        /// Only this service (`website`, `nextcloud`, …).
+        service: Option<String>,
+        /// Only lines since then: `30s`, `10m`, `2h`, `1d`, or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// The last this many lines (1 to 5000; 200 by default).
+        #[arg(long)]
+        tail: Option<String>,
+        /// Keep printing new lines until the containers stop (or Ctrl-C).
+        #[arg(long)]
+        follow: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -425,6 +443,7 @@ fn main() -> ExitCode {
         }
         Command::Deploy { common, .. }
         | Command::Status { common, .. }
+        | Command::Logs { common, .. }
         | Command::Stop { common, .. }
         | Command::Start { common, .. }
         | Command::RotateSecrets { common, .. }
@@ -507,6 +526,7 @@ fn starts_containers(command: &Command) -> bool {
         | Command::Plans { .. }
         | Command::Releases { .. }
         | Command::Status { .. }
+        | Command::Logs { .. }
         | Command::Stop { .. }
         | Command::Cleanup { .. }
         | Command::Prune { .. }
@@ -541,6 +561,27 @@ fn fit_open_files_to_the_engine(operator: &mut OperatorConfig) {
         asking.join(" and ")
     );
     operator.max_open_files = Some(limit);
+}
+
+/// `stackbox logs`'s options, checked as the API checks them.
+fn log_query(
+    service: Option<String>,
+    since: Option<&str>,
+    tail: Option<&str>,
+    follow: bool,
+) -> Result<stackbox_api::LogQuery> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64);
+    let since = since
+        .map(|text| stackbox_core::logs::parse_since(text, now))
+        .transpose()?;
+    Ok(stackbox_api::LogQuery {
+        service,
+        since,
+        tail: stackbox_core::logs::parse_tail(tail)?,
+        follow,
+    })
 }
 
 fn read(path: &Path, what: &str) -> Result<String> {
@@ -774,6 +815,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Stop { client_id, common } => {
             lifecycle::stop(&root_of(&common, &operator), &client_id, common.json)
         }
+        Command::Logs {
+            client_id,
+            service,
+            since,
+            tail,
+            follow,
+            common,
+        } => log_query(service, since.as_deref(), tail.as_deref(), follow)
+            .and_then(|query| logs::run_local(&client_id, query, common.json)),
         Command::Cleanup {
             client_id,
             delete_volumes,
@@ -883,6 +933,23 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
         Command::Stop { client_id, common } => {
             remote().and_then(|r| r.action(client_id, "stop", common.json))
         }
+        Command::Logs {
+            client_id,
+            service,
+            since,
+            tail,
+            follow,
+            common,
+        } => remote().and_then(|r| {
+            r.logs(
+                client_id,
+                service.as_deref(),
+                since.as_deref(),
+                tail.as_deref(),
+                *follow,
+                common.json,
+            )
+        }),
         Command::Start {
             client_id, common, ..
         } => remote().and_then(|r| r.action(client_id, "start", common.json)),

@@ -350,6 +350,121 @@ impl Remote {
         self.finish(&id, json, &format!("backup {what}"))
     }
 
+    /// `stackbox logs --server`: the last lines, or with `follow` the server's event stream
+    /// printed line by line until it ends.
+    pub fn logs(
+        &self,
+        client: &str,
+        service: Option<&str>,
+        since: Option<&str>,
+        tail: Option<&str>,
+        follow: bool,
+        json: bool,
+    ) -> Result<()> {
+        let mut path = format!("/v1/clients/{client}/logs?follow={follow}");
+        for (name, value) in [("service", service), ("since", since), ("tail", tail)] {
+            if let Some(value) = value {
+                path.push_str(&format!("&{name}={}", query_escape(value)));
+            }
+        }
+        let print = |line: &Value| {
+            if json {
+                println!("{line}");
+            } else {
+                println!(
+                    "{:<10} | {}",
+                    line["service"].as_str().unwrap_or_default(),
+                    line["line"].as_str().unwrap_or_default()
+                );
+            }
+        };
+        if !follow {
+            let body = self.ok("GET", &path, None)?;
+            for line in body["lines"].as_array().into_iter().flatten() {
+                print(line);
+            }
+            return Ok(());
+        }
+        let mut stream = TcpStream::connect(&self.host)
+            .with_context(|| format!("cannot reach the StackBox server at http://{}", self.host))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\nAccept: text/event-stream\r\n\r\n",
+            self.host, self.token
+        )?;
+        let mut reader = std::io::BufReader::new(stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut reader, &mut line)? == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("the server sent a malformed status line"))?;
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        if status != 200 {
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest)?;
+            let text = String::from_utf8_lossy(&rest);
+            let body = text.find('{').map_or("", |at| &text[at..]);
+            let body = body.rfind('}').map_or("", |end| &body[..=end]);
+            return Self::success(status, serde_json::from_str(body).unwrap_or(Value::Null))
+                .map(|_| ());
+        }
+        // The body's bytes, de-chunked, cut into SSE lines.
+        let mut pending = String::new();
+        let mut event: Option<String> = None;
+        loop {
+            let bytes = if chunked {
+                let mut size = String::new();
+                if std::io::BufRead::read_line(&mut reader, &mut size)? == 0 {
+                    break;
+                }
+                let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                if size == 0 {
+                    break;
+                }
+                let mut chunk = vec![0; size + 2];
+                reader.read_exact(&mut chunk)?;
+                chunk.truncate(size);
+                chunk
+            } else {
+                let mut chunk = vec![0; 8192];
+                let n = reader.read(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                chunk.truncate(n);
+                chunk
+            };
+            pending.push_str(&String::from_utf8_lossy(&bytes));
+            while let Some(at) = pending.find('\n') {
+                let line: String = pending.drain(..=at).collect();
+                let line = line.trim_end_matches(['\r', '\n']);
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = Some(name.trim().to_string());
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    if event.as_deref() == Some("end") {
+                        return Ok(());
+                    }
+                    if let Ok(value) = serde_json::from_str::<Value>(data.trim()) {
+                        print(&value);
+                    }
+                } else if line.is_empty() {
+                    event = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn backups(&self, client: &str, json: bool) -> Result<()> {
         let list = self.ok("GET", &format!("/v1/clients/{client}/backups"), None)?;
         if json {
@@ -690,6 +805,19 @@ fn print_rollout(view: &Value) {
             member["detail"].as_str().unwrap_or_default()
         );
     }
+}
+
+/// A query parameter's value, percent-encoded where it must be.
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]

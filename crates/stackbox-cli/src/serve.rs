@@ -1248,6 +1248,33 @@ impl ControlPlane for Served {
         })
     }
 
+    async fn client_logs(
+        &self,
+        id: &ClientId,
+        query: stackbox_api::LogQuery,
+    ) -> Result<futures_util::stream::BoxStream<'static, stackbox_api::LogLine>, ControlError> {
+        let record = self
+            .store
+            .client(id)
+            .await
+            .map_err(store_error)?
+            .ok_or(ControlError::NotFound)?;
+        let spec = record.spec().map_err(store_error)?;
+        let services = stackbox_core::infra::expected_service_names(&spec, &self.operator);
+        let docker = self.docker().await.ok_or_else(|| {
+            ControlError::Unavailable("the container engine does not answer".to_string())
+        })?;
+        crate::logs::client_logs(&docker, id, &services, &query)
+            .await
+            .map_err(|error| match error {
+                crate::logs::LogsError::UnknownService(problem) => ControlError::Invalid {
+                    field: "service".to_string(),
+                    problem,
+                },
+                crate::logs::LogsError::Engine(error) => ControlError::internal(&error),
+            })
+    }
+
     async fn list_backups(&self, id: &ClientId) -> Result<stackbox_api::BackupList, ControlError> {
         let record = self
             .store

@@ -164,35 +164,22 @@ impl Control {
         let store = &self.inner.store;
         let (today, _) = stackbox_bundle::redirect_dates();
         let mut changed = 0;
-        let mut after = None;
-        loop {
-            let page = store
-                .list_clients(stackbox_store::ClientFilter::default(), after.as_ref(), 500)
-                .await?;
-            for summary in &page.clients {
-                let Some(record) = store.client(&summary.id).await? else {
-                    continue;
-                };
-                let spec = record.spec()?;
-                if !spec.previous_domains.iter().any(|p| p.until < today) {
-                    continue;
-                }
-                let mut next = spec.clone();
-                next.previous_domains.clear();
-                match self
-                    .update_client(&record.id, next, &RequestedBy::Schedule)
-                    .await
-                {
-                    Ok(_) => changed += 1,
-                    Err(ControlError::Store(stackbox_store::StoreError::ClientBusy { .. })) => {}
-                    Err(error) => {
-                        tracing::warn!(client = %record.id, %error, "an expired domain redirect could not be ended");
-                    }
-                }
+        for record in store.clients_with_previous_domains().await? {
+            let spec = record.spec()?;
+            if !spec.previous_domains.iter().any(|p| p.until < today) {
+                continue;
             }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
+            let mut next = spec.clone();
+            next.previous_domains.clear();
+            match self
+                .update_client(&record.id, next, &RequestedBy::Schedule)
+                .await
+            {
+                Ok(_) => changed += 1,
+                Err(ControlError::Store(stackbox_store::StoreError::ClientBusy { .. })) => {}
+                Err(error) => {
+                    tracing::warn!(client = %record.id, %error, "an expired domain redirect could not be ended");
+                }
             }
         }
         Ok(changed)

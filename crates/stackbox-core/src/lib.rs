@@ -17,6 +17,7 @@ pub mod deploy;
 pub mod doctor;
 pub mod error;
 pub mod infra;
+pub mod logs;
 pub mod notify;
 pub mod onboarding;
 pub mod operator;

@@ -31,7 +31,8 @@ use stackbox_core::deploy::{
 use stackbox_core::stack::{Healthcheck, CLIENT_LABEL};
 
 use crate::runtime::{
-    ContainerDetails, ContainerRuntime, ExecOptions, ExecOutcome, ExecSink, ExecSource, Probe,
+    ContainerDetails, ContainerRuntime, ExecOptions, ExecOutcome, ExecSink, ExecSource, LogEntries,
+    LogEntry, LogOptions, LogStream, Probe,
 };
 use crate::EngineError;
 
@@ -113,6 +114,32 @@ impl DockerRuntime {
                 })
             })
     }
+}
+
+/// The lines of one chunk of a timestamped log (`2025-03-01T12:00:00.123456789Z text`).
+fn log_entries(output: bollard::container::LogOutput) -> Vec<LogEntry> {
+    let stream = match output {
+        bollard::container::LogOutput::StdErr { .. } => LogStream::Stderr,
+        _ => LogStream::Stdout,
+    };
+    let text = String::from_utf8_lossy(&output.into_bytes()).into_owned();
+    text.split_terminator('\n')
+        .map(|line| {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            match line.split_once(' ') {
+                Some((time, rest)) if time.len() >= 20 && time.as_bytes()[4] == b'-' => LogEntry {
+                    stream,
+                    time: time.to_string(),
+                    line: rest.to_string(),
+                },
+                _ => LogEntry {
+                    stream,
+                    time: String::new(),
+                    line: line.to_string(),
+                },
+            }
+        })
+        .collect()
 }
 
 /// The engine's own message, without bollard's wrapping.
@@ -854,6 +881,37 @@ impl ContainerRuntime for DockerRuntime {
             }
         }
         Ok(text)
+    }
+
+    fn logs(&self, id: &str, options: LogOptions) -> LogEntries {
+        let id = id.to_string();
+        let stream = self.docker.logs(
+            &id,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                timestamps: true,
+                follow: options.follow,
+                since: options.since.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
+                tail: options
+                    .tail
+                    .map_or_else(|| "all".to_string(), |tail| tail.to_string()),
+                ..Default::default()
+            }),
+        );
+        Box::pin(
+            stream
+                .map(move |chunk| match chunk {
+                    Ok(output) => Ok(log_entries(output)),
+                    Err(e) => Err(map_err("read the logs of", &id)(e)),
+                })
+                .flat_map(|entries| {
+                    futures_util::stream::iter(match entries {
+                        Ok(entries) => entries.into_iter().map(Ok).collect::<Vec<_>>(),
+                        Err(error) => vec![Err(error)],
+                    })
+                }),
+        )
     }
 
     async fn exec_streaming(

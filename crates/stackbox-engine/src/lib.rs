@@ -15,5 +15,6 @@ mod runtime;
 pub use docker::{ContainerEvent, DockerRuntime};
 pub use error::EngineError;
 pub use runtime::{
-    ContainerDetails, ContainerRuntime, ExecOptions, ExecOutcome, ExecSink, ExecSource, Probe,
+    ContainerDetails, ContainerRuntime, ExecOptions, ExecOutcome, ExecSink, ExecSource, LogEntries,
+    LogEntry, LogOptions, LogStream, Probe,
 };

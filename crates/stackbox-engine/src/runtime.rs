@@ -81,6 +81,37 @@ impl std::fmt::Debug for ExecOptions<'_> {
     }
 }
 
+/// Which of a container's output streams a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of a container's log, as the app wrote it (without its line end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub stream: LogStream,
+    /// The engine's RFC 3339 timestamp of the line (nanoseconds, UTC).
+    pub time: String,
+    pub line: String,
+}
+
+/// What [`ContainerRuntime::logs`] reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Only lines from this Unix second on.
+    pub since: Option<i64>,
+    /// Only the last this many lines (before following).
+    pub tail: Option<u32>,
+    /// Keep the stream open for new lines until the container stops.
+    pub follow: bool,
+}
+
+/// A container's log lines as they are read.
+pub type LogEntries =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<LogEntry, EngineError>> + Send>>;
+
 /// Where a streamed command's standard output goes.
 pub type ExecSink<'a> = &'a mut (dyn tokio::io::AsyncWrite + Unpin);
 /// Where a streamed command's standard input comes from.
@@ -131,6 +162,9 @@ pub trait ContainerRuntime {
     async fn probe(&self, id: &str, check: &Healthcheck) -> Result<Probe, EngineError>;
     /// The last lines of the container's log.
     async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, EngineError>;
+    /// The container's log (standard output and error, timestamped) line by line; with
+    /// `follow`, the stream stays open until the container stops or it is dropped.
+    fn logs(&self, id: &str, options: LogOptions) -> LogEntries;
 
     /// Runs a command inside a running container (no TTY): its standard output is streamed
     /// into `output` as it comes, `input` (when given) is streamed to its standard input and

@@ -102,6 +102,9 @@ impl ContainerRuntime for RefusingRuntime {
     async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, EngineError> {
         self.inner.logs_tail(id, lines).await
     }
+    fn logs(&self, id: &str, options: stackbox_engine::LogOptions) -> stackbox_engine::LogEntries {
+        self.inner.logs(id, options)
+    }
     async fn exec_streaming(
         &self,
         id: &str,

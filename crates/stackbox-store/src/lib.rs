@@ -369,6 +369,10 @@ impl Store {
 
     /// The clients whose previous domains (still redirected to their current one) include
     /// `domain`: it is not free for another client until their redirect ends.
+    pub async fn clients_with_previous_domains(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        on_backend!(self, clients_with_previous_domains())
+    }
+
     pub async fn clients_redirecting(
         &self,
         domain: &Domain,

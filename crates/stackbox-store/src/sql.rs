@@ -355,6 +355,31 @@ pub(crate) async fn clients_redirecting(
     Ok(out)
 }
 
+/// The clients whose stored configuration has previous domains (found by the TOML table's
+/// name, then confirmed on the parsed configuration), in id order.
+pub(crate) async fn clients_with_previous_domains(
+    pool: &Pool,
+) -> Result<Vec<ClientRecord>, StoreError> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        client_columns!(),
+        " FROM clients WHERE spec LIKE '%[[previous_domains]]%' ORDER BY id"
+    ))
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::database(
+        "looking for clients with previous domains",
+    ))?;
+    let mut out = Vec::new();
+    for row in &rows {
+        let record = client_from_row(row)?;
+        if !record.spec()?.previous_domains.is_empty() {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
 /// One page in id order after `after`. Asks for one row more than the page to know whether
 /// another page follows, so the last page never costs an empty extra request.
 pub(crate) async fn list_clients(

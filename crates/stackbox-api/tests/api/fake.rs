@@ -11,8 +11,9 @@ use stackbox_api::{
     ControlError, ControlPlane, CreatedClient, Credentials, DeploymentEnd, DeploymentEvent,
     DeploymentKind, DeploymentOutcome, DeploymentQuery, DeploymentRef, DeploymentStatus,
     DeploymentSummary, DeploymentView, DurationHistogram, FieldChange, HealthStatus, ListQuery,
-    MetricsSnapshot, Page, Principal, RequestedBy, RequesterKind, ServiceHealth, ServiceState,
-    StepStatus, StepView, StepsSummary, Timestamp, TokenList, TokenRole, TokenView,
+    LogLine, LogQuery, LogStreamKind, MetricsSnapshot, Page, Principal, RequestedBy, RequesterKind,
+    ServiceHealth, ServiceState, StepStatus, StepView, StepsSummary, Timestamp, TokenList,
+    TokenRole, TokenView,
 };
 use stackbox_core::client::{ClientId, ClientSpec, Domain};
 use tokio::sync::mpsc;
@@ -46,6 +47,9 @@ pub const FAILED_BACKUP_A: &str = "bkp_00000000000a0000000000000002";
 const NOW_SECONDS: i64 = 100;
 const BACKUP_MAX_AGE_SECONDS: i64 = 24 * 3600;
 
+/// The services the fake's clients have logs for.
+pub const FAKE_LOG_SERVICES: [&str; 2] = ["website", "mysql"];
+
 pub fn id(text: &str) -> ClientId {
     ClientId::parse(text).expect("test id")
 }
@@ -61,6 +65,8 @@ struct Stored {
 }
 
 pub struct Fake {
+    /// Every `client_logs` query the API passed on.
+    pub log_queries: Mutex<Vec<LogQuery>>,
     clients: Mutex<BTreeMap<ClientId, Stored>>,
     deployments: Mutex<BTreeMap<String, DeploymentView>>,
     counter: AtomicU32,
@@ -125,6 +131,7 @@ impl Fake {
     /// deployment, and A with one running deployment.
     pub fn new() -> Fake {
         let fake = Fake {
+            log_queries: Mutex::new(Vec::new()),
             clients: Mutex::new(BTreeMap::new()),
             deployments: Mutex::new(BTreeMap::new()),
             counter: AtomicU32::new(100),
@@ -1003,6 +1010,49 @@ impl ControlPlane for Fake {
                 deployment_id: Some(deployment.deployment_id.clone()),
             });
         Ok(deployment)
+    }
+
+    async fn client_logs(
+        &self,
+        client: &ClientId,
+        query: LogQuery,
+    ) -> Result<BoxStream<'static, LogLine>, ControlError> {
+        self.injected()?;
+        self.require_client(client)?;
+        lock(&self.log_queries).push(query.clone());
+        if let Some(service) = &query.service {
+            if !FAKE_LOG_SERVICES.contains(&service.as_str()) {
+                return Err(ControlError::Invalid {
+                    field: "service".to_string(),
+                    problem: format!("{service:?} is not one of this client's services"),
+                });
+            }
+        }
+        let mut lines = Vec::new();
+        for service in FAKE_LOG_SERVICES {
+            if query.service.as_deref().is_some_and(|only| only != service) {
+                continue;
+            }
+            let mine: Vec<LogLine> = (0..3)
+                .map(|n| LogLine {
+                    service: service.to_string(),
+                    stream: if service == "mysql" {
+                        LogStreamKind::Stderr
+                    } else {
+                        LogStreamKind::Stdout
+                    },
+                    time: format!(
+                        "2025-03-01T12:00:0{}.000000000Z",
+                        n * 2 + usize::from(service == "mysql")
+                    ),
+                    line: format!("{service} line {n}"),
+                })
+                .collect();
+            let skip = mine.len().saturating_sub(query.tail as usize);
+            lines.extend(mine.into_iter().skip(skip));
+        }
+        // With `follow`, the fake's containers stop after their lines: the stream ends.
+        Ok(stream::iter(lines).boxed())
     }
 
     async fn list_backups(&self, client: &ClientId) -> Result<BackupList, ControlError> {

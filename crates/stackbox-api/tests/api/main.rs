@@ -6,6 +6,7 @@ mod backups;
 mod changes;
 mod fake;
 mod in_process;
+mod logs;
 mod metrics;
 mod onboarding;
 mod openapi;

@@ -9,7 +9,7 @@ use crate::fake::{CLIENT_A, DEPLOYMENT_A, OPERATOR, TOKEN_A_ID};
 use crate::Api;
 
 /// Every route the server has: (method, OpenAPI path).
-const ROUTES: [(&str, &str); 33] = [
+const ROUTES: [(&str, &str); 34] = [
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -28,6 +28,7 @@ const ROUTES: [(&str, &str); 33] = [
     ("post", "/v1/clients/{id}/welcome"),
     ("post", "/v1/clients/{id}/backups"),
     ("get", "/v1/clients/{id}/backups"),
+    ("get", "/v1/clients/{id}/logs"),
     ("post", "/v1/clients/{id}/backups/{snapshot}/restore"),
     ("post", "/v1/clients/{id}/backups/{snapshot}/verify"),
     ("post", "/v1/clients/{id}/clone"),

@@ -450,6 +450,19 @@ async fn clients_redirecting_a_previous_domain_are_found_by_it_and_only_by_it(db
     let found = store.clients_redirecting(&old).await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].id, id);
+    add_client(&store, 2, "starter", ClientState::Running).await;
+    let with: Vec<_> = store
+        .clients_with_previous_domains()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(
+        with,
+        std::slice::from_ref(&id),
+        "only the client with previous domains"
+    );
     // Its current domain is not a redirect; a domain that only contains the old one is not it.
     for other in ["new.example.com", "example.com", "sub.old.example.com"] {
         let domain = stackbox_core::client::Domain::parse(other).unwrap();
