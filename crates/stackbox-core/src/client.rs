@@ -75,17 +75,9 @@ pub const DOMAIN_REDIRECT_DAYS: i64 = 90;
 pub const MAX_PREVIOUS_DOMAINS: usize = 5;
 
 /// The civil date (UTC, `YYYY-MM-DD`) `days` days after 1970-01-01; the adapters pass the
-/// clock's day, the core does the calendar (Howard Hinnant's `civil_from_days`).
+/// clock's day, the core does the calendar ([`crate::calendar`]).
 pub fn civil_date(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::calendar::civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02}")
 }
 
@@ -95,19 +87,13 @@ fn is_civil_date(text: &str) -> bool {
     if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
         return false;
     }
-    let number = |range: std::ops::Range<usize>| text[range].parse::<u32>().ok();
+    let number = |range: std::ops::Range<usize>| text[range].parse::<i64>().ok();
     let (Some(year), Some(month), Some(day)) = (number(0..4), number(5..7), number(8..10)) else {
         return false;
     };
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let days_in_month = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return false,
-    };
-    text[..4].bytes().all(|b| b.is_ascii_digit()) && (1..=days_in_month).contains(&day)
+    text[..4].bytes().all(|b| b.is_ascii_digit())
+        && (1..=12).contains(&month)
+        && (1..=crate::calendar::days_in_month(year, month)).contains(&day)
 }
 
 /// The previous domains `next` keeps when it replaces `current` on `today`: its own and

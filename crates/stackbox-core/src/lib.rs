@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod backup;
+pub mod calendar;
 pub mod catalog;
 pub mod client;
 pub mod deploy;

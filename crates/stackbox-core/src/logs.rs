@@ -81,24 +81,9 @@ fn rfc3339_seconds(text: &str) -> Option<i64> {
     }
     let (year, month, day) = (digits(0, 4)?, digits(5, 7)?, digits(8, 10)?);
     let (hour, minute, second) = (digits(11, 13)?, digits(14, 16)?, digits(17, 19)?);
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let month_days = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
     if !(1..=12).contains(&month)
         || day < 1
-        || day > month_days[(month - 1) as usize]
+        || day > crate::calendar::days_in_month(year, month)
         || hour > 23
         || minute > 59
         || second > 60
@@ -132,14 +117,7 @@ fn rfc3339_seconds(text: &str) -> Option<i64> {
             sign * (h * 3600 + m * 60)
         }
     };
-    // Howard Hinnant's days_from_civil.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = crate::calendar::days_from_civil(year, month, day);
     Some(days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset)
 }
 
