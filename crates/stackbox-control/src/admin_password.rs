@@ -33,10 +33,10 @@ use stackbox_core::client::ClientId;
 use stackbox_core::plan::App;
 use stackbox_core::secrets::{generate, SecretKey};
 use stackbox_core::stack::ADMIN_USERNAME;
-use stackbox_engine::lifecycle::{self, DeployOptions, Deployment as EngineDeployment};
 use stackbox_store::{ClientState, Deployment, DeploymentKind};
 use zeroize::Zeroizing;
 
+use crate::rotation::{from_hex, to_hex};
 use crate::steps::{Step, StepOutput};
 use crate::{field_error, names, Control, ControlError, StepContext};
 
@@ -365,37 +365,13 @@ impl Control {
             secrets: previous,
             ..context.clone()
         };
-        let converged: Result<(), ControlError> = async {
-            let rendered = self.render_for(client, &context)?;
-            self.inner.bundles.write_bundle(client, &rendered.bundle)?;
-            let docker = context.docker().await?;
-            let desired = self.desired(client, &context)?;
-            let edge = self
-                .inner
-                .bundles
-                .edge_router(&self.inner.config.operator)?;
-            let options = DeployOptions {
-                health_timeout: self.inner.config.health_timeout,
-            };
-            let run = EngineDeployment::prepare(&docker, &desired, edge.as_ref(), options).await?;
-            if let Err(error) = run.run(&|_| {}).await {
-                let _ = run.rollback(&|_| {}).await;
-                return Err(error.into());
-            }
-            let expected =
-                stackbox_core::stack::service_names_placed(&context.spec, &context.placement);
-            let status = lifecycle::status(&docker, client, &expected).await?;
-            self.inner
-                .store
-                .set_client_state(
-                    client,
-                    ClientState::from(status.state),
-                    Some("an admin password reset failed; every app keeps the previous password"),
-                )
-                .await?;
-            Ok(())
-        }
-        .await;
+        let converged = self
+            .converge_on_secrets(
+                client,
+                &mut context,
+                "an admin password reset failed; every app keeps the previous password",
+            )
+            .await;
         if !context.admin_password_set.is_empty() {
             // The step's error already names them; the log says it once more for operators.
             tracing::error!(
@@ -407,20 +383,6 @@ impl Control {
         }
         converged.is_ok()
     }
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -175,38 +175,50 @@ impl Control {
             secrets: previous,
             ..context.clone()
         };
-        let converged: Result<(), ControlError> = async {
-            let rendered = self.render_for(client, &context)?;
-            self.inner.bundles.write_bundle(client, &rendered.bundle)?;
-            let docker = context.docker().await?;
-            let desired = self.desired(client, &context)?;
-            let edge = self
-                .inner
-                .bundles
-                .edge_router(&self.inner.config.operator)?;
-            let options = DeployOptions {
-                health_timeout: self.inner.config.health_timeout,
-            };
-            let run = EngineDeployment::prepare(&docker, &desired, edge.as_ref(), options).await?;
-            if let Err(error) = run.run(&|_| {}).await {
-                let _ = run.rollback(&|_| {}).await;
-                return Err(error.into());
-            }
-            let expected =
-                stackbox_core::stack::service_names_placed(&context.spec, &context.placement);
-            let status = lifecycle::status(&docker, client, &expected).await?;
-            self.inner
-                .store
-                .set_client_state(
-                    client,
-                    ClientState::from(status.state),
-                    Some("a rotation of its secrets failed; it runs on the previous ones"),
-                )
-                .await?;
-            Ok(())
-        }
-        .await;
+        let converged = self
+            .converge_on_secrets(
+                client,
+                &mut context,
+                "a rotation of its secrets failed; it runs on the previous ones",
+            )
+            .await;
         converged.is_ok()
+    }
+
+    /// A compensation's last part, shared by a failed rotation and a failed admin password
+    /// reset: the bundle rendered from `context`'s secrets (the previous ones, already back
+    /// in the store), the engine converged on it (rolled back if that fails too), and the
+    /// client's state as the engine then shows it, with `reason`.
+    pub(crate) async fn converge_on_secrets(
+        &self,
+        client: &ClientId,
+        context: &mut StepContext,
+        reason: &str,
+    ) -> Result<(), ControlError> {
+        let rendered = self.render_for(client, context)?;
+        self.inner.bundles.write_bundle(client, &rendered.bundle)?;
+        let docker = context.docker().await?;
+        let desired = self.desired(client, context)?;
+        let edge = self
+            .inner
+            .bundles
+            .edge_router(&self.inner.config.operator)?;
+        let options = DeployOptions {
+            health_timeout: self.inner.config.health_timeout,
+        };
+        let run = EngineDeployment::prepare(&docker, &desired, edge.as_ref(), options).await?;
+        if let Err(error) = run.run(&|_| {}).await {
+            let _ = run.rollback(&|_| {}).await;
+            return Err(error.into());
+        }
+        let expected =
+            stackbox_core::stack::service_names_placed(&context.spec, &context.placement);
+        let status = lifecycle::status(&docker, client, &expected).await?;
+        self.inner
+            .store
+            .set_client_state(client, ClientState::from(status.state), Some(reason))
+            .await?;
+        Ok(())
     }
 
     fn previous_secrets(
@@ -242,11 +254,12 @@ fn secrets_json(secrets: &Secrets) -> zeroize::Zeroizing<Vec<u8>> {
     zeroize::Zeroizing::new(serde_json::to_vec(&map).unwrap_or_default())
 }
 
-fn to_hex(bytes: &[u8]) -> String {
+/// Sealed bytes as they are kept in a deployment's JSON parameters.
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn from_hex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn from_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
