@@ -247,10 +247,12 @@ fn rotating_every_live_secret_lets_every_app_user_in_with_the_new_password_only(
         .to_string();
     let before = std::fs::read_to_string(env.env_file(&id)).unwrap();
     let old = |name: &str| env.secret(&id, name);
-    let (old_root, old_calcom, old_postgres) = (
+    let (old_root, old_calcom, old_postgres, old_espocrm, old_nextcloud) = (
         old("MYSQL_ROOT_PASSWORD"),
         old("CALCOM_DB_PASSWORD"),
         old("POSTGRES_PASSWORD"),
+        old("ESPOCRM_DB_PASSWORD"),
+        old("NEXTCLOUD_DB_PASSWORD"),
     );
     let (ok, out) = postgres_as(
         &id,
@@ -263,12 +265,12 @@ fn rotating_every_live_secret_lets_every_app_user_in_with_the_new_password_only(
 
     // A secret bound to the app's data is refused, naming why, and nothing changes.
     let refused = env
-        .bare(&["rotate-secrets", &id, "--only", "ESPOCRM_DB_PASSWORD"])
+        .bare(&["rotate-secrets", &id, "--only", "CALCOM_ENCRYPTION_KEY"])
         .output()
         .unwrap();
     assert!(!refused.status.success());
     let message = text(&refused.stderr);
-    assert!(message.contains("config-internal.php"), "{message}");
+    assert!(message.contains("unreadable"), "{message}");
     assert_eq!(std::fs::read_to_string(env.env_file(&id)).unwrap(), before);
 
     // Without --out: the bundle is found from the containers' labels.
@@ -291,13 +293,15 @@ fn rotating_every_live_secret_lets_every_app_user_in_with_the_new_password_only(
         "POSTGRES_PASSWORD",
         "CALCOM_DB_PASSWORD",
         "REDIS_PASSWORD",
+        "ESPOCRM_DB_PASSWORD",
+        "NEXTCLOUD_DB_PASSWORD",
     ] {
         assert!(
             names.contains(&expected),
             "{expected} not rotated: {names:?}"
         );
     }
-    assert!(!names.contains(&"ESPOCRM_DB_PASSWORD"));
+    assert!(!names.contains(&"CALCOM_ENCRYPTION_KEY"));
     assert!(
         !out.contains(&env.secret(&id, "MYSQL_ROOT_PASSWORD")),
         "a new secret was printed"
@@ -341,8 +345,47 @@ fn rotating_every_live_secret_lets_every_app_user_in_with_the_new_password_only(
     assert!(ok, "the superuser with the new password: {out}");
     let (ok, _) = postgres_as(&id, "postgres", &old_postgres, "postgres", "SELECT 1");
     assert!(!ok, "the superuser still logs in with the old password");
+    // EspoCRM and Nextcloud keep the password their installers wrote into their own config
+    // files; the stack hands them the new one on start. The database takes only the new one,
+    // and the apps' own database checks pass with what they now hold: EspoCRM's `db:check`,
+    // Nextcloud's background job (cron.php, run by hand here) in the cron container.
+    for (user, old_password) in [("espocrm", &old_espocrm), ("nextcloud", &old_nextcloud)] {
+        let key = format!("{}_DB_PASSWORD", user.to_uppercase());
+        assert_ne!(&new(&key), old_password);
+        let (ok, out) = mariadb_as(&id, user, &new(&key), user, "SELECT 1");
+        assert!(ok, "{user} with the new password: {out}");
+        let (ok, _) = mariadb_as(&id, user, old_password, user, "SELECT 1");
+        assert!(!ok, "{user} still logs in with the old password");
+    }
+    let checked = exec_docker(&[
+        "exec",
+        &format!("{id}-espocrm-1"),
+        "bin/command",
+        "db:check",
+    ]);
+    assert_eq!(checked.trim(), "OK", "EspoCRM's own database check");
+    // exec_docker fails the test unless the job exits 0; the row it writes proves it logged in.
+    exec_docker(&[
+        "exec",
+        "-u",
+        "www-data",
+        &format!("{id}-nextcloud-cron-1"),
+        "/usr/local/bin/nextcloud-cron-job",
+    ]);
+    let (ok, out) = mariadb_as(
+        &id,
+        "nextcloud",
+        &new("NEXTCLOUD_DB_PASSWORD"),
+        "nextcloud",
+        "SELECT COUNT(*) FROM stackbox_standin WHERE name = 'nextcloud-cron' AND at > NOW() - INTERVAL 5 MINUTE",
+    );
+    assert!(
+        ok && out.trim() == "1",
+        "Nextcloud's background job wrote its row: {out}"
+    );
     // The apps were recreated with the new values and are healthy (their stand-ins log in
-    // to MariaDB, PostgreSQL and Redis at start).
+    // to MariaDB, PostgreSQL and Redis at start; EspoCRM's app-check and Nextcloud's status
+    // page need their database).
     assert_eq!(env.state(&id), "running");
 
     // Stop and start without --out: the bundle is found from the containers' labels, and

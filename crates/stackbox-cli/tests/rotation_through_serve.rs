@@ -89,7 +89,7 @@ fn a_rotation_through_the_api_replaces_live_secrets_and_a_failed_one_is_compensa
     let (status, _) = server.http("POST", &path, &client_token, None);
     assert_eq!(status, 403);
     for (body, field) in [
-        (r#"{"only": ["ESPOCRM_DB_PASSWORD"]}"#, "only"),
+        (r#"{"only": ["ADMIN_PASSWORD"]}"#, "only"),
         (r#"{"only": ["NOPE"]}"#, "only"),
         (r#"{"only": ["CALCOM_DB_PASSWORD"]}"#, "only"),
         (r#"{"every": true}"#, "every"),

@@ -819,13 +819,14 @@ pub fn tied_to_data(key: SecretKey) -> bool {
     match key {
         // Hashed into EspoCRM's, Nextcloud's and Mailtrain's user tables.
         SecretKey::AdminPassword => true,
-        // EspoCRM's installer writes it into data/config-internal.php; Nextcloud's into
-        // config/config.php: both are in the copied volumes.
-        SecretKey::EspocrmDbPassword | SecretKey::NextcloudDbPassword => true,
         // Encrypt values stored in the databases (Cal.com's credentials, Plausible's TOTP).
         SecretKey::CalcomEncryptionKey | SecretKey::PlausibleTotpVaultKey => true,
         // Set from the environment on every start, or only sessions (users sign in again).
-        SecretKey::MysqlRootPassword
+        // EspoCRM's and Nextcloud's installers wrote theirs into config files in the copied
+        // volumes, but the stack sets them from the environment on every start.
+        SecretKey::EspocrmDbPassword
+        | SecretKey::NextcloudDbPassword
+        | SecretKey::MysqlRootPassword
         | SecretKey::MailtrainDbPassword
         | SecretKey::RedisPassword
         | SecretKey::PostgresPassword

@@ -142,19 +142,18 @@ impl SecretKey {
             SecretKey::AdminPassword => Some(
                 "is the administrator's password, hashed into each app's own user table at installation; a new value in the environment changes nothing there. Reset it in every app with `stackbox admin-password ID` (POST /v1/clients/{id}/admin-password)",
             ),
-            SecretKey::EspocrmDbPassword => Some(
-                "was written by EspoCRM's installer into its data/config-internal.php, which StackBox does not rewrite; EspoCRM would stop reaching its database",
-            ),
-            SecretKey::NextcloudDbPassword => Some(
-                "was written by Nextcloud's installer into its config/config.php, which StackBox does not rewrite; Nextcloud would stop reaching its database",
-            ),
             SecretKey::CalcomEncryptionKey => Some(
                 "encrypts the credentials Cal.com keeps in its database; a new key would make them unreadable",
             ),
             SecretKey::PlausibleTotpVaultKey => Some(
                 "encrypts the two-factor secrets Plausible keeps in its database; a new key would make them unreadable",
             ),
-            SecretKey::MysqlRootPassword
+            // EspoCRM's and Nextcloud's installers write theirs into the app's own config
+            // file once; the stack sets it from the environment on every start (EspoCRM's
+            // entrypoint wrapper, Nextcloud's NC_dbpassword), so it rotates like the others.
+            SecretKey::EspocrmDbPassword
+            | SecretKey::NextcloudDbPassword
+            | SecretKey::MysqlRootPassword
             | SecretKey::MailtrainDbPassword
             | SecretKey::RedisPassword
             | SecretKey::PostgresPassword
@@ -413,10 +412,12 @@ mod tests {
         assert!(keys.contains(&SecretKey::PostgresPassword));
         assert!(keys.contains(&SecretKey::MailtrainDbPassword));
         assert!(keys.contains(&SecretKey::ClickhousePassword));
+        // Set from the environment on every start by the stack, though the installers wrote
+        // them into the apps' config files.
+        assert!(keys.contains(&SecretKey::EspocrmDbPassword));
+        assert!(keys.contains(&SecretKey::NextcloudDbPassword));
         for bound in [
             SecretKey::AdminPassword,
-            SecretKey::EspocrmDbPassword,
-            SecretKey::NextcloudDbPassword,
             SecretKey::CalcomEncryptionKey,
             SecretKey::PlausibleTotpVaultKey,
         ] {
@@ -441,10 +442,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(unused.contains("not used by this client"), "{unused}");
-        let bound = rotation_keys(&needed, &["ESPOCRM_DB_PASSWORD".into()])
+        let bound = rotation_keys(&enterprise_needs(), &["CALCOM_ENCRYPTION_KEY".into()])
             .unwrap_err()
             .to_string();
-        assert!(bound.contains("config-internal.php"), "{bound}");
+        assert!(bound.contains("unreadable"), "{bound}");
         let admin = rotation_keys(&needed, &["ADMIN_PASSWORD".into()])
             .unwrap_err()
             .to_string();

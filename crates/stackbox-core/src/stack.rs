@@ -255,6 +255,13 @@ pub enum MysqlPlacement {
 /// The default MySQL port, left out of Nextcloud's `MYSQL_HOST`.
 pub const MYSQL_DEFAULT_PORT: u16 = 3306;
 
+/// EspoCRM's entrypoint wrapper (`sh -c`, `$0` is its name): installs the bundle's settings as
+/// `data/config-override.php`, then, on an installed volume, sets the database settings from
+/// the environment (why: at the EspoCRM service below), then runs the image's
+/// entrypoint. Any failing step ends the container, so the engine restarts it and the deploy's
+/// health gate sees it.
+pub const ESPOCRM_ENTRYPOINT_WRAPPER: &str = "install -D -o www-data -g www-data -m 0640 /usr/local/share/stackbox/config-override.php /var/www/html/data/config-override.php && if [ \"$(bin/command config:get isInstalled)\" = true ]; then bin/command config:set database.host \"$ESPOCRM_DATABASE_HOST\" && bin/command config:set database.port \"$ESPOCRM_DATABASE_PORT\" && bin/command config:set database.dbname \"$ESPOCRM_DATABASE_NAME\" && bin/command config:set database.user \"$ESPOCRM_DATABASE_USER\" && bin/command config:set database.password \"$ESPOCRM_DATABASE_PASSWORD\"; fi && exec docker-entrypoint.sh \"$@\"";
+
 impl MysqlPlacement {
     /// An external server, validated: errors name `mysql.host`, `mysql.port` or
     /// `mysql.databases.<app>`. `databases` gives each MySQL app's database and user name on
@@ -1086,10 +1093,18 @@ impl Builder<'_> {
                             target: "/usr/local/share/stackbox/config-override.php",
                             read_only: true,
                         });
+                        // The installer writes the ESPOCRM_DATABASE_* values into
+                        // data/config-internal.php once; an installed volume's entrypoint
+                        // ("migrate") never reads them again and checks the database with the
+                        // recorded ones. So on every start of an installed volume the wrapper
+                        // sets them from the environment first (`config:set` needs no database
+                        // connection: the installer runs it before its own check): a rotated
+                        // password, a restored or cloned volume and a moved database all reach
+                        // EspoCRM. The daemon reads the same file for each job.
                         s.entrypoint = Some(strings(&[
                             "sh",
                             "-c",
-                            "install -D -o www-data -g www-data -m 0640 /usr/local/share/stackbox/config-override.php /var/www/html/data/config-override.php && exec docker-entrypoint.sh \"$@\"",
+                            ESPOCRM_ENTRYPOINT_WRAPPER,
                             "stackbox-espocrm",
                         ]));
                         s.command = Some(strings(&["apache2-foreground"]));
@@ -1124,6 +1139,12 @@ impl Builder<'_> {
                     // cron.php uses the database and Redis.
                     s.networks = self.data_networks();
                     s.healthcheck = check(&["CMD-SHELL", "grep -q crond /proc/1/cmdline"], 30);
+                    // cron.php reads config.php, where NC_dbpassword overrides the installed
+                    // password (see the web container); busybox crond passes it to the job.
+                    s.environment.insert(
+                        "NC_dbpassword".into(),
+                        EnvValue::secret(SecretKey::NextcloudDbPassword),
+                    );
                     self.wait_for(&mut s, &[ServiceKind::Nextcloud]);
                 } else {
                     let files = domain.sub("files");
@@ -1143,6 +1164,14 @@ impl Builder<'_> {
                     env.insert("MYSQL_USER".into(), EnvValue::text(db));
                     env.insert(
                         "MYSQL_PASSWORD".into(),
+                        EnvValue::secret(SecretKey::NextcloudDbPassword),
+                    );
+                    // MYSQL_PASSWORD reaches config.php only at installation. OC\Config lets an
+                    // `NC_<key>` variable override config key <key> on every request, so the
+                    // password in the environment is the one used: a rotated, restored or cloned
+                    // client's Nextcloud follows its database without editing config.php.
+                    env.insert(
+                        "NC_dbpassword".into(),
                         EnvValue::secret(SecretKey::NextcloudDbPassword),
                     );
                     env.insert(
