@@ -114,6 +114,11 @@ pub struct MetricsSnapshot {
     /// rather than one series per client, so that the label set stays bounded. `None` when no
     /// client has a successful backup (the series is then left out).
     pub oldest_successful_backup_age_seconds: Option<f64>,
+    /// Per client: state, last backup age, resource use and volumes (bounded labels: each
+    /// client has a fixed, small set of services and volumes).
+    pub clients: Vec<crate::monitoring::ClientMetrics>,
+    /// Used and total bytes of the engine's data filesystem, when it is on this host.
+    pub engine_disk: Option<(u64, u64)>,
 }
 
 /// Why the control plane refused or failed a request. The API maps each variant to one status.
@@ -382,6 +387,18 @@ pub trait ControlPlane: Send + Sync + 'static {
         async { Err(ControlError::NotFound) }
     }
 
+    /// `GET /v1/clients/{id}/usage` (operator, or that client's token): the client's
+    /// resource use over the last `window_seconds`. The default answers 404: a control plane
+    /// without a collector has no readings.
+    fn client_usage(
+        &self,
+        id: &ClientId,
+        window_seconds: u64,
+    ) -> impl Future<Output = Result<crate::monitoring::ClientUsageView, ControlError>> + Send {
+        let _ = (id, window_seconds);
+        async { Err(ControlError::NotFound) }
+    }
+
     /// `POST /v1/clients/{id}/backups/{snapshot}/restore` (operator): journals a `restore`
     /// (a safety backup first, then the client's data replaced by the snapshot's). The API
     /// has already checked the `confirm` parameter. `Conflict` when busy.
@@ -601,6 +618,11 @@ pub(crate) trait DynControl: Send + Sync + 'static {
         id: &'a ClientId,
         query: LogQuery,
     ) -> BoxFuture<'a, Result<BoxStream<'static, LogLine>, ControlError>>;
+    fn client_usage<'a>(
+        &'a self,
+        id: &'a ClientId,
+        window_seconds: u64,
+    ) -> BoxFuture<'a, Result<crate::monitoring::ClientUsageView, ControlError>>;
     fn restore_backup<'a>(
         &'a self,
         id: &'a ClientId,
@@ -792,6 +814,13 @@ impl<C: ControlPlane> DynControl for C {
         query: LogQuery,
     ) -> BoxFuture<'a, Result<BoxStream<'static, LogLine>, ControlError>> {
         Box::pin(ControlPlane::client_logs(self, id, query))
+    }
+    fn client_usage<'a>(
+        &'a self,
+        id: &'a ClientId,
+        window_seconds: u64,
+    ) -> BoxFuture<'a, Result<crate::monitoring::ClientUsageView, ControlError>> {
+        Box::pin(ControlPlane::client_usage(self, id, window_seconds))
     }
     fn restore_backup<'a>(
         &'a self,

@@ -62,12 +62,13 @@
 //!   `snapshot`.)
 //! - **A restore asks for `confirm` like a delete**: both replace or destroy the client's data.
 //!   A verify does not: it touches only a throwaway copy.
-//! - **`/metrics` needs no token by default**: it carries aggregates only (counts by state and
-//!   outcome, durations by step name; no client id, domain or secret), and the only tokens
-//!   that exist are operator tokens (full write access) and client tokens: making Prometheus
-//!   hold an operator token would widen what a leaked scrape credential can do. An operator who
-//!   wants it closed starts the server with [`MetricsAccess::Operator`], or binds the listener
-//!   on a private address. `/healthz` and `/openapi.json` are public too (no data).
+//! - **`/metrics` needs no token by default**: it carries counts, durations and per-client
+//!   resource use labelled by client id and service (no domain, name or secret), and the only
+//!   tokens that exist are operator tokens (full write access) and client tokens: making
+//!   Prometheus hold an operator token would widen what a leaked scrape credential can do. An
+//!   operator whose listener is reachable beyond a private network starts the server with
+//!   [`MetricsAccess::Operator`] (`[monitor] metrics = "operator"` for `stackbox serve`), or
+//!   binds the listener on a private address. `/healthz` and `/openapi.json` are public too (no data).
 //! - **Unknown query parameters are refused (422)**, like unknown body fields: `?stat=running`
 //!   silently listing every client would be worse than an error.
 //! - **`verify_token` returns `Result<Option<Authenticated>, ControlError>`** (the first sketch
@@ -96,6 +97,8 @@ mod dto;
 mod error;
 mod input;
 mod metrics;
+mod monitoring;
+mod monitoring_routes;
 mod onboarding;
 mod routes;
 mod time;
@@ -137,6 +140,7 @@ pub use metrics::{
     DurationHistogram, BACKUP_STATUSES, CONTENT_TYPE as METRICS_CONTENT_TYPE,
     DURATION_BUCKETS_SECONDS, MAIL_STATUSES,
 };
+pub use monitoring::{ClientMetrics, ClientUsageView, ServiceUsageView, UsagePointView};
 pub use onboarding::{SignupLimits, WEBHOOK_BODY_LIMIT};
 pub use time::Timestamp;
 

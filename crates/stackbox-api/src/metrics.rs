@@ -254,7 +254,149 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
             &[("step", step)],
         );
     }
+    render_clients(&mut out, snapshot);
     out
+}
+
+/// One gauge or counter family with a sample per (labels, value).
+fn series(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(Vec<(&str, &str)>, String)],
+) {
+    family(out, name, kind, help);
+    for (labels, value) in samples {
+        sample(out, name, labels, value);
+    }
+}
+
+/// The per-client series: cAdvisor's names for resource use (so dashboards made for
+/// cAdvisor work, with `client` and `service` instead of container ids), StackBox's own for
+/// state, backups and storage. Every label value comes from a bounded set: the clients,
+/// their services and volumes.
+fn render_clients(out: &mut String, snapshot: &MetricsSnapshot) {
+    let clients = &snapshot.clients;
+    type Sample<'a> = (Vec<(&'a str, &'a str)>, String);
+    let per_service = |value: &dyn Fn(&crate::monitoring::ServiceUsageView) -> Option<String>| {
+        let mut samples: Vec<Sample<'_>> = Vec::new();
+        for client in clients {
+            for service in &client.services {
+                if let Some(v) = value(service) {
+                    samples.push((
+                        vec![
+                            ("client", client.client.as_str()),
+                            ("service", service.service.as_str()),
+                        ],
+                        v,
+                    ));
+                }
+            }
+        }
+        samples
+    };
+    series(
+        out,
+        "container_cpu_usage_seconds_total",
+        "counter",
+        "Cumulative CPU time consumed, in seconds (all cores), per client and service.",
+        &per_service(&|s| Some(format_float(s.cpu_seconds_total))),
+    );
+    series(
+        out,
+        "container_memory_working_set_bytes",
+        "gauge",
+        "Current working set (memory in use without the reclaimable page cache), in bytes.",
+        &per_service(&|s| Some(s.memory_working_set_bytes.to_string())),
+    );
+    series(
+        out,
+        "container_spec_memory_limit_bytes",
+        "gauge",
+        "Memory limit of the service's container, in bytes (absent without a limit).",
+        &per_service(&|s| s.memory_limit_bytes.map(|v| v.to_string())),
+    );
+    series(
+        out,
+        "container_network_receive_bytes_total",
+        "counter",
+        "Cumulative bytes received over the container's networks.",
+        &per_service(&|s| Some(s.network_receive_bytes_total.to_string())),
+    );
+    series(
+        out,
+        "container_network_transmit_bytes_total",
+        "counter",
+        "Cumulative bytes sent over the container's networks.",
+        &per_service(&|s| Some(s.network_transmit_bytes_total.to_string())),
+    );
+    series(
+        out,
+        "container_fs_reads_bytes_total",
+        "counter",
+        "Cumulative bytes read from block devices.",
+        &per_service(&|s| Some(s.block_read_bytes_total.to_string())),
+    );
+    series(
+        out,
+        "container_fs_writes_bytes_total",
+        "counter",
+        "Cumulative bytes written to block devices.",
+        &per_service(&|s| Some(s.block_write_bytes_total.to_string())),
+    );
+    let mut volumes: Vec<Sample<'_>> = Vec::new();
+    let mut states: Vec<Sample<'_>> = Vec::new();
+    let mut backup_ages: Vec<Sample<'_>> = Vec::new();
+    for client in clients {
+        let id = client.client.as_str();
+        for (volume, bytes) in &client.volumes {
+            volumes.push((
+                vec![("client", id), ("volume", volume.as_str())],
+                bytes.to_string(),
+            ));
+        }
+        states.push((
+            vec![("client", id), ("state", client.state)],
+            "1".to_string(),
+        ));
+        if let Some(age) = client.last_backup_age_seconds.filter(|a| a.is_finite()) {
+            backup_ages.push((vec![("client", id)], format_float(age.max(0.0))));
+        }
+    }
+    series(
+        out,
+        "stackbox_volume_bytes",
+        "gauge",
+        "Bytes in each of a client's volumes, as last measured.",
+        &volumes,
+    );
+    series(
+        out,
+        "stackbox_client_state",
+        "gauge",
+        "1 for each client's current state (one series per client).",
+        &states,
+    );
+    series(
+        out,
+        "stackbox_client_last_backup_age_seconds",
+        "gauge",
+        "Seconds since the client's last successful backup; absent without one.",
+        &backup_ages,
+    );
+    let mut disk: Vec<Sample<'_>> = Vec::new();
+    if let Some((used, total)) = snapshot.engine_disk {
+        disk.push((vec![("kind", "used")], used.to_string()));
+        disk.push((vec![("kind", "total")], total.to_string()));
+    }
+    series(
+        out,
+        "stackbox_engine_disk_bytes",
+        "gauge",
+        "Used and total bytes of the filesystem holding the engine's data (when local).",
+        &disk,
+    );
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -150,6 +150,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(upgrade_client))
         .routes(routes!(create_backup, list_backups))
         .routes(routes!(client_logs))
+        .routes(routes!(crate::monitoring_routes::client_usage))
         .routes(routes!(restore_backup))
         .routes(routes!(verify_backup))
         .routes(routes!(clone_client))
@@ -1577,7 +1578,7 @@ fn accepted(deployment_id: &str, body: impl IntoResponse) -> Response {
 }
 
 /// A client id from the path; 404 (like an unknown id) when it is not one.
-fn client_id(path: Result<Path<String>, PathRejection>) -> Result<ClientId, ApiError> {
+pub(crate) fn client_id(path: Result<Path<String>, PathRejection>) -> Result<ClientId, ApiError> {
     let Ok(Path(text)) = path else {
         return Err(ApiError::NotFound(Resource::Client));
     };
@@ -1624,7 +1625,7 @@ fn deployment_id(path: Result<Path<String>, PathRejection>) -> Result<String, Ap
 }
 
 /// The query parameters, each at most once and each among `allowed`.
-fn query_params(
+pub(crate) fn query_params(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     allowed: &[&str],
 ) -> Result<BTreeMap<String, String>, ApiError> {

@@ -681,3 +681,50 @@ pub fn destroy(
     }
     Ok(())
 }
+
+/// `status ID --resources` without a server: two readings of the client's running containers
+/// 2 s apart (rates need two), and its volumes measured once.
+pub fn resources(id: &str, json: bool) -> Result<()> {
+    const APART: std::time::Duration = std::time::Duration::from_secs(2);
+    let id = parse_id(id)?;
+    let rt = runtime()?;
+    let usage = rt.block_on(async {
+        let docker = DockerRuntime::connect().await?;
+        let (memory, _) = docker.host_resources().await?;
+        let mut ring = stackbox_core::usage::UsageRing::new(2);
+        for round in 0..2 {
+            if round > 0 {
+                tokio::time::sleep(APART).await;
+            }
+            let mut readings =
+                stackbox_engine::usage::read_all(&docker, Some(&id), memory, 4).await?;
+            let samples = readings.remove(id.as_str()).unwrap_or_default();
+            if samples.is_empty() {
+                bail!("client {id} runs no container on the engine; `stackbox start {id}`");
+            }
+            // Unix seconds, as the collector's readings are timed (the points show them).
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            ring.record(now, samples);
+        }
+        ring.record_volumes(stackbox_engine::usage::volume_sizes(&docker, &id).await?);
+        anyhow::Ok(ring.window(i64::MIN))
+    })?;
+    let view = crate::monitoring::usage_view(
+        stackbox_control::ClientUsage {
+            client_id: id.to_string(),
+            interval_seconds: APART.as_secs(),
+            kept_seconds: APART.as_secs(),
+            window: usage,
+        },
+        APART.as_secs(),
+    );
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        println!("Client {id}:");
+        crate::monitoring::print_usage(&view);
+    }
+    Ok(())
+}

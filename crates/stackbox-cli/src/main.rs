@@ -24,6 +24,7 @@ mod cloud;
 mod doctor;
 mod lifecycle;
 mod logs;
+mod monitoring;
 mod progress;
 mod remote;
 mod serve;
@@ -104,6 +105,13 @@ enum Command {
         /// Every client on the engine.
         #[arg(long, conflicts_with = "client_id")]
         all: bool,
+        /// The client's resource use (CPU, memory working set, network, storage) per service:
+        /// with --server, over the window `serve` keeps; locally, two readings 2 s apart.
+        #[arg(long, requires = "client_id")]
+        resources: bool,
+        /// With --resources and --server: how far back (`30m`, `6h`, `1d`; 1h by default).
+        #[arg(long, requires = "resources")]
+        window: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -802,9 +810,25 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status {
+            client_id: Some(client_id),
+            resources: true,
+            window,
+            common,
+            ..
+        } => {
+            if window.is_some() {
+                anyhow::bail!(
+                    "--window needs --server: the readings over time are kept by `stackbox \
+                     serve`; without it, --resources takes two readings 2 s apart"
+                );
+            }
+            lifecycle::resources(&client_id, common.json)
+        }
+        Command::Status {
             client_id,
             all,
             common,
+            ..
         } => lifecycle::status(
             &operator,
             &root_of(&common, &operator),
@@ -927,6 +951,13 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
             })?;
             remote()?.deploy(&spec, common.json)
         })(),
+        Command::Status {
+            client_id: Some(client_id),
+            resources: true,
+            window,
+            common,
+            ..
+        } => remote().and_then(|r| r.resources(client_id, window.as_deref(), common.json)),
         Command::Status {
             client_id, common, ..
         } => remote().and_then(|r| r.status(client_id.as_deref(), common.json)),

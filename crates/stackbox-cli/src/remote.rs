@@ -521,6 +521,24 @@ impl Remote {
         self.finish(&id, json, "clone")
     }
 
+    /// `status ID --resources` through the API.
+    pub fn resources(&self, client: &str, window: Option<&str>, json: bool) -> Result<()> {
+        let path = match window {
+            Some(window) => format!("/v1/clients/{client}/usage?window={}", query_escape(window)),
+            None => format!("/v1/clients/{client}/usage"),
+        };
+        let usage = self.ok("GET", &path, None)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&usage)?);
+        } else {
+            let usage: stackbox_api::ClientUsageView = serde_json::from_value(usage)
+                .context("the server's usage answer is not one this CLI reads")?;
+            println!("Client {client}:");
+            crate::monitoring::print_usage(&usage);
+        }
+        Ok(())
+    }
+
     pub fn status(&self, client: Option<&str>, json: bool) -> Result<()> {
         match client {
             Some(id) => {

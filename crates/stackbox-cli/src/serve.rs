@@ -155,7 +155,15 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
             unknown_tokens: std::sync::Mutex::new(HashMap::new()),
             list_cache: std::sync::Mutex::new(HashMap::new()),
         };
-        stackbox_api::serve(listener, Arc::new(served), shutdown_signal()).await?;
+        let options = stackbox_api::ApiOptions {
+            metrics_access: if served.operator.monitor.metrics_need_operator_token {
+                stackbox_api::MetricsAccess::Operator
+            } else {
+                stackbox_api::MetricsAccess::Public
+            },
+            ..stackbox_api::ApiOptions::default()
+        };
+        stackbox_api::serve_with(listener, Arc::new(served), options, shutdown_signal()).await?;
         Ok(())
     })
 }
@@ -1073,10 +1081,12 @@ impl ControlPlane for Served {
             .map(|(id, at)| (id, at.unix_millis() / 1000))
             .collect();
         let now = stackbox_store::Timestamp::now().unix_millis() / 1000;
+        let mut usage = self.control.usage_snapshot();
+        snapshot.engine_disk = usage.engine_disk;
         let mut after: Option<ClientId> = None;
         loop {
             let filter = ClientFilter {
-                state: Some(ClientState::Running),
+                state: None,
                 plan: None,
             };
             let page = self
@@ -1087,12 +1097,26 @@ impl ControlPlane for Served {
             for client in &page.clients {
                 let since = client.created_at.unix_millis() / 1000;
                 let last_success = last.get(&client.id).copied();
-                if stackbox_core::backup::backup_missing(
-                    last_success,
-                    since,
-                    now,
-                    self.operator.backup.every_hours,
-                ) {
+                let readings = usage.clients.remove(client.id.as_str()).unwrap_or_default();
+                snapshot.clients.push(stackbox_api::ClientMetrics {
+                    client: client.id.to_string(),
+                    state: client.state.as_str(),
+                    last_backup_age_seconds: last_success.map(|at| (now - at).max(0) as f64),
+                    services: readings
+                        .services
+                        .iter()
+                        .map(crate::monitoring::service_view)
+                        .collect(),
+                    volumes: readings.volumes,
+                });
+                if client.state == ClientState::Running
+                    && stackbox_core::backup::backup_missing(
+                        last_success,
+                        since,
+                        now,
+                        self.operator.backup.every_hours,
+                    )
+                {
                     snapshot.clients_missing_backup += 1;
                 }
             }
@@ -1273,6 +1297,18 @@ impl ControlPlane for Served {
                 },
                 crate::logs::LogsError::Engine(error) => ControlError::internal(&error),
             })
+    }
+
+    async fn client_usage(
+        &self,
+        id: &ClientId,
+        window_seconds: u64,
+    ) -> Result<stackbox_api::ClientUsageView, ControlError> {
+        if self.store.client(id).await.map_err(store_error)?.is_none() {
+            return Err(ControlError::NotFound);
+        }
+        let usage = self.control.client_usage(id, window_seconds);
+        Ok(crate::monitoring::usage_view(usage, window_seconds))
     }
 
     async fn list_backups(&self, id: &ClientId) -> Result<stackbox_api::BackupList, ControlError> {

@@ -24,6 +24,9 @@ mod rollout;
 mod rotation;
 mod steps;
 mod upgrade;
+mod usage;
+
+pub use usage::{ClientSnapshot, ClientUsage, UsageSnapshot};
 
 pub use steps::{step_names, steps_for, CloudMysql, Step, StepOutput};
 
@@ -153,6 +156,8 @@ struct Inner {
     activity: Mutex<HashMap<ClientId, (bool, u64)>>,
     /// Woken when a mail is queued, so it goes out at once rather than at the next tick.
     mail_waiting: tokio::sync::Notify,
+    /// What the usage collector, the probes and the alert rules last saw.
+    observations: Mutex<usage::Observations>,
 }
 
 /// The control plane: cheap to clone, shared by the API handlers.
@@ -180,6 +185,7 @@ impl Control {
                 watchers: Mutex::new(HashMap::new()),
                 activity: Mutex::new(HashMap::new()),
                 mail_waiting: tokio::sync::Notify::new(),
+                observations: Mutex::new(usage::Observations::default()),
             }),
         };
         let worker = control.clone();
@@ -414,6 +420,7 @@ impl Control {
             tokio::task::spawn_local(onboarding::run(self.clone()));
             tokio::task::spawn_local(backups::run(self.clone()));
             tokio::task::spawn_local(rollout::run(self.clone()));
+            tokio::task::spawn_local(usage::run(self.clone()));
             while let Some(id) = jobs.recv().await {
                 let control = self.clone();
                 let limit = limit.clone();
@@ -452,6 +459,7 @@ impl Control {
         let _ = store.finish_deployment(id, status, error.as_deref()).await;
         match (&outcome, deployment.kind) {
             (Ok(()), DeploymentKind::Destroy) => {
+                self.forget_usage(client);
                 let _ = self.inner.bundles.remove_client(client);
                 let _ = store.delete_client(client).await;
             }

@@ -28,5 +28,6 @@ pub mod render;
 pub mod rollout;
 pub mod secrets;
 pub mod stack;
+pub mod usage;
 
 pub use error::CoreError;

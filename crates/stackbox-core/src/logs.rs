@@ -21,27 +21,38 @@ pub fn parse_since(text: &str, now: i64) -> Result<i64, CoreError> {
             ),
         )
     };
-    if let Some(unit) = text.chars().last().filter(char::is_ascii_alphabetic) {
-        let number = &text[..text.len() - 1];
-        if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
-            let seconds = match unit {
-                's' => 1,
-                'm' => 60,
-                'h' => 3600,
-                'd' => 86_400,
-                _ => return Err(problem()),
-            };
-            let amount: i64 = number.parse().map_err(|_| problem())?;
-            return amount
-                .checked_mul(seconds)
-                .filter(|back| *back <= 3650 * 86_400)
-                .map(|back| (now - back).max(0))
-                .ok_or_else(|| {
-                    CoreError::invalid("since", format!("{text:?} is more than ten years back"))
-                });
-        }
+    match duration_seconds("since", text) {
+        Some(back) => back.map(|back| (now - back).max(0)),
+        None => rfc3339_seconds(text).ok_or_else(problem),
     }
-    rfc3339_seconds(text).ok_or_else(problem)
+}
+
+/// A duration written `30s`, `10m`, `2h` or `1d`, in seconds, at most ten years: `None` when
+/// the text is not written that way, an error naming `field` when it is but is too long.
+pub fn duration_seconds(field: &str, text: &str) -> Option<Result<i64, CoreError>> {
+    let text = text.trim();
+    let unit = text.chars().last().filter(char::is_ascii_alphabetic)?;
+    let number = &text[..text.len() - 1];
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let too_long = || CoreError::invalid(field, format!("{text:?} is more than ten years"));
+    let Ok(amount) = number.parse::<i64>() else {
+        return Some(Err(too_long()));
+    };
+    Some(
+        amount
+            .checked_mul(seconds)
+            .filter(|back| *back <= 3650 * 86_400)
+            .ok_or_else(too_long),
+    )
 }
 
 /// `tail` from text: 1 to [`MAX_TAIL`], [`DEFAULT_TAIL`] when not given. Errors name `tail`.

@@ -38,6 +38,8 @@ pub struct OperatorConfig {
     pub onboarding: crate::onboarding::OnboardingSettings,
     /// `[backup]`: where restore points go, how often, how many are kept.
     pub backup: crate::backup::BackupSettings,
+    /// `[monitor]`: how often resource use is read and how long it is kept.
+    pub monitor: crate::usage::MonitorSettings,
     /// `[[releases]]`, oldest first: the image sets after the base catalog (see
     /// [`crate::release`]).
     pub releases: Vec<crate::release::ReleaseSpec>,
@@ -77,6 +79,7 @@ impl Default for OperatorConfig {
             aws: AwsSettings::default(),
             onboarding: crate::onboarding::OnboardingSettings::default(),
             backup: crate::backup::BackupSettings::default(),
+            monitor: crate::usage::MonitorSettings::default(),
             releases: Vec::new(),
         }
     }
@@ -351,6 +354,8 @@ struct OperatorFile {
     onboarding: crate::onboarding::OnboardingFile,
     #[serde(default)]
     backup: crate::backup::BackupFile,
+    #[serde(default)]
+    monitor: crate::usage::MonitorFile,
     #[serde(default)]
     releases: Vec<ReleaseFile>,
 }
@@ -820,6 +825,7 @@ impl OperatorFile {
         }
         config.aws = self.aws.validate()?;
         config.backup = self.backup.validate()?;
+        config.monitor = self.monitor.validate()?;
         if config.infrastructure == ProviderKind::Aws {
             config.aws.check_complete(None)?;
         }

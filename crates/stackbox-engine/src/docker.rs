@@ -432,9 +432,15 @@ impl ContainerRuntime for DockerRuntime {
             // Whatever is still attached is not the client's (its containers are removed
             // first): an edge router, possibly another operator configuration's, that joined
             // the client's edge network. Detach it.
+            let mut attached = Vec::new();
             if let Ok(network) = self.docker.inspect_network(name, None).await {
-                for container in network.containers.unwrap_or_default().into_keys() {
-                    self.disconnect_network(name, &container).await?;
+                for (key, endpoint) in network.containers.unwrap_or_default() {
+                    // By name, not by key: a stale endpoint (its container gone, which
+                    // libnetwork sometimes leaves behind after a concurrent removal) is keyed
+                    // `ep-…` and only a forced disconnect by its endpoint name deletes it.
+                    let target = endpoint.name.filter(|n| !n.is_empty()).unwrap_or(key);
+                    self.disconnect_network(name, &target).await?;
+                    attached.push(target);
                 }
             }
             match self.docker.remove_network(name).await {
@@ -443,6 +449,18 @@ impl ContainerRuntime for DockerRuntime {
                 // Up to 10 s: on a loaded host the engine takes seconds to let go.
                 Err(e) if attempt < 40 && short(&e).contains("active endpoints") => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) if !attached.is_empty() && short(&e).contains("active endpoints") => {
+                    return Err(EngineError::Refused {
+                        action: "remove network",
+                        object: name.to_string(),
+                        status: status_of(&e).unwrap_or(403),
+                        message: format!(
+                            "{}; still attached after forced disconnects: {}",
+                            short(&e),
+                            attached.join(", ")
+                        ),
+                    })
                 }
                 Err(e) => return Err(map_err("remove network", name)(e)),
             }
@@ -1038,11 +1056,105 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) => Err(map_err("inspect volume", name)(e)),
         }
     }
+
+    async fn container_stats(
+        &self,
+        id: &str,
+        service: &str,
+        host_memory: Option<u64>,
+    ) -> Result<stackbox_core::usage::ContainerSample, EngineError> {
+        let mut stream = Box::pin(self.docker.stats(
+            id,
+            Some(bollard::query_parameters::StatsOptions {
+                stream: false,
+                one_shot: true,
+            }),
+        ));
+        let stats = match stream.next().await {
+            Some(stats) => stats.map_err(map_err("read the resource use of", id))?,
+            None => {
+                return Err(EngineError::Transport {
+                    action: "read the resource use of",
+                    object: id.to_string(),
+                    problem: "the engine sent no reading".to_string(),
+                })
+            }
+        };
+        Ok(usage_sample(service, &stats, host_memory))
+    }
+}
+
+/// The counters of one stats reading, as the usage collector keeps them.
+fn usage_sample(
+    service: &str,
+    stats: &bollard::models::ContainerStatsResponse,
+    host_memory: Option<u64>,
+) -> stackbox_core::usage::ContainerSample {
+    use stackbox_core::usage;
+    let cpu_ns = stats
+        .cpu_stats
+        .as_ref()
+        .and_then(|cpu| cpu.cpu_usage.as_ref())
+        .and_then(|usage| usage.total_usage)
+        .unwrap_or(0);
+    let memory = stats.memory_stats.as_ref();
+    let memory_stats: std::collections::BTreeMap<String, u64> = memory
+        .and_then(|m| m.stats.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let (mut rx, mut tx) = (0u64, 0u64);
+    for network in stats.networks.iter().flat_map(|n| n.values()) {
+        rx += network.rx_bytes.unwrap_or(0);
+        tx += network.tx_bytes.unwrap_or(0);
+    }
+    let (mut read, mut write) = (0u64, 0u64);
+    for entry in stats
+        .blkio_stats
+        .as_ref()
+        .and_then(|b| b.io_service_bytes_recursive.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        match entry.op.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("read") => read += entry.value.unwrap_or(0),
+            Some("write") => write += entry.value.unwrap_or(0),
+            _ => {}
+        }
+    }
+    usage::ContainerSample {
+        service: service.to_string(),
+        cpu_seconds_total: cpu_ns as f64 / 1e9,
+        memory_working_set_bytes: usage::working_set_bytes(
+            memory.and_then(|m| m.usage).unwrap_or(0),
+            &memory_stats,
+        ),
+        memory_limit_bytes: memory
+            .and_then(|m| m.limit)
+            .and_then(|limit| usage::memory_limit(limit, host_memory)),
+        network_receive_bytes_total: rx,
+        network_transmit_bytes_total: tx,
+        block_read_bytes_total: read,
+        block_write_bytes_total: write,
+    }
 }
 
 /// What `stackbox doctor` reads of the engine. Inherent, not in [`ContainerRuntime`]: the
 /// lifecycle needs none of it.
 impl DockerRuntime {
+    /// The engine host's memory (bytes) and the engine's data root, for the usage collector:
+    /// a container "limited" by the host's memory has no limit, and the data root's
+    /// filesystem is the disk every client's volumes fill.
+    pub async fn host_resources(&self) -> Result<(Option<u64>, Option<String>), EngineError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(map_err("read the facts of", "the engine"))?;
+        let memory = info.mem_total.and_then(|m| u64::try_from(m).ok());
+        Ok((memory, info.docker_root_dir))
+    }
+
     /// The engine's version, API, operating system, data root and address pools.
     pub async fn engine_facts(&self) -> Result<stackbox_core::doctor::EngineFacts, EngineError> {
         let version = self

@@ -11,6 +11,7 @@ mod error;
 pub mod host;
 pub mod lifecycle;
 mod runtime;
+pub mod usage;
 
 pub use docker::{ContainerEvent, DockerRuntime};
 pub use error::EngineError;

@@ -196,4 +196,15 @@ pub trait ContainerRuntime {
 
     /// Where a named volume's files are on the engine's host (`None` when it does not exist).
     async fn volume_mountpoint(&self, name: &str) -> Result<Option<String>, EngineError>;
+
+    /// One reading of a running container's counters (CPU time, memory working set,
+    /// network and block I/O), without waiting for a second reading (the engine's
+    /// `one-shot`): the usage collector turns consecutive readings into rates itself.
+    /// `host_memory` is the engine host's memory, so that "no limit" is not read as one.
+    async fn container_stats(
+        &self,
+        id: &str,
+        service: &str,
+        host_memory: Option<u64>,
+    ) -> Result<stackbox_core::usage::ContainerSample, EngineError>;
 }

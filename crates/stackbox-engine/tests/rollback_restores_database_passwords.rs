@@ -132,6 +132,14 @@ impl ContainerRuntime for RefusingRuntime {
     async fn volume_mountpoint(&self, name: &str) -> Result<Option<String>, EngineError> {
         self.inner.volume_mountpoint(name).await
     }
+    async fn container_stats(
+        &self,
+        id: &str,
+        service: &str,
+        host_memory: Option<u64>,
+    ) -> Result<stackbox_core::usage::ContainerSample, EngineError> {
+        self.inner.container_stats(id, service, host_memory).await
+    }
 }
 
 struct Random;

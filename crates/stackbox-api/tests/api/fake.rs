@@ -7,13 +7,13 @@ use std::sync::Mutex;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use stackbox_api::{
     Authenticated, BackupList, BackupReason, BackupState, BackupStatus, BackupView, ClientAction,
-    ClientChange, ClientConfiguration, ClientDetail, ClientState, ClientSummary, ClonedClient,
-    ControlError, ControlPlane, CreatedClient, Credentials, DeploymentEnd, DeploymentEvent,
-    DeploymentKind, DeploymentOutcome, DeploymentQuery, DeploymentRef, DeploymentStatus,
-    DeploymentSummary, DeploymentView, DurationHistogram, FieldChange, HealthStatus, ListQuery,
-    LogLine, LogQuery, LogStreamKind, MetricsSnapshot, Page, Principal, RequestedBy, RequesterKind,
-    ServiceHealth, ServiceState, StepStatus, StepView, StepsSummary, Timestamp, TokenList,
-    TokenRole, TokenView,
+    ClientChange, ClientConfiguration, ClientDetail, ClientMetrics, ClientState, ClientSummary,
+    ClientUsageView, ClonedClient, ControlError, ControlPlane, CreatedClient, Credentials,
+    DeploymentEnd, DeploymentEvent, DeploymentKind, DeploymentOutcome, DeploymentQuery,
+    DeploymentRef, DeploymentStatus, DeploymentSummary, DeploymentView, DurationHistogram,
+    FieldChange, HealthStatus, ListQuery, LogLine, LogQuery, LogStreamKind, MetricsSnapshot, Page,
+    Principal, RequestedBy, RequesterKind, ServiceHealth, ServiceState, ServiceUsageView,
+    StepStatus, StepView, StepsSummary, Timestamp, TokenList, TokenRole, TokenView, UsagePointView,
 };
 use stackbox_core::client::{ClientId, ClientSpec, Domain};
 use tokio::sync::mpsc;
@@ -67,6 +67,8 @@ struct Stored {
 pub struct Fake {
     /// Every `client_logs` query the API passed on.
     pub log_queries: Mutex<Vec<LogQuery>>,
+    /// The windows (seconds) `client_usage` was asked for.
+    pub usage_windows: Mutex<Vec<u64>>,
     clients: Mutex<BTreeMap<ClientId, Stored>>,
     deployments: Mutex<BTreeMap<String, DeploymentView>>,
     counter: AtomicU32,
@@ -133,6 +135,7 @@ impl Fake {
         let fake = Fake {
             log_queries: Mutex::new(Vec::new()),
             clients: Mutex::new(BTreeMap::new()),
+            usage_windows: Mutex::new(Vec::new()),
             deployments: Mutex::new(BTreeMap::new()),
             counter: AtomicU32::new(100),
             fail_next: Mutex::new(None),
@@ -977,6 +980,25 @@ impl ControlPlane for Fake {
             .filter_map(|s| s.last_success_at)
             .min()
             .map(|oldest| (at(NOW_SECONDS).unix_millis() - oldest.unix_millis()) as f64 / 1000.0);
+        // Per client: A has readings and volumes, B only a state (no backup, not measured).
+        snapshot.clients = vec![
+            ClientMetrics {
+                client: CLIENT_A.to_string(),
+                state: "running",
+                last_backup_age_seconds: Some(40.0),
+                services: fake_services(),
+                volumes: BTreeMap::from([
+                    ("mysql_data".to_string(), 4096),
+                    ("nextcloud_data".to_string(), 1_048_576),
+                ]),
+            },
+            ClientMetrics {
+                client: CLIENT_B.to_string(),
+                state: "degraded",
+                ..ClientMetrics::default()
+            },
+        ];
+        snapshot.engine_disk = Some((60_000_000_000, 250_000_000_000));
         // A hostile step name: the exposition must escape it.
         snapshot.step_duration.insert(
             "we\"ird\\step\nname".to_string(),
@@ -1010,6 +1032,52 @@ impl ControlPlane for Fake {
                 deployment_id: Some(deployment.deployment_id.clone()),
             });
         Ok(deployment)
+    }
+
+    async fn client_usage(
+        &self,
+        client: &ClientId,
+        window_seconds: u64,
+    ) -> Result<ClientUsageView, ControlError> {
+        self.injected()?;
+        self.require_client(client)?;
+        lock(&self.usage_windows).push(window_seconds);
+        // Readings every 60 s; only those inside the window come back.
+        let points: Vec<UsagePointView> = (0..10u64)
+            .filter(|n| (10 - n) * 60 <= window_seconds)
+            .map(|n| UsagePointView {
+                at: at(NOW_SECONDS + n as i64 * 60),
+                cpu_cores: 0.1 * (n + 1) as f64,
+                memory_working_set_bytes: 100_000_000 + n * 1_000,
+                network_receive_bytes_per_second: 10.0,
+                network_transmit_bytes_per_second: 5.0,
+                block_read_bytes_per_second: 0.0,
+                block_write_bytes_per_second: 1.0,
+                storage_bytes: Some(1_052_672),
+            })
+            .collect();
+        let cores: Vec<f64> = points.iter().map(|p| p.cpu_cores).collect();
+        Ok(ClientUsageView {
+            client_id: client.as_str().to_string(),
+            window_seconds,
+            interval_seconds: 60,
+            kept_seconds: 6 * 3600,
+            cpu_cores_avg: if cores.is_empty() {
+                0.0
+            } else {
+                cores.iter().sum::<f64>() / cores.len() as f64
+            },
+            cpu_cores_max: cores.iter().cloned().fold(0.0, f64::max),
+            memory_working_set_bytes_max: points
+                .iter()
+                .map(|p| p.memory_working_set_bytes)
+                .max()
+                .unwrap_or(0),
+            storage_bytes: Some(1_052_672),
+            points,
+            services: fake_services(),
+            volumes: BTreeMap::from([("mysql_data".to_string(), 4096)]),
+        })
     }
 
     async fn client_logs(
@@ -1199,4 +1267,32 @@ impl ControlPlane for Fake {
             }
         })
     }
+}
+
+/// The latest reading of two services, as the fake's usage and metrics report them.
+fn fake_services() -> Vec<ServiceUsageView> {
+    vec![
+        ServiceUsageView {
+            service: "website".to_string(),
+            cpu_cores: 0.25,
+            cpu_seconds_total: 12.5,
+            memory_working_set_bytes: 20_000_000,
+            memory_limit_bytes: Some(268_435_456),
+            network_receive_bytes_total: 1000,
+            network_transmit_bytes_total: 2000,
+            block_read_bytes_total: 0,
+            block_write_bytes_total: 4096,
+        },
+        ServiceUsageView {
+            service: "mysql".to_string(),
+            cpu_cores: 0.05,
+            cpu_seconds_total: 3.0,
+            memory_working_set_bytes: 80_000_000,
+            memory_limit_bytes: None,
+            network_receive_bytes_total: 10,
+            network_transmit_bytes_total: 20,
+            block_read_bytes_total: 512,
+            block_write_bytes_total: 8192,
+        },
+    ]
 }

@@ -13,6 +13,7 @@ mod openapi;
 mod rollouts;
 mod socket;
 mod tokens;
+mod usage;
 
 use std::sync::Arc;
 

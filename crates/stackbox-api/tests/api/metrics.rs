@@ -291,6 +291,17 @@ async fn metrics_parse_as_prometheus_text() {
         ("stackbox_clients_missing_backup", "gauge"),
         ("stackbox_backups", "gauge"),
         ("stackbox_oldest_successful_backup_age_seconds", "gauge"),
+        ("container_cpu_usage_seconds_total", "counter"),
+        ("container_memory_working_set_bytes", "gauge"),
+        ("container_spec_memory_limit_bytes", "gauge"),
+        ("container_network_receive_bytes_total", "counter"),
+        ("container_network_transmit_bytes_total", "counter"),
+        ("container_fs_reads_bytes_total", "counter"),
+        ("container_fs_writes_bytes_total", "counter"),
+        ("stackbox_volume_bytes", "gauge"),
+        ("stackbox_client_state", "gauge"),
+        ("stackbox_client_last_backup_age_seconds", "gauge"),
+        ("stackbox_engine_disk_bytes", "gauge"),
     ];
     assert_eq!(families.keys().map(String::as_str).collect::<Vec<_>>(), {
         let mut names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
@@ -454,4 +465,109 @@ async fn a_backup_started_through_the_api_shows_in_the_metrics_as_running() {
         text.contains("\nstackbox_clients_missing_backup 1\n"),
         "{text}"
     );
+}
+
+/// The labels of a sample, as sorted pairs.
+fn labels_of(sample: &Sample) -> Vec<(&str, &str)> {
+    sample
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn per_client_series_carry_cadvisor_names_and_only_bounded_labels() {
+    let api = Api::new();
+    let text = api.get("/metrics", None).await.expect(200).text();
+    let families = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+
+    // Per client and service, under cAdvisor's names.
+    let cpu = &families["container_cpu_usage_seconds_total"].samples;
+    let cpu: Vec<(Vec<(&str, &str)>, f64)> = cpu.iter().map(|s| (labels_of(s), s.value)).collect();
+    assert_eq!(
+        cpu,
+        [
+            (
+                vec![("client", "alpha-0000000a"), ("service", "website")],
+                12.5
+            ),
+            (
+                vec![("client", "alpha-0000000a"), ("service", "mysql")],
+                3.0
+            ),
+        ]
+    );
+    let memory = &families["container_memory_working_set_bytes"].samples;
+    assert_eq!(memory.len(), 2);
+    assert_eq!(memory[1].value, 80_000_000.0);
+    // A container without a limit has no limit series (not a zero, not the host's memory).
+    let limits = &families["container_spec_memory_limit_bytes"].samples;
+    assert_eq!(limits.len(), 1);
+    assert_eq!(limits[0].labels["service"], "website");
+
+    // Storage per volume; state and backup age per client; a client without a backup has no
+    // age series at all (an absent series, not a zero that would read as "just backed up").
+    let volumes: Vec<(Vec<(&str, &str)>, f64)> = families["stackbox_volume_bytes"]
+        .samples
+        .iter()
+        .map(|s| (labels_of(s), s.value))
+        .collect();
+    assert_eq!(
+        volumes,
+        [
+            (
+                vec![("client", "alpha-0000000a"), ("volume", "mysql_data")],
+                4096.0
+            ),
+            (
+                vec![("client", "alpha-0000000a"), ("volume", "nextcloud_data")],
+                1_048_576.0
+            ),
+        ]
+    );
+    let states: Vec<Vec<(&str, &str)>> = families["stackbox_client_state"]
+        .samples
+        .iter()
+        .map(labels_of)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            vec![("client", "alpha-0000000a"), ("state", "running")],
+            vec![("client", "bravo-0000000b"), ("state", "degraded")],
+        ]
+    );
+    let ages = &families["stackbox_client_last_backup_age_seconds"].samples;
+    assert_eq!(ages.len(), 1);
+    assert_eq!(
+        (ages[0].labels["client"].as_str(), ages[0].value),
+        ("alpha-0000000a", 40.0)
+    );
+    let disk: BTreeMap<&str, f64> = families["stackbox_engine_disk_bytes"]
+        .samples
+        .iter()
+        .map(|s| (s.labels["kind"].as_str(), s.value))
+        .collect();
+    assert_eq!(
+        disk,
+        BTreeMap::from([("total", 250_000_000_000.0), ("used", 60_000_000_000.0)])
+    );
+
+    // Bounded cardinality: the only label names any series carries.
+    for family in families.values() {
+        for sample in &family.samples {
+            for name in sample.labels.keys() {
+                assert!(
+                    [
+                        "client", "service", "volume", "state", "kind", "status", "outcome",
+                        "step", "le"
+                    ]
+                    .contains(&name.as_str()),
+                    "{} has label {name}",
+                    sample.name
+                );
+            }
+        }
+    }
 }

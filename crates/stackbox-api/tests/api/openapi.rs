@@ -9,7 +9,7 @@ use crate::fake::{CLIENT_A, DEPLOYMENT_A, OPERATOR, TOKEN_A_ID};
 use crate::Api;
 
 /// Every route the server has: (method, OpenAPI path).
-const ROUTES: [(&str, &str); 34] = [
+const ROUTES: [(&str, &str); 35] = [
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -29,6 +29,7 @@ const ROUTES: [(&str, &str); 34] = [
     ("post", "/v1/clients/{id}/backups"),
     ("get", "/v1/clients/{id}/backups"),
     ("get", "/v1/clients/{id}/logs"),
+    ("get", "/v1/clients/{id}/usage"),
     ("post", "/v1/clients/{id}/backups/{snapshot}/restore"),
     ("post", "/v1/clients/{id}/backups/{snapshot}/verify"),
     ("post", "/v1/clients/{id}/clone"),

@@ -1,0 +1,82 @@
+//! What the API sends about what the monitor sees: resource use per client and service.
+//! Outputs only (they derive `Deserialize` for the CLI's `--server` mode and accept unknown
+//! fields).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::time::Timestamp;
+
+/// `GET /v1/clients/{id}/usage`: the client's resource use over a window, from the readings
+/// the control plane keeps (a bounded ring per client; nothing older than `kept_seconds`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClientUsageView {
+    #[schema(example = "smithrealestate-e11f059b")]
+    pub client_id: String,
+    /// The window asked for, in seconds.
+    pub window_seconds: u64,
+    /// Seconds between readings.
+    pub interval_seconds: u64,
+    /// How far back readings are kept at most.
+    pub kept_seconds: u64,
+    /// CPU cores in use, averaged over the window's points (1.0 = one core).
+    pub cpu_cores_avg: f64,
+    pub cpu_cores_max: f64,
+    /// The highest memory working set (without page cache) in the window.
+    pub memory_working_set_bytes_max: u64,
+    /// Bytes in the client's volumes, as last measured (absent until measured, or when the
+    /// engine's volumes are not on this host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_bytes: Option<u64>,
+    /// Oldest first.
+    pub points: Vec<UsagePointView>,
+    /// The latest reading of each running service.
+    pub services: Vec<ServiceUsageView>,
+    /// Bytes per volume, as last measured.
+    pub volumes: BTreeMap<String, u64>,
+}
+
+/// One reading of a client, summed over its services; rates since the previous reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsagePointView {
+    pub at: Timestamp,
+    pub cpu_cores: f64,
+    pub memory_working_set_bytes: u64,
+    pub network_receive_bytes_per_second: f64,
+    pub network_transmit_bytes_per_second: f64,
+    pub block_read_bytes_per_second: f64,
+    pub block_write_bytes_per_second: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_bytes: Option<u64>,
+}
+
+/// A service's latest reading: counters since its container started, and its CPU rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceUsageView {
+    #[schema(example = "nextcloud")]
+    pub service: String,
+    pub cpu_cores: f64,
+    pub cpu_seconds_total: f64,
+    pub memory_working_set_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    pub network_receive_bytes_total: u64,
+    pub network_transmit_bytes_total: u64,
+    pub block_read_bytes_total: u64,
+    pub block_write_bytes_total: u64,
+}
+
+/// The per-client figures of `/metrics`: bounded labels only (client, service, volume: each
+/// client has a fixed, small set of them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientMetrics {
+    pub client: String,
+    /// The client's state's name (`running`, `degraded`, …).
+    pub state: &'static str,
+    /// Seconds since the client's last successful backup; `None` without one.
+    pub last_backup_age_seconds: Option<f64>,
+    pub services: Vec<ServiceUsageView>,
+    pub volumes: BTreeMap<String, u64>,
+}
