@@ -399,6 +399,17 @@ pub trait ControlPlane: Send + Sync + 'static {
         async { Err(ControlError::NotFound) }
     }
 
+    /// `GET /v1/alerts` (operator; a client token gets its own client's): alerts newest
+    /// first. The default answers an empty list: a control plane without alert rules has
+    /// none.
+    fn list_alerts(
+        &self,
+        query: crate::monitoring::AlertQuery,
+    ) -> impl Future<Output = Result<crate::monitoring::AlertList, ControlError>> + Send {
+        let _ = query;
+        async { Ok(crate::monitoring::AlertList { alerts: Vec::new() }) }
+    }
+
     /// `POST /v1/clients/{id}/backups/{snapshot}/restore` (operator): journals a `restore`
     /// (a safety backup first, then the client's data replaced by the snapshot's). The API
     /// has already checked the `confirm` parameter. `Conflict` when busy.
@@ -623,6 +634,10 @@ pub(crate) trait DynControl: Send + Sync + 'static {
         id: &'a ClientId,
         window_seconds: u64,
     ) -> BoxFuture<'a, Result<crate::monitoring::ClientUsageView, ControlError>>;
+    fn list_alerts(
+        &self,
+        query: crate::monitoring::AlertQuery,
+    ) -> BoxFuture<'_, Result<crate::monitoring::AlertList, ControlError>>;
     fn restore_backup<'a>(
         &'a self,
         id: &'a ClientId,
@@ -821,6 +836,12 @@ impl<C: ControlPlane> DynControl for C {
         window_seconds: u64,
     ) -> BoxFuture<'a, Result<crate::monitoring::ClientUsageView, ControlError>> {
         Box::pin(ControlPlane::client_usage(self, id, window_seconds))
+    }
+    fn list_alerts(
+        &self,
+        query: crate::monitoring::AlertQuery,
+    ) -> BoxFuture<'_, Result<crate::monitoring::AlertList, ControlError>> {
+        Box::pin(ControlPlane::list_alerts(self, query))
     }
     fn restore_backup<'a>(
         &'a self,

@@ -140,7 +140,10 @@ pub use metrics::{
     DurationHistogram, BACKUP_STATUSES, CONTENT_TYPE as METRICS_CONTENT_TYPE,
     DURATION_BUCKETS_SECONDS, MAIL_STATUSES,
 };
-pub use monitoring::{ClientMetrics, ClientUsageView, ServiceUsageView, UsagePointView};
+pub use monitoring::{
+    AlertList, AlertQuery, AlertView, ClientMetrics, ClientUsageView, ServiceUsageView,
+    UsagePointView,
+};
 pub use onboarding::{SignupLimits, WEBHOOK_BODY_LIMIT};
 pub use time::Timestamp;
 

@@ -80,3 +80,50 @@ pub struct ClientMetrics {
     pub services: Vec<ServiceUsageView>,
     pub volumes: BTreeMap<String, u64>,
 }
+
+/// One alert: a condition the control plane saw for its hold time (`firing`), or one that
+/// is over (`resolved`, kept as history). A condition still within its hold time is
+/// `pending`: nothing was sent about it yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AlertView {
+    #[schema(example = "alr_01HZX3V6Q9K2M4")]
+    pub id: String,
+    /// The condition's key: the same key is the same alert.
+    #[schema(example = "memory-near-limit:smithrealestate-e11f059b:website")]
+    pub key: String,
+    /// `client-degraded`, `memory-near-limit`, `disk-near-full`, `backup-missing`,
+    /// `backup-failed` or `mail-failing`.
+    #[schema(example = "memory-near-limit")]
+    pub kind: String,
+    /// `pending`, `firing` or `resolved`.
+    #[schema(example = "firing")]
+    pub state: String,
+    /// The client it is about; none for the host's and the control plane's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// What and how much, for people.
+    pub summary: String,
+    /// Since when the condition holds.
+    pub since: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Timestamp>,
+}
+
+/// `GET /v1/alerts`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AlertList {
+    pub alerts: Vec<AlertView>,
+}
+
+/// What `GET /v1/alerts` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertQuery {
+    /// Only pending and firing alerts (the default); `false` adds resolved history.
+    pub open_only: bool,
+    /// Only this client's (a client token always gets only its own).
+    pub client: Option<stackbox_core::client::ClientId>,
+    /// At most this many (1 to 500, 100 by default).
+    pub limit: u32,
+}

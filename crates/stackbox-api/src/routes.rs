@@ -113,6 +113,7 @@ impl Shutdown {
         (name = "tokens", description = "The API tokens: list and revoke (operator only)."),
         (name = "rollouts", description = "Move many clients to a release in waves, halting on the first failure (operator only)."),
         (name = "backups", description = "Back a client up, list its backups, verify or restore one, clone a client from one."),
+        (name = "alerts", description = "What the control plane saw go wrong, held before it fires, and when it was over."),
         (name = "service", description = "Liveness, metrics and this document; no token needed."),
         (name = "onboarding", description = "Public: sign-up, the payment provider's webhook, the one-time credentials page."),
     )
@@ -151,6 +152,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_backup, list_backups))
         .routes(routes!(client_logs))
         .routes(routes!(crate::monitoring_routes::client_usage))
+        .routes(routes!(crate::monitoring_routes::list_alerts))
         .routes(routes!(restore_backup))
         .routes(routes!(verify_backup))
         .routes(routes!(clone_client))

@@ -251,6 +251,19 @@ enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// The alerts `serve` raised, through `--server`: open ones (pending, firing), or with
+    /// --all the resolved history too.
+    Alerts {
+        /// Resolved alerts too, newest first.
+        #[arg(long)]
+        all: bool,
+        /// Only this client's alerts.
+        #[arg(long, value_name = "CLIENT_ID")]
+        client: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fleet rollouts through `--server` (`upgrade --all` starts one): list, show, halt.
     Rollouts {
         #[command(subcommand)]
@@ -476,7 +489,7 @@ fn main() -> ExitCode {
         Command::Token {
             command: TokenCommand::List { json },
         } => *json,
-        Command::Doctor { json } => *json,
+        Command::Doctor { json } | Command::Alerts { json, .. } => *json,
         Command::Rollouts { command } => match command {
             RolloutCommand::List { json }
             | RolloutCommand::Show { json, .. }
@@ -542,6 +555,7 @@ fn starts_containers(command: &Command) -> bool {
         | Command::Token { .. }
         | Command::Doctor { .. }
         | Command::Rollouts { .. }
+        | Command::Alerts { .. }
         | Command::Destroy { .. } => false,
     }
 }
@@ -620,6 +634,10 @@ fn run(cli: Cli) -> Result<()> {
     let data_dir = serve::data_dir(cli.data_dir.clone());
     match cli.command {
         Command::Doctor { .. } => unreachable!("doctor returns before the configuration loads"),
+        Command::Alerts { .. } => anyhow::bail!(
+            "alerts are raised and kept by `stackbox serve`: add --server URL (and --token) to \
+             reach it"
+        ),
         Command::Rollouts { .. } => anyhow::bail!(
             "rollouts live in the control plane's store: add --server URL (and --token) to \
              reach `stackbox serve`"
@@ -1074,6 +1092,9 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
                 common.json,
             )
         }),
+        Command::Alerts { all, client, json } => {
+            remote().and_then(|r| r.alerts(*all, client.as_deref(), *json))
+        }
         Command::Rollouts { command } => remote().and_then(|r| match command {
             RolloutCommand::List { json } => r.rollouts(*json),
             RolloutCommand::Show { rollout_id, json } => r.show_rollout(rollout_id, *json),

@@ -750,6 +750,43 @@ impl Remote {
         Ok(())
     }
 
+    /// `stackbox alerts`: open alerts (or every one with `all`), newest first.
+    pub fn alerts(&self, all: bool, client: Option<&str>, json: bool) -> Result<()> {
+        let mut path = format!("/v1/alerts?open={}", !all);
+        if let Some(client) = client {
+            let id = stackbox_core::client::ClientId::parse(client)
+                .map_err(|error| anyhow::anyhow!("--client: {error}"))?;
+            path.push_str(&format!("&client={id}"));
+        }
+        let list = self.ok("GET", &path, None)?;
+        if json {
+            println!("{list}");
+            return Ok(());
+        }
+        let alerts = list["alerts"].as_array().cloned().unwrap_or_default();
+        if alerts.is_empty() {
+            println!("{}", if all { "no alerts" } else { "no open alerts" });
+            return Ok(());
+        }
+        println!(
+            "{:<9} {:<20} {:<20} {:<30} SUMMARY",
+            "STATE", "KIND", "SINCE", "CLIENT"
+        );
+        for alert in &alerts {
+            let text = |field: &str| alert[field].as_str().unwrap_or_default().to_string();
+            let client = alert["client_id"].as_str().unwrap_or("(host)");
+            println!(
+                "{:<9} {:<20} {:<20} {:<30} {}",
+                text("state"),
+                text("kind"),
+                text("since").chars().take(19).collect::<String>(),
+                client,
+                text("summary")
+            );
+        }
+        Ok(())
+    }
+
     pub fn rollouts(&self, json: bool) -> Result<()> {
         let list = self.ok("GET", "/v1/rollouts", None)?;
         if json {

@@ -102,6 +102,33 @@ fn init_logging() {
         .try_init();
 }
 
+/// The alert webhook's signing secret: a file only its owner reads, not empty. Checked at
+/// start so a loose or missing file is refused before any notice is signed with it.
+fn check_webhook_secret_file(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let field = "alerts.webhook_secret_file";
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("{field}: {} cannot be read", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{field}: {} is readable by others (mode {mode:o}); it holds the webhook's signing \
+             secret: chmod 600 it",
+            path.display()
+        );
+    }
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("{field}: {} cannot be read", path.display()))?;
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        anyhow::bail!(
+            "{field}: {} is empty; write a long random secret into it (for example \
+             `openssl rand -hex 32 > FILE`)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -112,6 +139,9 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
         // `stackbox doctor`'s checks, one log line each; a failure is logged, not refused.
         crate::doctor::log_at_start(&operator, &args.data_dir, args.master_key_file.as_deref())
             .await;
+        if let Some(file) = &operator.alerts.webhook_secret_file {
+            check_webhook_secret_file(std::path::Path::new(file))?;
+        }
         let store = open_store(&args.data_dir).await?;
         let key = master_key(&args.data_dir, args.master_key_file.as_deref())?;
         // Refuses a key other than the one the store's secrets were sealed with (the store
@@ -138,6 +168,12 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
                     .and_then(|v| v.parse::<u64>().ok())
                     .map(std::time::Duration::from_secs)
                     .unwrap_or(std::time::Duration::from_secs(60)),
+                webhook_retry_base: std::env::var("STACKBOX_WEBHOOK_RETRY_BASE_SECONDS")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|s| *s > 0)
+                    .map(std::time::Duration::from_secs)
+                    .unwrap_or(std::time::Duration::from_secs(30)),
             },
         )
         .await?;
@@ -372,6 +408,25 @@ fn control_error(error: stackbox_control::ControlError) -> ControlError {
 
 fn time(t: stackbox_store::Timestamp) -> ApiTime {
     ApiTime::from_unix_millis(t.unix_millis())
+}
+
+pub(crate) fn alert_view(record: &stackbox_store::AlertRecord) -> stackbox_api::AlertView {
+    let state = match (record.fired_at, record.resolved_at) {
+        (_, Some(_)) => "resolved",
+        (Some(_), None) => "firing",
+        (None, None) => "pending",
+    };
+    stackbox_api::AlertView {
+        id: record.id.clone(),
+        key: record.key.clone(),
+        kind: record.kind.as_str().to_string(),
+        state: state.to_string(),
+        client_id: record.client_id.clone(),
+        summary: record.summary.clone(),
+        since: time(record.since),
+        fired_at: record.fired_at.map(time),
+        resolved_at: record.resolved_at.map(time),
+    }
 }
 
 fn api_state(state: ClientState) -> ApiState {
@@ -1309,6 +1364,24 @@ impl ControlPlane for Served {
         }
         let usage = self.control.client_usage(id, window_seconds);
         Ok(crate::monitoring::usage_view(usage, window_seconds))
+    }
+
+    async fn list_alerts(
+        &self,
+        query: stackbox_api::AlertQuery,
+    ) -> Result<stackbox_api::AlertList, ControlError> {
+        let records = self
+            .store
+            .alerts(
+                query.open_only,
+                query.client.as_ref().map(|c| c.as_str()),
+                query.limit,
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(stackbox_api::AlertList {
+            alerts: records.iter().map(alert_view).collect(),
+        })
     }
 
     async fn list_backups(&self, id: &ClientId) -> Result<stackbox_api::BackupList, ControlError> {

@@ -193,7 +193,9 @@ fn a_busy_service_shows_in_usage_metrics_prometheus_and_status() {
                 s["cpu_cores"].as_f64().unwrap() > busy_cores
                     && s["memory_working_set_bytes"].as_f64().unwrap() >= 40.0 * MIB
             });
-        if (busy && usage["storage_bytes"].is_u64()) || Instant::now() > deadline {
+        // Two points at least: the first reading has no CPU rate to plot yet.
+        let plotted = usage["points"].as_array().is_some_and(|p| p.len() >= 2);
+        if (busy && plotted && usage["storage_bytes"].is_u64()) || Instant::now() > deadline {
             break usage;
         }
         std::thread::sleep(Duration::from_millis(500));

@@ -28,16 +28,7 @@ use crate::{names, Control, ControlError, StepContext};
 
 /// Now, RFC 3339 in UTC, for a manifest.
 pub(crate) fn rfc3339(t: Timestamp) -> String {
-    let millis = t.unix_millis();
-    let seconds = millis.div_euclid(1000);
-    let (year, month, day) = stackbox_core::calendar::civil_from_days(seconds.div_euclid(86_400));
-    let second_of_day = seconds.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
+    stackbox_core::calendar::rfc3339_seconds(t.unix_millis().div_euclid(1000))
 }
 
 fn host_env(name: &str) -> Option<String> {

@@ -15,6 +15,7 @@
 //! channel and the store.
 
 mod admin_password;
+mod alerts;
 mod backups;
 mod changes;
 mod cloud;
@@ -133,6 +134,9 @@ pub struct ControlConfig {
     pub cloud: Option<std::sync::Arc<dyn CloudInfra>>,
     /// How often the backup schedule looks for due backups, verifies and expired retention.
     pub backup_tick: Duration,
+    /// The delay before an alert webhook's first retry, doubled each attempt up to an hour
+    /// (30 s; tests shorten it).
+    pub webhook_retry_base: Duration,
 }
 
 /// What creating a client returns: the only time its password is shown.
@@ -156,6 +160,8 @@ struct Inner {
     activity: Mutex<HashMap<ClientId, (bool, u64)>>,
     /// Woken when a mail is queued, so it goes out at once rather than at the next tick.
     mail_waiting: tokio::sync::Notify,
+    /// Woken when an alert's webhook notice is queued.
+    webhook_waiting: tokio::sync::Notify,
     /// What the usage collector, the probes and the alert rules last saw.
     observations: Mutex<usage::Observations>,
 }
@@ -185,6 +191,7 @@ impl Control {
                 watchers: Mutex::new(HashMap::new()),
                 activity: Mutex::new(HashMap::new()),
                 mail_waiting: tokio::sync::Notify::new(),
+                webhook_waiting: tokio::sync::Notify::new(),
                 observations: Mutex::new(usage::Observations::default()),
             }),
         };
@@ -421,6 +428,8 @@ impl Control {
             tokio::task::spawn_local(backups::run(self.clone()));
             tokio::task::spawn_local(rollout::run(self.clone()));
             tokio::task::spawn_local(usage::run(self.clone()));
+            tokio::task::spawn_local(alerts::run(self.clone()));
+            tokio::task::spawn_local(alerts::deliver_webhooks(self.clone()));
             while let Some(id) = jobs.recv().await {
                 let control = self.clone();
                 let limit = limit.clone();

@@ -162,6 +162,7 @@ async fn control(data: &Path, smtp_port: u16) -> (Control, Store) {
         onboarding,
         cloud: None,
         backup_tick: std::time::Duration::from_secs(60),
+        webhook_retry_base: std::time::Duration::from_secs(30),
     };
     let control = Control::start(store.clone(), MasterKey::generate().unwrap(), config)
         .await

@@ -156,6 +156,7 @@ async fn create_resume_stop_start_and_destroy_through_the_journal() {
         onboarding: Default::default(),
         cloud: None,
         backup_tick: std::time::Duration::from_secs(60),
+        webhook_retry_base: std::time::Duration::from_secs(30),
     };
     let store = Store::open_data_dir(data.path()).await.unwrap();
     let key = MasterKey::generate().unwrap();

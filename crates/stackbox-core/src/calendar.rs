@@ -46,9 +46,28 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year_of_era + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// Unix seconds as an RFC 3339 time in UTC, to the second: `2025-03-01T12:00:00Z`.
+pub fn rfc3339_seconds(unix: i64) -> String {
+    let (year, month, day) = civil_from_days(unix.div_euclid(86_400));
+    let second_of_day = unix.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_seconds_format_as_rfc3339_in_utc() {
+        assert_eq!(rfc3339_seconds(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_seconds(1_740_830_400), "2025-03-01T12:00:00Z");
+        assert_eq!(rfc3339_seconds(-1), "1969-12-31T23:59:59Z");
+    }
 
     #[test]
     fn days_and_dates_are_each_others_inverse_across_leap_years_and_eras() {

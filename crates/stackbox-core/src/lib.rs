@@ -10,6 +10,7 @@
 //! `core_has_no_io_dependencies` checks its Cargo.toml.
 
 pub mod admin;
+pub mod alerts;
 pub mod backup;
 pub mod calendar;
 pub mod catalog;

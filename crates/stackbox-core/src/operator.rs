@@ -40,6 +40,8 @@ pub struct OperatorConfig {
     pub backup: crate::backup::BackupSettings,
     /// `[monitor]`: how often resource use is read and how long it is kept.
     pub monitor: crate::usage::MonitorSettings,
+    /// `[alerts]`: thresholds, hold time, and where notices go.
+    pub alerts: crate::alerts::AlertSettings,
     /// `[[releases]]`, oldest first: the image sets after the base catalog (see
     /// [`crate::release`]).
     pub releases: Vec<crate::release::ReleaseSpec>,
@@ -80,6 +82,7 @@ impl Default for OperatorConfig {
             onboarding: crate::onboarding::OnboardingSettings::default(),
             backup: crate::backup::BackupSettings::default(),
             monitor: crate::usage::MonitorSettings::default(),
+            alerts: crate::alerts::AlertSettings::default(),
             releases: Vec::new(),
         }
     }
@@ -356,6 +359,8 @@ struct OperatorFile {
     backup: crate::backup::BackupFile,
     #[serde(default)]
     monitor: crate::usage::MonitorFile,
+    #[serde(default)]
+    alerts: crate::alerts::AlertsFile,
     #[serde(default)]
     releases: Vec<ReleaseFile>,
 }
@@ -826,6 +831,7 @@ impl OperatorFile {
         config.aws = self.aws.validate()?;
         config.backup = self.backup.validate()?;
         config.monitor = self.monitor.validate()?;
+        config.alerts = self.alerts.validate()?;
         if config.infrastructure == ProviderKind::Aws {
             config.aws.check_complete(None)?;
         }

@@ -316,6 +316,14 @@ impl Store {
         on_backend!(self, backups_sql::last_succeeded_backup_times())
     }
 
+    /// The clients whose newest finished backup failed: when it started and why, in client
+    /// id order; one query, for the "backup failed" alert.
+    pub async fn latest_backup_failures(
+        &self,
+    ) -> Result<Vec<(ClientId, Timestamp, Option<String>)>, StoreError> {
+        on_backend!(self, backups_sql::latest_backup_failures())
+    }
+
     /// Backups that are not forgotten, by status (every status, 0 when none): a metric.
     pub async fn count_backups_by_status(
         &self,

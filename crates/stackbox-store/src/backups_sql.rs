@@ -386,6 +386,38 @@ pub(crate) async fn last_succeeded_backup_times(
         .collect()
 }
 
+pub(crate) async fn latest_backup_failures(
+    pool: &Pool,
+) -> Result<Vec<(ClientId, Timestamp, Option<String>)>, StoreError> {
+    // The newest finished backup of each client, kept only when it failed: one query for
+    // every client, so the alert rules do not read each client's journal.
+    let rows = sqlx::query(
+        "SELECT b.client_id, b.started_at, b.error FROM backups b \
+         WHERE b.status = 'failed' AND b.forgotten_at IS NULL AND b.started_at = \
+         (SELECT MAX(c.started_at) FROM backups c WHERE c.client_id = b.client_id \
+          AND c.status <> 'running' AND c.forgotten_at IS NULL) \
+         ORDER BY b.client_id",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::database(
+        "reading the clients whose last backup failed",
+    ))?;
+    let mut failures: Vec<(ClientId, Timestamp, Option<String>)> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let client = get_client_id(row, "backups", "client_id")?;
+        if failures.last().is_some_and(|(last, _, _)| *last == client) {
+            continue; // two backups started in the same millisecond: one alert
+        }
+        failures.push((
+            client,
+            get_time(row, "backups", "started_at")?,
+            get::<Option<String>>(row, "backups", "error")?,
+        ));
+    }
+    Ok(failures)
+}
+
 pub(crate) async fn count_backups_by_status(
     pool: &Pool,
 ) -> Result<BTreeMap<BackupStatus, u64>, StoreError> {

@@ -185,10 +185,12 @@ macro_rules! on_backend {
 }
 
 // After `on_backend!`, which their `impl Store` uses.
+mod alerts;
 mod backups;
 mod onboarding;
 mod rollouts;
 
+pub use alerts::{AlertRecord, WebhookRecord};
 pub use backups::{MAX_BACKUP_KEY_CHARS, MAX_SNAPSHOT_ID_CHARS};
 pub use onboarding::{MAX_DEDUPE_KEY_CHARS, MAX_EXTERNAL_ID_CHARS, MAX_SUBJECT_CHARS};
 pub use rollouts::{NewRolloutMember, RolloutMember, RolloutRecord};

@@ -77,6 +77,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: None,
         postgres: None,
     },
+    Migration {
+        version: 5,
+        name: "alerts",
+        shared: include_str!("../migrations/0005_alerts.sql"),
+        sqlite: None,
+        postgres: None,
+    },
 ];
 
 /// Created before anything else, on both engines.

@@ -35,6 +35,12 @@ pub(crate) mod backups_sql;
 #[path = "rollouts_sql.rs"]
 pub(crate) mod rollouts_sql;
 
+/// The alert and webhook-outbox queries, compiled here like [`sql`].
+// Deliberately the same file as `sqlite::alerts_sql`; see the crate docs.
+#[allow(clippy::duplicate_mod)]
+#[path = "alerts_sql.rs"]
+pub(crate) mod alerts_sql;
+
 /// Which engine this module is, for the migration runner's engine companions.
 pub(crate) const BACKEND: crate::Backend = crate::Backend::Postgres;
 

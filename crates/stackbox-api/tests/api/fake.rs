@@ -69,6 +69,8 @@ pub struct Fake {
     pub log_queries: Mutex<Vec<LogQuery>>,
     /// The windows (seconds) `client_usage` was asked for.
     pub usage_windows: Mutex<Vec<u64>>,
+    /// Every `list_alerts` query the API passed on.
+    pub alert_queries: Mutex<Vec<stackbox_api::AlertQuery>>,
     clients: Mutex<BTreeMap<ClientId, Stored>>,
     deployments: Mutex<BTreeMap<String, DeploymentView>>,
     counter: AtomicU32,
@@ -136,6 +138,7 @@ impl Fake {
             log_queries: Mutex::new(Vec::new()),
             clients: Mutex::new(BTreeMap::new()),
             usage_windows: Mutex::new(Vec::new()),
+            alert_queries: Mutex::new(Vec::new()),
             deployments: Mutex::new(BTreeMap::new()),
             counter: AtomicU32::new(100),
             fail_next: Mutex::new(None),
@@ -1032,6 +1035,53 @@ impl ControlPlane for Fake {
                 deployment_id: Some(deployment.deployment_id.clone()),
             });
         Ok(deployment)
+    }
+
+    async fn list_alerts(
+        &self,
+        query: stackbox_api::AlertQuery,
+    ) -> Result<stackbox_api::AlertList, ControlError> {
+        self.injected()?;
+        lock(&self.alert_queries).push(query.clone());
+        // A's firing memory alert, the host's disk alert, B's resolved backup alert: newest
+        // first, filtered as the store filters.
+        let alert =
+            |id: &str, key: &str, client: Option<&str>, resolved: bool| stackbox_api::AlertView {
+                id: id.to_string(),
+                key: key.to_string(),
+                kind: key.split(':').next().unwrap_or_default().to_string(),
+                state: if resolved { "resolved" } else { "firing" }.to_string(),
+                client_id: client.map(str::to_string),
+                summary: format!("{key} summary"),
+                since: at(10),
+                fired_at: Some(at(130)),
+                resolved_at: resolved.then(|| at(400)),
+            };
+        let all = [
+            alert(
+                "alr_3",
+                &format!("memory-near-limit:{CLIENT_A}:website"),
+                Some(CLIENT_A),
+                false,
+            ),
+            alert("alr_2", "disk-near-full", None, false),
+            alert(
+                "alr_1",
+                &format!("backup-failed:{CLIENT_B}"),
+                Some(CLIENT_B),
+                true,
+            ),
+        ];
+        let alerts = all
+            .into_iter()
+            .filter(|a| !query.open_only || a.resolved_at.is_none())
+            .filter(|a| match &query.client {
+                Some(client) => a.client_id.as_deref() == Some(client.as_str()),
+                None => true,
+            })
+            .take(query.limit as usize)
+            .collect();
+        Ok(stackbox_api::AlertList { alerts })
     }
 
     async fn client_usage(

@@ -2,6 +2,7 @@
 //! loopback socket, against an in-memory control plane ([`fake::Fake`]).
 
 mod admin_password;
+mod alerts;
 mod backups;
 mod changes;
 mod fake;

@@ -16,6 +16,8 @@ pub struct Server {
     edge: &'static str,
     /// Clients made through the API, cleaned from the engine if an assertion fails.
     pub made: std::cell::RefCell<Vec<String>>,
+    /// More environment for `serve` and every command (SMTP, retry bases).
+    pub env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -48,6 +50,7 @@ impl Server {
             child: None,
             edge,
             made: std::cell::RefCell::new(Vec::new()),
+            env: Vec::new(),
         }
     }
 
@@ -58,7 +61,8 @@ impl Server {
             .env("STACKBOX_OPERATOR_CONFIG", &self.operator)
             .env("STACKBOX_IMAGES", &self.images)
             .env_remove("STACKBOX_DATABASE_URL")
-            .env_remove("STACKBOX_MASTER_KEY");
+            .env_remove("STACKBOX_MASTER_KEY")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         command
     }
 

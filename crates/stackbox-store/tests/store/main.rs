@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod alerts;
 mod backups;
 mod billing;
 mod clients;
