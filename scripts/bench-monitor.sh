@@ -60,7 +60,12 @@ for i in $(seq 1 "$clients"); do
     "$url/v1/clients" >/dev/null
 done
 running() { curl -sf -H "Authorization: Bearer $token" "$url/v1/clients?limit=500" | python3 -c 'import json,sys; print(sum(c["state"] == "running" for c in json.load(sys.stdin)["items"]))'; }
-until [ "$(running)" -ge "$clients" ]; do sleep 5; done
+# Every client settled (running, or failed: on a small host some may not fit), at most 40 min;
+# the figures are of what runs, and the line below says how many containers that is.
+settled() { curl -sf -H "Authorization: Bearer $token" "$url/v1/clients?limit=500" | python3 -c 'import json,sys; print(sum(c["state"] in ("running", "failed", "degraded") for c in json.load(sys.stdin)["items"]))'; }
+deadline=$(( $(date +%s) + 2400 ))
+until [ "$(settled)" -ge "$clients" ] || [ "$(date +%s)" -ge "$deadline" ]; do sleep 5; done
+echo "   $(running) of $clients clients running"
 stop_serve
 containers=$(docker ps -q --filter label=io.stackbox.client | wc -l)
 echo "   $containers containers running"

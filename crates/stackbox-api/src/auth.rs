@@ -30,7 +30,12 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(state, &parts.headers).await.map(Caller)
+        let caller = authenticate(state, &parts.headers).await?;
+        // For the audit layer: who made the change it records.
+        if let Some(slot) = parts.extensions.get::<crate::audit::CallerSlot>() {
+            slot.set(&caller);
+        }
+        Ok(Caller(caller))
     }
 }
 

@@ -410,6 +410,31 @@ pub trait ControlPlane: Send + Sync + 'static {
         async { Ok(crate::monitoring::AlertList { alerts: Vec::new() }) }
     }
 
+    /// Appends a change asked through the API to the audit log, once it was answered. The
+    /// default keeps nothing: a control plane without a store has no log.
+    fn record_audit(
+        &self,
+        entry: crate::audit::AuditEntry,
+    ) -> impl Future<Output = Result<(), ControlError>> + Send {
+        let _ = entry;
+        async { Ok(()) }
+    }
+
+    /// `GET /v1/audit` (operator; a client token gets its own client's): newest first. The
+    /// default answers an empty log.
+    fn list_audit(
+        &self,
+        query: crate::audit::AuditQuery,
+    ) -> impl Future<Output = Result<crate::audit::AuditList, ControlError>> + Send {
+        let _ = query;
+        async {
+            Ok(crate::audit::AuditList {
+                entries: Vec::new(),
+                next: None,
+            })
+        }
+    }
+
     /// `POST /v1/clients/{id}/backups/{snapshot}/restore` (operator): journals a `restore`
     /// (a safety backup first, then the client's data replaced by the snapshot's). The API
     /// has already checked the `confirm` parameter. `Conflict` when busy.
@@ -638,6 +663,14 @@ pub(crate) trait DynControl: Send + Sync + 'static {
         &self,
         query: crate::monitoring::AlertQuery,
     ) -> BoxFuture<'_, Result<crate::monitoring::AlertList, ControlError>>;
+    fn record_audit(
+        &self,
+        entry: crate::audit::AuditEntry,
+    ) -> BoxFuture<'_, Result<(), ControlError>>;
+    fn list_audit(
+        &self,
+        query: crate::audit::AuditQuery,
+    ) -> BoxFuture<'_, Result<crate::audit::AuditList, ControlError>>;
     fn restore_backup<'a>(
         &'a self,
         id: &'a ClientId,
@@ -842,6 +875,18 @@ impl<C: ControlPlane> DynControl for C {
         query: crate::monitoring::AlertQuery,
     ) -> BoxFuture<'_, Result<crate::monitoring::AlertList, ControlError>> {
         Box::pin(ControlPlane::list_alerts(self, query))
+    }
+    fn record_audit(
+        &self,
+        entry: crate::audit::AuditEntry,
+    ) -> BoxFuture<'_, Result<(), ControlError>> {
+        Box::pin(ControlPlane::record_audit(self, entry))
+    }
+    fn list_audit(
+        &self,
+        query: crate::audit::AuditQuery,
+    ) -> BoxFuture<'_, Result<crate::audit::AuditList, ControlError>> {
+        Box::pin(ControlPlane::list_audit(self, query))
     }
     fn restore_backup<'a>(
         &'a self,

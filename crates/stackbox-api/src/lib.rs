@@ -91,6 +91,7 @@
 //! - **Event streams end when the server shuts down**, so graceful shutdown is not held up by
 //!   a client following a long deployment; the client reconnects and gets every step again.
 
+mod audit;
 mod auth;
 mod control;
 mod dto;
@@ -117,6 +118,7 @@ use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use audit::{AuditActor, AuditEntry, AuditEntryView, AuditList, AuditQuery};
 pub use control::{
     Authenticated, ClientAction, ControlError, ControlPlane, DeploymentQuery, HtmlPage, ListQuery,
     LogQuery, MetricsSnapshot, Principal, SignupAccepted, WebhookOutcome,
@@ -255,6 +257,8 @@ fn build<C: ControlPlane>(control: Arc<C>, options: ApiOptions, shutdown: Shutdo
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(observe))
+        // Outside `observe`: a handler's panic is recorded as the 500 it was answered with.
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .with_state(state)
 }
 

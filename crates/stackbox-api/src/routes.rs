@@ -114,6 +114,7 @@ impl Shutdown {
         (name = "rollouts", description = "Move many clients to a release in waves, halting on the first failure (operator only)."),
         (name = "backups", description = "Back a client up, list its backups, verify or restore one, clone a client from one."),
         (name = "alerts", description = "What the control plane saw go wrong, held before it fires, and when it was over."),
+        (name = "audit", description = "Every change asked through the API: who, what, when, the result (append-only)."),
         (name = "service", description = "Liveness, metrics and this document; no token needed."),
         (name = "onboarding", description = "Public: sign-up, the payment provider's webhook, the one-time credentials page."),
     )
@@ -153,6 +154,7 @@ pub(crate) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(client_logs))
         .routes(routes!(crate::monitoring_routes::client_usage))
         .routes(routes!(crate::monitoring_routes::list_alerts))
+        .routes(routes!(crate::audit::list_audit))
         .routes(routes!(restore_backup))
         .routes(routes!(verify_backup))
         .routes(routes!(clone_client))

@@ -264,6 +264,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The audit log through `--server`: every change asked of it, who asked, the result.
+    Audit {
+        /// Only this client's entries.
+        #[arg(long, value_name = "CLIENT_ID")]
+        client: Option<String>,
+        /// At most this many, newest first (1 to 500).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fleet rollouts through `--server` (`upgrade --all` starts one): list, show, halt.
     Rollouts {
         #[command(subcommand)]
@@ -489,7 +501,9 @@ fn main() -> ExitCode {
         Command::Token {
             command: TokenCommand::List { json },
         } => *json,
-        Command::Doctor { json } | Command::Alerts { json, .. } => *json,
+        Command::Doctor { json } | Command::Alerts { json, .. } | Command::Audit { json, .. } => {
+            *json
+        }
         Command::Rollouts { command } => match command {
             RolloutCommand::List { json }
             | RolloutCommand::Show { json, .. }
@@ -556,6 +570,7 @@ fn starts_containers(command: &Command) -> bool {
         | Command::Doctor { .. }
         | Command::Rollouts { .. }
         | Command::Alerts { .. }
+        | Command::Audit { .. }
         | Command::Destroy { .. } => false,
     }
 }
@@ -634,6 +649,10 @@ fn run(cli: Cli) -> Result<()> {
     let data_dir = serve::data_dir(cli.data_dir.clone());
     match cli.command {
         Command::Doctor { .. } => unreachable!("doctor returns before the configuration loads"),
+        Command::Audit { .. } => anyhow::bail!(
+            "the audit log is kept by `stackbox serve` of the changes asked through its API: add \
+             --server URL (and --token) to read it"
+        ),
         Command::Alerts { .. } => anyhow::bail!(
             "alerts are raised and kept by `stackbox serve`: add --server URL (and --token) to \
              reach it"
@@ -1092,6 +1111,11 @@ fn run_remote(cli: &Cli, server: &str) -> Option<Result<()>> {
                 common.json,
             )
         }),
+        Command::Audit {
+            client,
+            limit,
+            json,
+        } => remote().and_then(|r| r.audit(client.as_deref(), *limit, *json)),
         Command::Alerts { all, client, json } => {
             remote().and_then(|r| r.alerts(*all, client.as_deref(), *json))
         }

@@ -750,6 +750,42 @@ impl Remote {
         Ok(())
     }
 
+    /// `stackbox audit`: the newest entries of the audit log.
+    pub fn audit(&self, client: Option<&str>, limit: u32, json: bool) -> Result<()> {
+        if !(1..=500).contains(&limit) {
+            anyhow::bail!("--limit: {limit} is not a number from 1 to 500");
+        }
+        let mut path = format!("/v1/audit?limit={limit}");
+        if let Some(client) = client {
+            let id = stackbox_core::client::ClientId::parse(client)
+                .map_err(|error| anyhow::anyhow!("--client: {error}"))?;
+            path.push_str(&format!("&client={id}"));
+        }
+        let list = self.ok("GET", &path, None)?;
+        if json {
+            println!("{list}");
+            return Ok(());
+        }
+        println!(
+            "{:<20} {:<9} {:<22} {:<42} {:<30} {:>6} OUTCOME",
+            "AT", "ACTOR", "TOKEN", "ACTION", "CLIENT", "STATUS"
+        );
+        for entry in list["entries"].as_array().into_iter().flatten() {
+            let text = |field: &str| entry[field].as_str().unwrap_or("-").to_string();
+            println!(
+                "{:<20} {:<9} {:<22} {:<42} {:<30} {:>6} {}",
+                text("at").chars().take(19).collect::<String>(),
+                text("actor"),
+                text("token_id"),
+                text("action"),
+                text("client_id"),
+                entry["status"],
+                text("outcome")
+            );
+        }
+        Ok(())
+    }
+
     /// `stackbox alerts`: open alerts (or every one with `all`), newest first.
     pub fn alerts(&self, all: bool, client: Option<&str>, json: bool) -> Result<()> {
         let mut path = format!("/v1/alerts?open={}", !all);

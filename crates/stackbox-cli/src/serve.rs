@@ -151,6 +151,12 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let onboarding = onboarding(operator.onboarding.clone(), listener.local_addr()?)?;
+        if operator.alerts.email.is_some() && operator.onboarding.mail.is_none() {
+            tracing::warn!(
+                "[alerts] email is set but no SMTP server is configured (STACKBOX_SMTP_URL): \
+                 alert notices will not be mailed"
+            );
+        }
         let operator_for_cloud = operator.clone();
         let control = Control::start(
             store.clone(),
@@ -1364,6 +1370,63 @@ impl ControlPlane for Served {
         }
         let usage = self.control.client_usage(id, window_seconds);
         Ok(crate::monitoring::usage_view(usage, window_seconds))
+    }
+
+    async fn record_audit(&self, entry: stackbox_api::AuditEntry) -> Result<(), ControlError> {
+        let actor_kind = match entry.actor {
+            stackbox_api::AuditActor::Operator => stackbox_store::ActorKind::Operator,
+            stackbox_api::AuditActor::Client => stackbox_store::ActorKind::Client,
+            stackbox_api::AuditActor::Public => stackbox_store::ActorKind::Public,
+        };
+        self.store
+            .append_audit(&stackbox_store::NewAuditEntry {
+                actor_kind,
+                token_id: entry.token_id,
+                action: entry.action,
+                client_id: entry.client_id,
+                status: entry.status,
+                deployment_id: entry.deployment_id,
+            })
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        query: stackbox_api::AuditQuery,
+    ) -> Result<stackbox_api::AuditList, ControlError> {
+        let records = self
+            .store
+            .audit_entries(
+                query.client.as_ref().map(|c| c.as_str()),
+                query.before.as_deref(),
+                query.limit,
+            )
+            .await
+            .map_err(store_error)?;
+        let next = (records.len() == query.limit as usize)
+            .then(|| records.last().map(|r| r.id.clone()))
+            .flatten();
+        let entries = records
+            .into_iter()
+            .map(|record| stackbox_api::AuditEntryView {
+                id: record.id,
+                at: time(record.at),
+                actor: match record.actor_kind {
+                    stackbox_store::ActorKind::Operator => stackbox_api::AuditActor::Operator,
+                    stackbox_store::ActorKind::Client => stackbox_api::AuditActor::Client,
+                    stackbox_store::ActorKind::Public => stackbox_api::AuditActor::Public,
+                },
+                token_id: record.token_id,
+                action: record.action,
+                client_id: record.client_id,
+                status: record.status,
+                outcome: record.outcome.as_str().to_string(),
+                deployment_id: record.deployment_id,
+            })
+            .collect();
+        Ok(stackbox_api::AuditList { entries, next })
     }
 
     async fn list_alerts(

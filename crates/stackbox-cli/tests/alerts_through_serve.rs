@@ -3,7 +3,8 @@
 //! SMTP server (aiosmtpd) and one signed webhook (its signature checked by a Python receiver,
 //! not by our code; the receiver refuses the first attempt, so the retry is seen too), shows
 //! in `GET /v1/alerts` and `stackbox alerts`, and when the memory is freed resolves with
-//! exactly one recovery notice of each kind. A loose webhook secret file is refused at start.
+//! exactly one recovery notice of each kind. A loose webhook secret file is refused at start,
+//! and the audit log holds the one change the test made, with the token that made it.
 //!
 //! Needs the engine, the local test images, python3 with aiosmtpd (`scripts/test.sh`).
 
@@ -356,4 +357,34 @@ fn memory_near_its_limit_fires_one_alert_with_one_mail_and_one_signed_webhook_th
     assert_eq!(webhooks(&hook_dir).len(), 3, "a notice was sent twice");
     let (_, open) = server.http("GET", "/v1/alerts", &operator, None);
     assert_eq!(open["alerts"], serde_json::json!([]), "{open}");
+
+    // The audit log holds the change this test made, with the token that made it; reads and
+    // the evaluator's own work are not changes.
+    let (status, audit) = server.http("GET", "/v1/audit", &operator, None);
+    assert_eq!(status, 200, "{audit}");
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["action"], "POST /v1/clients");
+    assert_eq!(entries[0]["actor"], "operator");
+    assert_eq!(entries[0]["client_id"], id.as_str());
+    assert_eq!(entries[0]["status"], 202);
+    assert_eq!(entries[0]["outcome"], "accepted");
+    assert_eq!(entries[0]["deployment_id"], created["deployment_id"]);
+    let token_id = entries[0]["token_id"].as_str().unwrap();
+    assert!(token_id.starts_with("tok_"), "{audit}");
+    assert!(
+        !audit.to_string().contains(&operator),
+        "a token in the log: {audit}"
+    );
+    let listed = server
+        .command()
+        .args(["--server", &url, "--token", &operator, "audit"])
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        table.contains("POST /v1/clients") && table.contains(token_id),
+        "{table}"
+    );
 }

@@ -186,11 +186,13 @@ macro_rules! on_backend {
 
 // After `on_backend!`, which their `impl Store` uses.
 mod alerts;
+mod audit;
 mod backups;
 mod onboarding;
 mod rollouts;
 
 pub use alerts::{AlertRecord, WebhookRecord};
+pub use audit::{ActorKind, AuditOutcome, AuditRecord, NewAuditEntry};
 pub use backups::{MAX_BACKUP_KEY_CHARS, MAX_SNAPSHOT_ID_CHARS};
 pub use onboarding::{MAX_DEDUPE_KEY_CHARS, MAX_EXTERNAL_ID_CHARS, MAX_SUBJECT_CHARS};
 pub use rollouts::{NewRolloutMember, RolloutMember, RolloutRecord};

@@ -84,6 +84,26 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: None,
         postgres: None,
     },
+    Migration {
+        version: 6,
+        name: "audit",
+        shared: include_str!("../migrations/0006_audit.sql"),
+        sqlite: None,
+        postgres: None,
+    },
+    Migration {
+        version: 7,
+        name: "audit append-only",
+        shared: include_str!("../migrations/0007_audit_append_only.sql"),
+        // Triggers that refuse UPDATE and DELETE on the audit log: each engine has its own
+        // syntax, and a companion runs before its shared file, so they follow the table.
+        sqlite: Some(include_str!(
+            "../migrations/0007_audit_append_only.sqlite.sql"
+        )),
+        postgres: Some(include_str!(
+            "../migrations/0007_audit_append_only.postgres.sql"
+        )),
+    },
 ];
 
 /// Created before anything else, on both engines.

@@ -41,6 +41,12 @@ pub(crate) mod rollouts_sql;
 #[path = "alerts_sql.rs"]
 pub(crate) mod alerts_sql;
 
+/// The audit log's queries, compiled here like [`sql`].
+// Deliberately the same file as `sqlite::audit_sql`; see the crate docs.
+#[allow(clippy::duplicate_mod)]
+#[path = "audit_sql.rs"]
+pub(crate) mod audit_sql;
+
 /// Which engine this module is, for the migration runner's engine companions.
 pub(crate) const BACKEND: crate::Backend = crate::Backend::Postgres;
 

@@ -69,6 +69,8 @@ pub struct Fake {
     pub log_queries: Mutex<Vec<LogQuery>>,
     /// The windows (seconds) `client_usage` was asked for.
     pub usage_windows: Mutex<Vec<u64>>,
+    /// Every change the audit layer passed on, oldest first.
+    pub audit: Mutex<Vec<stackbox_api::AuditEntry>>,
     /// Every `list_alerts` query the API passed on.
     pub alert_queries: Mutex<Vec<stackbox_api::AlertQuery>>,
     clients: Mutex<BTreeMap<ClientId, Stored>>,
@@ -139,6 +141,7 @@ impl Fake {
             clients: Mutex::new(BTreeMap::new()),
             usage_windows: Mutex::new(Vec::new()),
             alert_queries: Mutex::new(Vec::new()),
+            audit: Mutex::new(Vec::new()),
             deployments: Mutex::new(BTreeMap::new()),
             counter: AtomicU32::new(100),
             fail_next: Mutex::new(None),
@@ -1035,6 +1038,48 @@ impl ControlPlane for Fake {
                 deployment_id: Some(deployment.deployment_id.clone()),
             });
         Ok(deployment)
+    }
+
+    async fn record_audit(&self, entry: stackbox_api::AuditEntry) -> Result<(), ControlError> {
+        lock(&self.audit).push(entry);
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        query: stackbox_api::AuditQuery,
+    ) -> Result<stackbox_api::AuditList, ControlError> {
+        self.injected()?;
+        let entries = lock(&self.audit)
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, e)| match &query.client {
+                Some(client) => e.client_id.as_deref() == Some(client.as_str()),
+                None => true,
+            })
+            .take(query.limit as usize)
+            .map(|(n, e)| stackbox_api::AuditEntryView {
+                id: format!("aud_{n:04}"),
+                at: at(n as i64),
+                actor: e.actor,
+                token_id: e.token_id.clone(),
+                action: e.action.clone(),
+                client_id: e.client_id.clone(),
+                status: e.status,
+                outcome: match e.status {
+                    0..=399 => "accepted",
+                    400..=499 => "refused",
+                    _ => "failed",
+                }
+                .to_string(),
+                deployment_id: e.deployment_id.clone(),
+            })
+            .collect();
+        Ok(stackbox_api::AuditList {
+            entries,
+            next: None,
+        })
     }
 
     async fn list_alerts(

@@ -3,6 +3,7 @@
 
 mod admin_password;
 mod alerts;
+mod audit;
 mod backups;
 mod changes;
 mod fake;

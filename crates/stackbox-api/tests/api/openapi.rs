@@ -9,7 +9,7 @@ use crate::fake::{CLIENT_A, DEPLOYMENT_A, OPERATOR, TOKEN_A_ID};
 use crate::Api;
 
 /// Every route the server has: (method, OpenAPI path).
-const ROUTES: [(&str, &str); 36] = [
+const ROUTES: [(&str, &str); 37] = [
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
@@ -31,6 +31,7 @@ const ROUTES: [(&str, &str); 36] = [
     ("get", "/v1/clients/{id}/logs"),
     ("get", "/v1/clients/{id}/usage"),
     ("get", "/v1/alerts"),
+    ("get", "/v1/audit"),
     ("post", "/v1/clients/{id}/backups/{snapshot}/restore"),
     ("post", "/v1/clients/{id}/backups/{snapshot}/verify"),
     ("post", "/v1/clients/{id}/clone"),
