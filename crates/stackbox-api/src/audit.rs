@@ -25,7 +25,7 @@ use crate::auth::Caller;
 use crate::control::{Authenticated, Principal};
 use crate::dto::ErrorBody;
 use crate::error::{ApiError, Resource};
-use crate::routes::{query_params, AppState};
+use crate::routes::{page_limit_or, query_params, AppState};
 use crate::time::Timestamp;
 
 /// Who made a change.
@@ -249,12 +249,7 @@ pub(crate) async fn list_audit(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<AuditList>, ApiError> {
     let mut params = query_params(query, &["client", "before", "limit"])?;
-    let asked = params
-        .remove("client")
-        .map(|text| {
-            ClientId::parse(&text).map_err(|error| ApiError::invalid("client", error.to_string()))
-        })
-        .transpose()?;
+    let client = caller.client_filter(params.remove("client").as_deref())?;
     let before = params.remove("before");
     if let Some(before) = &before {
         let well_formed = before.len() <= 64
@@ -268,25 +263,7 @@ pub(crate) async fn list_audit(
             ));
         }
     }
-    let limit = match params.remove("limit") {
-        None => 100,
-        Some(text) => match text.parse::<u32>() {
-            Ok(n @ 1..=500) => n,
-            _ => {
-                return Err(ApiError::invalid(
-                    "limit",
-                    format!("{text:?} is not a number from 1 to 500"),
-                ))
-            }
-        },
-    };
-    let client = match caller.principal() {
-        Principal::Operator => asked,
-        Principal::Client(own) => match asked {
-            Some(asked) if &asked != own => return Err(ApiError::NotFound(Resource::Client)),
-            _ => Some(own.clone()),
-        },
-    };
+    let limit = page_limit_or(params.remove("limit"), 100)?;
     let list = state
         .control
         .list_audit(AuditQuery {

@@ -101,6 +101,25 @@ impl Caller {
         }
     }
 
+    /// The `client` query parameter of a list that a client token may read its own part of:
+    /// the operator gets what it asked (`None`: every client); a client token always its own
+    /// client, and 404 for another's (as for a missing one).
+    pub(crate) fn client_filter(&self, asked: Option<&str>) -> Result<Option<ClientId>, ApiError> {
+        let asked = asked
+            .map(|text| {
+                ClientId::parse(text)
+                    .map_err(|error| ApiError::invalid("client", error.to_string()))
+            })
+            .transpose()?;
+        match &self.0.principal {
+            Principal::Operator => Ok(asked),
+            Principal::Client(own) => match asked {
+                Some(asked) if &asked != own => Err(ApiError::NotFound(Resource::Client)),
+                _ => Ok(Some(own.clone())),
+            },
+        }
+    }
+
     /// Whether the caller may read this client (and its deployments).
     pub fn may_read(&self, client: &ClientId) -> bool {
         match &self.0.principal {

@@ -8,11 +8,8 @@ use utoipa::IntoParams;
 use crate::auth::Caller;
 use crate::dto::ErrorBody;
 use crate::error::{ApiError, Resource};
-use stackbox_core::client::ClientId;
-
-use crate::control::Principal;
 use crate::monitoring::{AlertList, AlertQuery, ClientUsageView};
-use crate::routes::{client_id, query_params, AppState};
+use crate::routes::{client_id, page_limit_or, query_params, AppState};
 
 /// The query parameters of `GET /v1/clients/{id}/usage` (documentation).
 #[derive(IntoParams)]
@@ -113,31 +110,8 @@ pub(crate) async fn list_alerts(
             ))
         }
     };
-    let asked = params
-        .remove("client")
-        .map(|text| {
-            ClientId::parse(&text).map_err(|error| ApiError::invalid("client", error.to_string()))
-        })
-        .transpose()?;
-    let limit = match params.remove("limit") {
-        None => 100,
-        Some(text) => match text.parse::<u32>() {
-            Ok(n @ 1..=500) => n,
-            _ => {
-                return Err(ApiError::invalid(
-                    "limit",
-                    format!("{text:?} is not a number from 1 to 500"),
-                ))
-            }
-        },
-    };
-    let client = match caller.principal() {
-        Principal::Operator => asked,
-        Principal::Client(own) => match asked {
-            Some(asked) if &asked != own => return Err(ApiError::NotFound(Resource::Client)),
-            _ => Some(own.clone()),
-        },
-    };
+    let client = caller.client_filter(params.remove("client").as_deref())?;
+    let limit = page_limit_or(params.remove("limit"), 100)?;
     let alerts = state
         .control
         .list_alerts(AlertQuery {

@@ -1731,8 +1731,13 @@ fn deployment_query(
 
 /// A page size from 1 to [`ListQuery::MAX_LIMIT`]; [`ListQuery::DEFAULT_LIMIT`] when not given.
 fn page_limit(text: Option<String>) -> Result<u32, ApiError> {
+    page_limit_or(text, ListQuery::DEFAULT_LIMIT)
+}
+
+/// A page size from 1 to [`ListQuery::MAX_LIMIT`]; `default` when not given.
+pub(crate) fn page_limit_or(text: Option<String>, default: u32) -> Result<u32, ApiError> {
     let Some(text) = text else {
-        return Ok(ListQuery::DEFAULT_LIMIT);
+        return Ok(default);
     };
     text.parse::<u32>()
         .ok()
