@@ -165,7 +165,7 @@ impl Control {
     async fn alert_conditions(&self, now: i64) -> Result<Vec<Condition>, ControlError> {
         let settings = &self.inner.config.operator.alerts;
         let store = &self.inner.store;
-        let clients = self.every_client().await?;
+        let clients = store.every_client(ClientFilter::default()).await?;
         let mut conditions = Vec::new();
 
         for client in &clients {
@@ -287,24 +287,6 @@ impl Control {
             ));
         }
         Ok(conditions)
-    }
-
-    /// Every client, page by page (the store pages by id).
-    async fn every_client(&self) -> Result<Vec<ClientRecord>, ControlError> {
-        let mut clients = Vec::new();
-        let mut after: Option<ClientId> = None;
-        loop {
-            let page = self
-                .inner
-                .store
-                .list_clients(ClientFilter::default(), after.as_ref(), 500)
-                .await?;
-            clients.extend(page.clients);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(clients),
-            }
-        }
     }
 
     async fn deliver_due_webhooks(

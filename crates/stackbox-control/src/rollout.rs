@@ -71,21 +71,12 @@ impl Control {
                 ids.dedup();
                 ids
             }
-            None => {
-                let mut ids = Vec::new();
-                let mut after = None;
-                loop {
-                    let page = store
-                        .list_clients(ClientFilter::default(), after.as_ref(), 500)
-                        .await?;
-                    ids.extend(page.clients.into_iter().map(|c| c.id));
-                    match page.next {
-                        Some(next) => after = Some(next),
-                        None => break,
-                    }
-                }
-                ids
-            }
+            None => store
+                .every_client(ClientFilter::default())
+                .await?
+                .into_iter()
+                .map(|c| c.id)
+                .collect(),
         };
         let mut planned = Vec::with_capacity(ids.len());
         for id in ids {

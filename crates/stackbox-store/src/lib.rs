@@ -397,6 +397,26 @@ impl Store {
         on_backend!(self, list_clients(filter, after, limit))
     }
 
+    /// Every client matching `filter`, in id order, read page by page: for the control plane's
+    /// own passes over the fleet (a rollout's plan, the alert rules), not for the API.
+    pub async fn every_client(
+        &self,
+        filter: ClientFilter,
+    ) -> Result<Vec<ClientRecord>, StoreError> {
+        let mut clients = Vec::new();
+        let mut after: Option<ClientId> = None;
+        loop {
+            let page = self
+                .list_clients(filter, after.as_ref(), MAX_PAGE_LIMIT)
+                .await?;
+            clients.extend(page.clients);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(clients),
+            }
+        }
+    }
+
     /// Replaces a client's configuration (a plan change, a new brand colour), keeping its
     /// id, state, secrets and history; returns the record as stored. A domain another client
     /// uses fails with [`StoreError::DomainTaken`]; a configuration pinned to another id with
