@@ -10,47 +10,16 @@
 
 mod support;
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::server::{client_body, finished, poll, Server};
-use support::{free_port, repo_root};
+use support::{free_port, python_tool};
 
 const EDGE: &str = "stackbox-alerts-serve-test-edge";
 const OPERATOR_MAILBOX: &str = "ops@operator.test";
-
-/// A helper process, killed with the test.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn python_tool(script: &str, args: &[&str]) -> Process {
-    let mut child = Command::new("python3")
-        .arg(repo_root().join("tests/tools").join(script))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("python3 {script}: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("ready") {
-        match stdout.read(&mut byte) {
-            Ok(1) => seen.push(byte[0]),
-            _ => panic!("{script} ended before it was ready"),
-        }
-    }
-    Process(child)
-}
 
 fn docker(args: &[&str]) -> String {
     let output = Command::new("docker").args(args).output().unwrap();

@@ -12,50 +12,15 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod support;
-use support::{containers_of, free_port, repo_root};
+use support::{containers_of, free_port, python_tool, repo_root, Process};
 
 const EDGE: &str = "stackbox-onboarding-test-edge";
 const STRIPE_KEY: &str = "sk_test_onboarding_e2e";
 const WEBHOOK_SECRET: &str = "whsec_onboarding_e2e";
-
-/// A child process killed when dropped (with its stdout kept open, so that a late write of
-/// the child does not fail on a closed pipe).
-struct Process(Child, #[allow(dead_code)] Option<std::process::ChildStdout>);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a Python tool from tests/tools and waits for its "ready" line.
-fn python_tool(script: &str, args: &[&str]) -> Process {
-    let mut child = Command::new("python3")
-        .arg(repo_root().join("tests/tools").join(script))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("python3 {script}: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("ready") {
-        match stdout.read(&mut byte) {
-            Ok(1) => seen.push(byte[0]),
-            _ => panic!(
-                "{script} ended before it was ready: {}",
-                String::from_utf8_lossy(&seen)
-            ),
-        }
-    }
-    Process(child, Some(stdout))
-}
 
 struct Http {
     port: u16,

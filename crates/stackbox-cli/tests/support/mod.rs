@@ -1,14 +1,16 @@
 //! What the binary's end-to-end tests share: free ports, the repository root, the engine's view
-//! of a client, and removing a client's engine objects after a failed test. Each test file is
+//! of a client, removing a client's engine objects after a failed test, and the Python tools of
+//! `tests/tools` (SMTP sink, webhook receiver, fake Stripe) started and killed. Each test file is
 //! its own crate and uses part of it.
 #![allow(dead_code)]
 
 pub mod cli;
 pub mod server;
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -82,4 +84,39 @@ pub fn remove_from_engine(edge: &str, clients: &[String]) {
             }
         }
     }
+}
+
+/// A child process killed when dropped (with its stdout kept open, so that a late write of
+/// the child does not fail on a closed pipe).
+pub struct Process(pub Child, pub Option<std::process::ChildStdout>);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a Python tool from tests/tools and waits for its "ready" line.
+pub fn python_tool(script: &str, args: &[&str]) -> Process {
+    let mut child = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/tools").join(script))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3 {script}: {e}"));
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        match stdout.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => panic!(
+                "{script} ended before it was ready: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    Process(child, Some(stdout))
 }
