@@ -23,7 +23,7 @@ work=$(mktemp -d)
 export STACKBOX_IMAGES="$cache/test-images.toml"
 export STACKBOX_OPERATOR_CONFIG="$work/stackbox.toml"
 limit=$(ulimit -Hn); [ "$limit" = unlimited ] && limit=1048576
-base=$(printf 'bundles_root = "%s"\n[ingress]\nmode = "edge"\nedge_router = "stackbox-bench-monitor-edge"\nhttp_port = 19180\nhttps_port = 19543\n[host]\nmax_open_files = %s\n' "$work/root" "$limit")
+base=$(printf 'bundles_root = "%s"\n[ingress]\nmode = "edge"\nedge_router = "stackbox-bench-monitor-edge"\nhttp_port = 19180\nhttps_port = 19543\n[host]\nmax_open_files = %s\n[probes]\nenabled = false\n' "$work/root" "$limit")
 printf '%s\n' "$base" >"$STACKBOX_OPERATOR_CONFIG"
 export STACKBOX_DATA_DIR="$work/data"
 # The backup schedule would start 50 backups in the window: keep it out of the comparison.

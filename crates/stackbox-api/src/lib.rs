@@ -143,8 +143,8 @@ pub use metrics::{
     DURATION_BUCKETS_SECONDS, MAIL_STATUSES,
 };
 pub use monitoring::{
-    AlertList, AlertQuery, AlertView, ClientMetrics, ClientUsageView, ServiceUsageView,
-    UsagePointView,
+    AlertList, AlertQuery, AlertView, ClientMetrics, ClientUsageView, ProbeMetrics,
+    ServiceUsageView, UsagePointView,
 };
 pub use onboarding::{SignupLimits, WEBHOOK_BODY_LIMIT};
 pub use time::Timestamp;

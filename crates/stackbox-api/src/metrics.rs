@@ -385,6 +385,43 @@ fn render_clients(out: &mut String, snapshot: &MetricsSnapshot) {
         "Seconds since the client's last successful backup; absent without one.",
         &backup_ages,
     );
+    let mut up: Vec<Sample<'_>> = Vec::new();
+    let mut durations: Vec<Sample<'_>> = Vec::new();
+    let mut expiries: Vec<Sample<'_>> = Vec::new();
+    for client in clients {
+        for probe in &client.probes {
+            let labels = vec![
+                ("client", client.client.as_str()),
+                ("hostname", probe.hostname.as_str()),
+            ];
+            up.push((labels.clone(), if probe.up { "1" } else { "0" }.to_string()));
+            durations.push((labels.clone(), format_float(probe.duration_seconds)));
+            if let Some(at) = probe.certificate_expires_at {
+                expiries.push((labels, at.to_string()));
+            }
+        }
+    }
+    series(
+        out,
+        "stackbox_probe_up",
+        "gauge",
+        "1 when the hostname's last probe from outside through the edge was answered as up.",
+        &up,
+    );
+    series(
+        out,
+        "stackbox_probe_duration_seconds",
+        "gauge",
+        "Seconds the hostname's last probe took, connect and TLS included.",
+        &durations,
+    );
+    series(
+        out,
+        "stackbox_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "Unix time the certificate the hostname presented at its last probe expires.",
+        &expiries,
+    );
     let mut disk: Vec<Sample<'_>> = Vec::new();
     if let Some((used, total)) = snapshot.engine_disk {
         disk.push((vec![("kind", "used")], used.to_string()));

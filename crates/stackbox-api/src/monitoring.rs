@@ -79,6 +79,19 @@ pub struct ClientMetrics {
     pub last_backup_age_seconds: Option<f64>,
     pub services: Vec<ServiceUsageView>,
     pub volumes: BTreeMap<String, u64>,
+    /// The latest probe from outside of each public hostname (none before the first round,
+    /// or with probes off).
+    pub probes: Vec<ProbeMetrics>,
+}
+
+/// One hostname's latest probe, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProbeMetrics {
+    pub hostname: String,
+    pub up: bool,
+    pub duration_seconds: f64,
+    /// Unix seconds the certificate presented stops being valid.
+    pub certificate_expires_at: Option<i64>,
 }
 
 /// One alert: a condition the control plane saw for its hold time (`firing`), or one that
@@ -92,7 +105,8 @@ pub struct AlertView {
     #[schema(example = "memory-near-limit:smithrealestate-e11f059b:website")]
     pub key: String,
     /// `client-degraded`, `memory-near-limit`, `disk-near-full`, `backup-missing`,
-    /// `backup-failed` or `mail-failing`.
+    /// `backup-failed`, `mail-failing`, `restart-loop`, `certificate-expiring` or
+    /// `signup-not-provisioned`.
     #[schema(example = "memory-near-limit")]
     pub kind: String,
     /// `pending`, `firing` or `resolved`.

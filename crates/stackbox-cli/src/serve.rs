@@ -142,6 +142,20 @@ pub fn serve(operator: OperatorConfig, args: ServeArgs) -> Result<()> {
         if let Some(file) = &operator.alerts.webhook_secret_file {
             check_webhook_secret_file(std::path::Path::new(file))?;
         }
+        if let Some(file) = operator
+            .probes
+            .ca_file
+            .as_ref()
+            .filter(|_| operator.probes.enabled)
+        {
+            let pem = std::fs::read_to_string(file)
+                .with_context(|| format!("probes.ca_file: {file} cannot be read"))?;
+            anyhow::ensure!(
+                pem.contains("-----BEGIN CERTIFICATE-----"),
+                "probes.ca_file: {file} holds no PEM certificate; give the CA's certificate \
+                 (-----BEGIN CERTIFICATE-----), or leave the setting out"
+            );
+        }
         let store = open_store(&args.data_dir).await?;
         let key = master_key(&args.data_dir, args.master_key_file.as_deref())?;
         // Refuses a key other than the one the store's secrets were sealed with (the store
@@ -1143,6 +1157,7 @@ impl ControlPlane for Served {
             .collect();
         let now = stackbox_store::Timestamp::now().unix_millis() / 1000;
         let mut usage = self.control.usage_snapshot();
+        let mut probes = self.control.probe_snapshot();
         snapshot.engine_disk = usage.engine_disk;
         let mut after: Option<ClientId> = None;
         loop {
@@ -1169,6 +1184,17 @@ impl ControlPlane for Served {
                         .map(crate::monitoring::service_view)
                         .collect(),
                     volumes: readings.volumes,
+                    probes: probes
+                        .remove(client.id.as_str())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(hostname, probe)| stackbox_api::ProbeMetrics {
+                            hostname,
+                            up: probe.last.is_up(),
+                            duration_seconds: probe.last.latency_ms as f64 / 1000.0,
+                            certificate_expires_at: probe.last.certificate_expires_at,
+                        })
+                        .collect(),
                 });
                 if client.state == ClientState::Running
                     && stackbox_core::backup::backup_missing(

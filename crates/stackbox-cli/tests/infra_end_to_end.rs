@@ -632,7 +632,7 @@ impl Server {
             &operator,
             format!(
                 "[ingress]\nmode = \"edge\"\nedge_router = \"{EDGE}\"\nhttp_port = 28084\n\
-                 https_port = 28447\n[host]\nmax_open_files = {hard_limit}\n{}",
+                 https_port = 28447\n[host]\nmax_open_files = {hard_limit}\n[probes]\nenabled = false\n{}",
                 bed().aws_section()
             ),
         )

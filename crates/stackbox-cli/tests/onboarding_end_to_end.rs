@@ -245,7 +245,7 @@ fn signup_payment_webhooks_and_welcome_mail_from_checkout_to_destroy() {
         format!(
             "[ingress]\nmode = \"edge\"\nedge_router = \"{EDGE}\"\nhttp_port = 28083\nhttps_port = 28446\n\
              [host]\nmax_open_files = {hard_limit}\n\
-             [onboarding]\ngrace_period = \"2s\"\nretention = \"4s\"\n"
+             [onboarding]\ngrace_period = \"2s\"\nretention = \"4s\"\n[probes]\nenabled = false\n"
         ),
     )
     .unwrap();

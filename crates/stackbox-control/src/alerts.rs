@@ -208,6 +208,44 @@ impl Control {
                     }
                 }
             }
+            let within = settings.restarts_within_seconds as i64;
+            for (client, services) in &observations.restarts {
+                for (service, stops) in services {
+                    let recent = stops.iter().filter(|at| now - **at <= within).count();
+                    if recent >= settings.restarts as usize {
+                        conditions.push(Condition::of_client(
+                            AlertKind::RestartLoop,
+                            client.as_str(),
+                            Some(service),
+                            format!(
+                                "{service} of {client} stopped and was started again {recent} \
+                                 times in the last {}; see `stackbox logs {client} {service}`",
+                                span_of(within)
+                            ),
+                        ));
+                    }
+                }
+            }
+            for (client, hostnames) in observations.probes.iter() {
+                for (hostname, probes) in hostnames {
+                    let Some(expires) = probes.last.certificate_expires_at else {
+                        continue;
+                    };
+                    let days = stackbox_core::probes::days_left(expires, now);
+                    if days < i64::from(settings.certificate_days) {
+                        conditions.push(Condition::of_client(
+                            AlertKind::CertificateExpiring,
+                            client.as_str(),
+                            Some(hostname),
+                            format!(
+                                "the certificate of {hostname} ({client}) expires in {days} \
+                                 day(s), on {}; its renewal is not happening",
+                                stackbox_core::calendar::rfc3339_seconds(expires)
+                            ),
+                        ));
+                    }
+                }
+            }
             if let Some((used, total)) = observations.engine_disk.filter(|(_, t)| *t > 0) {
                 let share = used as f64 / total as f64;
                 if share >= settings.disk_ratio {
@@ -269,6 +307,29 @@ impl Control {
                     error.as_deref().unwrap_or("no reason recorded")
                 ),
             ));
+        }
+
+        // A paid sign-up still not provisioned after the hold time lost the race for its
+        // domain (provisioning takes a moment): the buyer was told, the operator refunds.
+        for signup in store.paid_signups_not_provisioned().await? {
+            let domain = signup
+                .spec()
+                .map(|spec| spec.domain.to_string())
+                .unwrap_or_else(|_| "its domain".to_string());
+            conditions.push(Condition {
+                key: format!("{}:{}", AlertKind::SignupNotProvisioned.as_str(), signup.id),
+                kind: AlertKind::SignupNotProvisioned,
+                client: None,
+                summary: format!(
+                    "sign-up {} by {} paid (customer {}, subscription {}) but {domain} was \
+                     taken by a sign-up that paid first; refund it and cancel the subscription \
+                     in Stripe, which closes this alert",
+                    signup.id,
+                    signup.email.as_str(),
+                    signup.customer_id.as_deref().unwrap_or("unknown"),
+                    signup.subscription_id.as_deref().unwrap_or("unknown"),
+                ),
+            });
         }
 
         let failed_mail = store
@@ -366,6 +427,15 @@ fn trimmed_secret(mut bytes: Vec<u8>) -> Vec<u8> {
         bytes.pop();
     }
     bytes
+}
+
+/// "10 minutes", "2 hours", "45 seconds".
+fn span_of(seconds: i64) -> String {
+    match seconds {
+        s if s % 3600 == 0 => format!("{} hour(s)", s / 3600),
+        s if s % 60 == 0 => format!("{} minute(s)", s / 60),
+        s => format!("{s} seconds"),
+    }
 }
 
 fn mebibytes(bytes: u64) -> String {

@@ -21,6 +21,7 @@ mod changes;
 mod cloud;
 mod monitor;
 mod onboarding;
+mod probes;
 mod rollout;
 mod rotation;
 mod steps;
@@ -430,6 +431,7 @@ impl Control {
             tokio::task::spawn_local(usage::run(self.clone()));
             tokio::task::spawn_local(alerts::run(self.clone()));
             tokio::task::spawn_local(alerts::deliver_webhooks(self.clone()));
+            tokio::task::spawn_local(probes::run(self.clone()));
             while let Some(id) = jobs.recv().await {
                 let control = self.clone();
                 let limit = limit.clone();

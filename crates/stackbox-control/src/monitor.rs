@@ -49,6 +49,9 @@ async fn handle(
     // A deployment of the client (a stop, a destroy, a redeploy) owns its containers: a
     // restart in the middle of it would race its own stops and removals.
     let owned_by_deployment = control.quiet_generation(&client).is_none();
+    if event.action == "die" && !owned_by_deployment {
+        record_stop(control, &client, &event.service);
+    }
     if event.action == "health_status: unhealthy" && !owned_by_deployment {
         let now = Instant::now();
         let recent = failures.entry(event.container.clone()).or_default();
@@ -70,6 +73,27 @@ async fn handle(
         }
     }
     refresh(control, docker, &client, reason).await;
+}
+
+/// Notes an unplanned stop of one of the client's services (a crash, an OOM kill, the
+/// monitor's own restart of an unhealthy one) for the restart-loop alert; keeps only those
+/// within the alert's window, so the record stays small however long a loop goes on.
+fn record_stop(control: &Control, client: &ClientId, service: &str) {
+    let within = control.inner.config.operator.alerts.restarts_within_seconds as i64;
+    let now = stackbox_store::Timestamp::now()
+        .unix_millis()
+        .div_euclid(1000);
+    let mut observations = control.observations();
+    let stops = observations
+        .restarts
+        .entry(client.clone())
+        .or_default()
+        .entry(service.to_string())
+        .or_default();
+    stops.push_back(now);
+    while stops.front().is_some_and(|at| now - at > within) {
+        stops.pop_front();
+    }
 }
 
 /// Sets the client's state from the engine, unless a deployment owns the client right now or
@@ -104,7 +128,15 @@ pub(crate) async fn refresh(
     };
     let (state, reason) = match reason {
         Some(reason) => (ClientState::Degraded, Some(reason)),
-        None => (ClientState::from(status.state), None),
+        None => match ClientState::from(status.state) {
+            // Running on the engine but not reachable from outside: degraded, saying which
+            // hostname fails and how.
+            ClientState::Running => match control.probe_failure(client) {
+                Some(reason) => (ClientState::Degraded, Some(reason)),
+                None => (ClientState::Running, None),
+            },
+            other => (other, None),
+        },
     };
     // A deployment that started or ended while we looked owns the state.
     if control.quiet_generation(client) != Some(generation) {

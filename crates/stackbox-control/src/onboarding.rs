@@ -361,6 +361,12 @@ impl Control {
                 subscription_id, ..
             } => {
                 let Some(billing) = store.billing_by_subscription(subscription_id).await? else {
+                    // A sign-up that lost its domain and was refunded: nothing to stop; the
+                    // sign-up is closed, which resolves its alert.
+                    if store.close_unprovisioned_signup(subscription_id).await? {
+                        tracing::info!(subscription = subscription_id, "the subscription of a sign-up that was not provisioned was cancelled: sign-up closed");
+                        return Ok(WebhookResult::Processed);
+                    }
                     return Ok(WebhookResult::Ignored);
                 };
                 let destroy_at = after(seconds(settings.retention_seconds));

@@ -27,6 +27,11 @@ pub(crate) struct Observations {
     pub(crate) engine_disk: Option<(u64, u64)>,
     /// Unix seconds of the last volume measurement.
     volumes_measured_at: i64,
+    /// The latest probe of each running client's public hostnames (see `probes`).
+    pub(crate) probes: stackbox_core::probes::ProbeBook,
+    /// Unix seconds of each service's recent unplanned stops (the monitor's `die` events
+    /// outside a deployment), for the restart-loop alert: pruned to the alert's window.
+    pub(crate) restarts: HashMap<ClientId, BTreeMap<String, std::collections::VecDeque<i64>>>,
 }
 
 /// One client's use, for `status --resources` and `GET /v1/clients/{id}/usage`.
@@ -190,8 +195,11 @@ impl Control {
         }
     }
 
-    /// Forgets a destroyed client's readings.
+    /// Forgets a destroyed client's readings, probes and restarts.
     pub(crate) fn forget_usage(&self, client: &ClientId) {
-        self.observations().usage.remove(client);
+        let mut observations = self.observations();
+        observations.usage.remove(client);
+        observations.probes.forget(client);
+        observations.restarts.remove(client);
     }
 }

@@ -270,6 +270,59 @@ async fn webhooks_are_verified_idempotent_scoped_and_survive_a_domain_race() {
         1
     );
 
+    // The lost sign-up stays paid, and the alert rules open an alert about it (pending for
+    // the hold time) that names what the operator must do.
+    let stuck = store.paid_signups_not_provisioned().await.unwrap();
+    assert_eq!(
+        stuck.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        [second.id.as_str()]
+    );
+    control.evaluate_alerts().await.unwrap();
+    let key = format!("signup-not-provisioned:{}", second.id);
+    let open = store.open_alerts().await.unwrap();
+    let lost = open
+        .iter()
+        .find(|a| a.key == key)
+        .unwrap_or_else(|| panic!("no alert {key}: {open:?}"));
+    assert!(lost.client_id.is_none());
+    assert!(
+        lost.summary.contains("race.example.com") && lost.summary.contains("refund"),
+        "{}",
+        lost.summary
+    );
+    // The operator refunds and cancels: Stripe's cancellation closes the sign-up (no client
+    // to stop), and the next evaluation drops the alert.
+    let cancelled = event(
+        "evt_lost_cancelled",
+        "customer.subscription.deleted",
+        false,
+        serde_json::json!({ "id": "sub_2", "object": "subscription", "customer": "cus_2" }),
+    );
+    let (header, body) = signed(&cancelled);
+    assert_eq!(
+        control.stripe_webhook(Some(&header), &body).await.unwrap(),
+        WebhookResult::Processed
+    );
+    assert_eq!(
+        store.signup(&second.id).await.unwrap().unwrap().status,
+        stackbox_store::SignupStatus::Expired
+    );
+    assert!(store
+        .paid_signups_not_provisioned()
+        .await
+        .unwrap()
+        .is_empty());
+    control.evaluate_alerts().await.unwrap();
+    assert!(
+        store
+            .open_alerts()
+            .await
+            .unwrap()
+            .iter()
+            .all(|a| a.key != key),
+        "the alert stayed open"
+    );
+
     // Events about subscriptions that are not StackBox's are acknowledged and ignored.
     let foreign = event(
         "evt_foreign",

@@ -33,16 +33,28 @@ pub enum AlertKind {
     BackupFailed,
     /// Mail that could not be sent (given up, or still failing after several attempts).
     MailFailing,
+    /// A service of a client that stopped and was started again by the engine `restarts`
+    /// times or more within `restarts_within` (a crash loop).
+    RestartLoop,
+    /// The certificate a client's hostname presents from outside expires within
+    /// `certificate_days` (the renewal is not happening).
+    CertificateExpiring,
+    /// A paid sign-up that could not become a client (its domain was taken by another
+    /// sign-up that paid first): the buyer was told, the operator must refund it.
+    SignupNotProvisioned,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 9] = [
         AlertKind::ClientDegraded,
         AlertKind::MemoryNearLimit,
         AlertKind::DiskNearFull,
         AlertKind::BackupMissing,
         AlertKind::BackupFailed,
         AlertKind::MailFailing,
+        AlertKind::RestartLoop,
+        AlertKind::CertificateExpiring,
+        AlertKind::SignupNotProvisioned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +65,9 @@ impl AlertKind {
             AlertKind::BackupMissing => "backup-missing",
             AlertKind::BackupFailed => "backup-failed",
             AlertKind::MailFailing => "mail-failing",
+            AlertKind::RestartLoop => "restart-loop",
+            AlertKind::CertificateExpiring => "certificate-expiring",
+            AlertKind::SignupNotProvisioned => "signup-not-provisioned",
         }
     }
 
@@ -71,6 +86,9 @@ impl AlertKind {
             AlertKind::BackupMissing => "backup missing",
             AlertKind::BackupFailed => "backup failed",
             AlertKind::MailFailing => "mail failing",
+            AlertKind::RestartLoop => "service restarting in a loop",
+            AlertKind::CertificateExpiring => "certificate expiring",
+            AlertKind::SignupNotProvisioned => "paid sign-up not provisioned",
         }
     }
 }
@@ -286,6 +304,13 @@ pub struct AlertSettings {
     pub memory_ratio: f64,
     /// The engine disk's used share that counts as nearly full (`disk_ratio`, 0.9).
     pub disk_ratio: f64,
+    /// Restarts of one service within `restarts_within` that count as a loop (`restarts`, 3).
+    pub restarts: u32,
+    /// The window those restarts are counted in (`restarts_within`, 10 minutes).
+    pub restarts_within_seconds: u64,
+    /// A certificate expiring in fewer days than this is an alert (`certificate_days`, 14;
+    /// Let's Encrypt renews 30 days before expiry, so 14 means renewal failed for two weeks).
+    pub certificate_days: u32,
     /// Where notices are mailed (`email`); none when unset.
     pub email: Option<Email>,
     /// Where notices are posted, signed (`webhook_url`); none when unset.
@@ -302,6 +327,9 @@ impl Default for AlertSettings {
             every_seconds: 15,
             memory_ratio: 0.9,
             disk_ratio: 0.9,
+            restarts: 3,
+            restarts_within_seconds: 600,
+            certificate_days: 14,
             email: None,
             webhook_url: None,
             webhook_secret_file: None,
@@ -318,6 +346,9 @@ pub(crate) struct AlertsFile {
     every: Option<String>,
     memory_ratio: Option<f64>,
     disk_ratio: Option<f64>,
+    restarts: Option<u32>,
+    restarts_within: Option<String>,
+    certificate_days: Option<u32>,
     email: Option<String>,
     webhook_url: Option<String>,
     webhook_secret_file: Option<String>,
@@ -367,6 +398,34 @@ impl AlertsFile {
                 }
                 *target = value;
             }
+        }
+        if let Some(restarts) = self.restarts {
+            if !(1..=1000).contains(&restarts) {
+                return Err(CoreError::invalid(
+                    "alerts.restarts",
+                    format!("{restarts} is not between 1 and 1000; 3 suits most services"),
+                ));
+            }
+            settings.restarts = restarts;
+        }
+        if let Some(text) = self.restarts_within {
+            let seconds = crate::onboarding::duration("alerts.restarts_within", &text)?;
+            if !(1..=86_400).contains(&seconds) {
+                return Err(CoreError::invalid(
+                    "alerts.restarts_within",
+                    "must be between 1s and 1d; 10m suits most services",
+                ));
+            }
+            settings.restarts_within_seconds = seconds;
+        }
+        if let Some(days) = self.certificate_days {
+            if !(1..=365).contains(&days) {
+                return Err(CoreError::invalid(
+                    "alerts.certificate_days",
+                    format!("{days} is not between 1 and 365; 14 suits Let's Encrypt"),
+                ));
+            }
+            settings.certificate_days = days;
         }
         if let Some(text) = self.email {
             settings.email = Some(Email::parse("alerts.email", &text)?);
@@ -543,7 +602,20 @@ mod tests {
             (30, 5, 0.8)
         );
         assert_eq!(settings.webhook_secret_file.as_deref(), Some("/etc/s"));
+        let loops =
+            parse("restarts = 5\nrestarts_within = \"30m\"\ncertificate_days = 7\n").unwrap();
+        assert_eq!(
+            (
+                loops.restarts,
+                loops.restarts_within_seconds,
+                loops.certificate_days
+            ),
+            (5, 1800, 7)
+        );
         for (text, field) in [
+            ("restarts = 0", "alerts.restarts"),
+            ("restarts_within = \"2d\"", "alerts.restarts_within"),
+            ("certificate_days = 0", "alerts.certificate_days"),
             ("for = \"soon\"", "alerts.for"),
             ("for = \"2d\"", "alerts.for"),
             ("every = \"0s\"", "alerts.every"),

@@ -24,6 +24,7 @@ pub mod notify;
 pub mod onboarding;
 pub mod operator;
 pub mod plan;
+pub mod probes;
 pub mod release;
 pub mod render;
 pub mod rollout;

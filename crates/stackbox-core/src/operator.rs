@@ -42,6 +42,8 @@ pub struct OperatorConfig {
     pub monitor: crate::usage::MonitorSettings,
     /// `[alerts]`: thresholds, hold time, and where notices go.
     pub alerts: crate::alerts::AlertSettings,
+    /// `[probes]`: the clients' public hostnames fetched from outside on an interval.
+    pub probes: crate::probes::ProbeSettings,
     /// `[[releases]]`, oldest first: the image sets after the base catalog (see
     /// [`crate::release`]).
     pub releases: Vec<crate::release::ReleaseSpec>,
@@ -83,6 +85,7 @@ impl Default for OperatorConfig {
             backup: crate::backup::BackupSettings::default(),
             monitor: crate::usage::MonitorSettings::default(),
             alerts: crate::alerts::AlertSettings::default(),
+            probes: crate::probes::ProbeSettings::default(),
             releases: Vec::new(),
         }
     }
@@ -361,6 +364,8 @@ struct OperatorFile {
     monitor: crate::usage::MonitorFile,
     #[serde(default)]
     alerts: crate::alerts::AlertsFile,
+    #[serde(default)]
+    probes: crate::probes::ProbesFile,
     #[serde(default)]
     releases: Vec<ReleaseFile>,
 }
@@ -832,6 +837,7 @@ impl OperatorFile {
         config.backup = self.backup.validate()?;
         config.monitor = self.monitor.validate()?;
         config.alerts = self.alerts.validate()?;
+        config.probes = self.probes.validate()?;
         if config.infrastructure == ProviderKind::Aws {
             config.aws.check_complete(None)?;
         }

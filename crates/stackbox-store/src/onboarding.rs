@@ -211,6 +211,24 @@ impl Store {
         )
     }
 
+    /// Sign-ups paid but not provisioned (at most 1000, oldest first): a moment during
+    /// provisioning, for good when their domain was taken by a sign-up that paid first.
+    pub async fn paid_signups_not_provisioned(&self) -> Result<Vec<Signup>, StoreError> {
+        on_backend!(self, onboarding_sql::paid_signups_not_provisioned())
+    }
+
+    /// A cancelled subscription's sign-up that never became a client: paid → expired (the
+    /// operator refunded it). `true` when there was one.
+    pub async fn close_unprovisioned_signup(
+        &self,
+        subscription_id: &str,
+    ) -> Result<bool, StoreError> {
+        on_backend!(
+            self,
+            onboarding_sql::close_unprovisioned_signup(subscription_id, Timestamp::now())
+        )
+    }
+
     /// Marks pending sign-ups created before `older_than` expired; returns how many.
     pub async fn expire_signups(&self, older_than: Timestamp) -> Result<u64, StoreError> {
         on_backend!(

@@ -217,6 +217,42 @@ pub(crate) async fn mark_signup_provisioned(
     })
 }
 
+/// Sign-ups paid but not (yet) provisioned, oldest first: normally none for more than a
+/// moment; one that stays is a lost race for its domain (the alert's condition).
+pub(crate) async fn paid_signups_not_provisioned(pool: &Pool) -> Result<Vec<Signup>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {SIGNUP_COLUMNS} FROM signups WHERE status = 'paid' ORDER BY created_at, id \
+         LIMIT 1000"
+    ))
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::database("reading the paid sign-ups"))?
+    .iter()
+    .map(signup_from_row)
+    .collect()
+}
+
+/// paid → expired for the sign-up of a cancelled subscription that never became a client;
+/// `true` when one did.
+pub(crate) async fn close_unprovisioned_signup(
+    pool: &Pool,
+    subscription: &str,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE signups SET status = 'expired', updated_at = $2 \
+         WHERE subscription_id = $1 AND status = 'paid'",
+    )
+    .bind(subscription)
+    .bind(now.unix_millis())
+    .execute(pool)
+    .await
+    .map_err(StoreError::database(
+        "closing a sign-up that was not provisioned",
+    ))?;
+    Ok(affected(&updated) > 0)
+}
+
 pub(crate) async fn expire_signups(
     pool: &Pool,
     older_than: Timestamp,

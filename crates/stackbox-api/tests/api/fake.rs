@@ -997,6 +997,20 @@ impl ControlPlane for Fake {
                     ("mysql_data".to_string(), 4096),
                     ("nextcloud_data".to_string(), 1_048_576),
                 ]),
+                probes: vec![
+                    stackbox_api::ProbeMetrics {
+                        hostname: "alpha.example".to_string(),
+                        up: true,
+                        duration_seconds: 0.25,
+                        certificate_expires_at: Some(1_800_000_000),
+                    },
+                    stackbox_api::ProbeMetrics {
+                        hostname: "crm.alpha.example".to_string(),
+                        up: false,
+                        duration_seconds: 10.0,
+                        certificate_expires_at: None,
+                    },
+                ],
             },
             ClientMetrics {
                 client: CLIENT_B.to_string(),

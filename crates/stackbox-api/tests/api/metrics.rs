@@ -302,6 +302,9 @@ async fn metrics_parse_as_prometheus_text() {
         ("stackbox_client_state", "gauge"),
         ("stackbox_client_last_backup_age_seconds", "gauge"),
         ("stackbox_engine_disk_bytes", "gauge"),
+        ("stackbox_probe_up", "gauge"),
+        ("stackbox_probe_duration_seconds", "gauge"),
+        ("stackbox_certificate_expiry_timestamp_seconds", "gauge"),
     ];
     assert_eq!(families.keys().map(String::as_str).collect::<Vec<_>>(), {
         let mut names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
@@ -526,6 +529,36 @@ async fn per_client_series_carry_cadvisor_names_and_only_bounded_labels() {
             ),
         ]
     );
+    // Probes: one series per client and hostname; a failed probe is a 0, and a hostname
+    // that presented no certificate has no expiry series.
+    let up: Vec<(Vec<(&str, &str)>, f64)> = families["stackbox_probe_up"]
+        .samples
+        .iter()
+        .map(|s| (labels_of(s), s.value))
+        .collect();
+    assert_eq!(
+        up,
+        [
+            (
+                vec![("client", "alpha-0000000a"), ("hostname", "alpha.example")],
+                1.0
+            ),
+            (
+                vec![
+                    ("client", "alpha-0000000a"),
+                    ("hostname", "crm.alpha.example")
+                ],
+                0.0
+            ),
+        ]
+    );
+    assert_eq!(
+        families["stackbox_probe_duration_seconds"].samples[0].value,
+        0.25
+    );
+    let expiries = &families["stackbox_certificate_expiry_timestamp_seconds"].samples;
+    assert_eq!(expiries.len(), 1);
+    assert_eq!(expiries[0].value, 1_800_000_000.0);
     let states: Vec<Vec<(&str, &str)>> = families["stackbox_client_state"]
         .samples
         .iter()
@@ -554,14 +587,15 @@ async fn per_client_series_carry_cadvisor_names_and_only_bounded_labels() {
         BTreeMap::from([("total", 250_000_000_000.0), ("used", 60_000_000_000.0)])
     );
 
-    // Bounded cardinality: the only label names any series carries.
+    // Bounded cardinality: the only label names any series carries (`hostname`: a client's
+    // few public hostnames, never a visitor's request).
     for family in families.values() {
         for sample in &family.samples {
             for name in sample.labels.keys() {
                 assert!(
                     [
                         "client", "service", "volume", "state", "kind", "status", "outcome",
-                        "step", "le"
+                        "step", "le", "hostname"
                     ]
                     .contains(&name.as_str()),
                     "{} has label {name}",

@@ -20,6 +20,11 @@ pub struct Server {
     pub env: Vec<(String, String)>,
 }
 
+/// The operator file's probes, off: the Traefik stand-ins answer plain HTTP on their TLS
+/// entry point, so a probe through the edge would fail and mark every client degraded after
+/// a few minutes. The probes test replaces this with its own table and a real TLS server.
+pub const PROBES_OFF: &str = "[probes]\nenabled = false\n";
+
 impl Server {
     /// A server on the test images' catalog (`stackbox_testkit::engine_images()`, the engine
     /// tier's guard, gives it) with its own data directory, edge router name and edge ports
@@ -33,7 +38,7 @@ impl Server {
             &operator,
             format!(
                 "[ingress]\nmode = \"edge\"\nedge_router = \"{edge}\"\nhttp_port = {http_port}\nhttps_port = {https_port}\n\
-                 [host]\nmax_open_files = {hard_limit}\n"
+                 [host]\nmax_open_files = {hard_limit}\n{PROBES_OFF}"
             ),
         )
         .unwrap();
@@ -71,7 +76,12 @@ impl Server {
             .command()
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // STACKBOX_TEST_SERVE_LOG=1 shows the server's log while debugging a test.
+            .stderr(if std::env::var_os("STACKBOX_TEST_SERVE_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         self.child = Some(child);

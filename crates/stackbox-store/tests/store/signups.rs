@@ -14,6 +14,7 @@ on_both_engines!(
     concurrent_claims_of_one_signup_have_exactly_one_winner,
     a_provisioned_signup_names_its_client_and_repeating_that_is_harmless,
     abandoned_signups_expire_and_a_late_payment_still_claims_them,
+    paid_signups_not_provisioned_are_listed_until_provisioned_or_their_subscription_is_cancelled,
 );
 
 fn buyer() -> Email {
@@ -303,4 +304,61 @@ async fn abandoned_signups_expire_and_a_late_payment_still_claims_them(db: &Test
         .await
         .unwrap());
     assert_eq!(status(old.id.clone()).await, SignupStatus::Paid);
+}
+
+async fn paid_signups_not_provisioned_are_listed_until_provisioned_or_their_subscription_is_cancelled(
+    db: &TestDb,
+) {
+    let store = db.open().await;
+    let mut paid = Vec::new();
+    for (n, domain) in ["one.example.com", "two.example.com"].iter().enumerate() {
+        let signup = store
+            .create_signup(&buyer(), &spec("Paid Co", domain, "starter"))
+            .await
+            .unwrap();
+        assert!(store
+            .claim_signup_for_provisioning(&signup.id, "cus_1", &format!("sub_{n}"))
+            .await
+            .unwrap());
+        paid.push(signup.id);
+    }
+    // A pending one is not paid yet: not listed.
+    store
+        .create_signup(
+            &buyer(),
+            &spec("Pending Co", "pending.example.com", "starter"),
+        )
+        .await
+        .unwrap();
+    let listed: Vec<SignupId> = store
+        .paid_signups_not_provisioned()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, paid);
+
+    store
+        .mark_signup_provisioned(&paid[0], &client_id("one", 1))
+        .await
+        .unwrap();
+    // Cancelling another subscription closes nothing; cancelling its own closes it, once.
+    assert!(!store.close_unprovisioned_signup("sub_0").await.unwrap());
+    assert!(!store.close_unprovisioned_signup("sub_other").await.unwrap());
+    assert!(store.close_unprovisioned_signup("sub_1").await.unwrap());
+    assert!(!store.close_unprovisioned_signup("sub_1").await.unwrap());
+    assert_eq!(
+        store.signup(&paid[1]).await.unwrap().unwrap().status,
+        SignupStatus::Expired
+    );
+    assert_eq!(
+        store.signup(&paid[0]).await.unwrap().unwrap().status,
+        SignupStatus::Provisioned
+    );
+    assert!(store
+        .paid_signups_not_provisioned()
+        .await
+        .unwrap()
+        .is_empty());
 }
