@@ -63,6 +63,7 @@ use stackbox_store::{
     Store, StoreError,
 };
 use tokio::sync::{broadcast, mpsc, Semaphore};
+use tracing::Instrument;
 
 /// Errors of the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -447,13 +448,35 @@ impl Control {
 
     async fn run_deployment(&self, id: &DeploymentId) {
         let store = &self.inner.store;
-        let Ok(Some(deployment)) = store.deployment(id).await else {
-            return;
+        let deployment = match store.deployment(id).await {
+            Ok(Some(deployment)) => deployment,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(deployment = %id, %error, "the deployment could not be read from the journal; it runs at the next start");
+                return;
+            }
         };
         if deployment.status.is_finished() {
             return;
         }
+        // Every log line of the run, the engine's included, carries the deployment.
+        let span = tracing::info_span!(
+            "deployment",
+            id = %id,
+            client = %deployment.client_id,
+            kind = deployment.kind.as_str()
+        );
+        self.run_deployment_traced(deployment)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_deployment_traced(&self, deployment: Deployment) {
+        let store = &self.inner.store;
+        let id = &deployment.id;
         let client = &deployment.client_id;
+        let started = std::time::Instant::now();
+        tracing::info!(steps = deployment.steps.len(), "deployment started");
         self.set_active(client, true);
         let outcome = self.run_steps(&deployment).await;
         let (status, error) = match &outcome {
@@ -467,17 +490,35 @@ impl Control {
                 Some(error.clone()),
             ),
         };
-        let _ = store.finish_deployment(id, status, error.as_deref()).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match &error {
+            None => tracing::info!(status = status.as_str(), seconds, "deployment finished"),
+            Some(error) => {
+                tracing::warn!(status = status.as_str(), seconds, %error, "deployment finished")
+            }
+        }
+        // The journal is the truth after a crash: a write it refused is logged, not dropped
+        // (the deployment then runs again at the next start, its steps being idempotent).
+        if let Err(failure) = store.finish_deployment(id, status, error.as_deref()).await {
+            tracing::error!(error = %failure, "the deployment's end could not be recorded in the journal");
+        }
         match (&outcome, deployment.kind) {
             (Ok(()), DeploymentKind::Destroy) => {
                 self.forget_usage(client);
-                let _ = self.inner.bundles.remove_client(client);
-                let _ = store.delete_client(client).await;
+                if let Err(failure) = self.inner.bundles.remove_client(client) {
+                    tracing::error!(error = %failure, "the destroyed client's bundle could not be removed");
+                }
+                if let Err(failure) = store.delete_client(client).await {
+                    tracing::error!(error = %failure, "the destroyed client could not be deleted from the store");
+                }
             }
             (Ok(()), DeploymentKind::Stop) => {
-                let _ = store
+                if let Err(failure) = store
                     .set_client_state(client, ClientState::Stopped, None)
-                    .await;
+                    .await
+                {
+                    tracing::error!(error = %failure, "the stopped client's state could not be recorded");
+                }
             }
             (Ok(()), _) => {}
             // A change to a live client that was undone put it back as it was and recorded
@@ -485,9 +526,12 @@ impl Control {
             (Err((true, _)), kind)
                 if !matches!(kind, DeploymentKind::Create | DeploymentKind::Clone) => {}
             (Err((_, error)), _) => {
-                let _ = store
+                if let Err(failure) = store
                     .set_client_state(client, ClientState::Failed, Some(error))
-                    .await;
+                    .await
+                {
+                    tracing::error!(error = %failure, "the failed client's state could not be recorded");
+                }
             }
         }
         self.set_active(client, false);
@@ -547,8 +591,17 @@ impl Control {
                 finished: false,
                 progress: None,
             });
-            match self.execute(kind, deployment, &mut context).await {
+            let span = tracing::info_span!("step", name = %step.name);
+            let step_started = std::time::Instant::now();
+            span.in_scope(|| tracing::info!("step started"));
+            let outcome = self
+                .execute(kind, deployment, &mut context)
+                .instrument(span.clone())
+                .await;
+            let seconds = step_started.elapsed().as_secs_f64();
+            match outcome {
                 Ok(output) => {
+                    span.in_scope(|| tracing::info!(seconds, "step succeeded"));
                     store
                         .mark_step_succeeded(&deployment.id, &step.name, Some(&output.to_json()))
                         .await
@@ -564,9 +617,15 @@ impl Control {
                 }
                 Err(error) => {
                     let message = error.to_string();
-                    let _ = store
+                    span.in_scope(|| tracing::warn!(seconds, error = %message, "step failed"));
+                    if let Err(failure) = store
                         .mark_step_failed(&deployment.id, &step.name, &message)
-                        .await;
+                        .await
+                    {
+                        span.in_scope(|| {
+                            tracing::error!(error = %failure, "the step's failure could not be recorded in the journal")
+                        });
+                    }
                     self.publish(StepUpdate {
                         deployment_id: deployment.id.as_str().to_string(),
                         step: step.name.clone(),
@@ -575,7 +634,11 @@ impl Control {
                         finished: false,
                         progress: None,
                     });
-                    let compensated = self.compensate(deployment, &context).await;
+                    let compensated = self
+                        .compensate(deployment, &context)
+                        .instrument(tracing::info_span!("compensate"))
+                        .await;
+                    tracing::info!(compensated, "compensation finished");
                     return Err((compensated, message));
                 }
             }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use stackbox_core::client::ClientId;
+use tracing::Instrument;
 
 use stackbox_engine::lifecycle;
 use stackbox_engine::{ContainerEvent, ContainerRuntime, DockerRuntime};
@@ -30,7 +31,15 @@ pub(crate) async fn follow(control: Control) {
         let mut events = Box::pin(docker.container_events());
         while let Some(event) = events.next().await {
             let Ok(event) = event else { break };
-            handle(&control, &docker, &mut failures, event).await;
+            let span = tracing::debug_span!(
+                "monitor.event",
+                client = %event.client,
+                service = %event.service,
+                action = %event.action
+            );
+            handle(&control, &docker, &mut failures, event)
+                .instrument(span)
+                .await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -142,7 +151,12 @@ pub(crate) async fn refresh(
     if control.quiet_generation(client) != Some(generation) {
         return;
     }
-    let _ = store
+    if let Err(error) = store
         .set_client_state(client, state, reason.as_deref())
-        .await;
+        .await
+    {
+        tracing::error!(client = %client, %error, "the client's observed state could not be recorded");
+    } else if state == ClientState::Degraded && record.state != ClientState::Degraded {
+        tracing::warn!(client = %client, reason = reason.as_deref().unwrap_or(""), "client degraded");
+    }
 }

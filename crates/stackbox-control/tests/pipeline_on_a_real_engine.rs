@@ -142,11 +142,61 @@ impl Drop for Leftovers {
     }
 }
 
+/// One span as opened: its name and its fields as text.
+#[derive(Debug, Clone)]
+struct SeenSpan {
+    name: &'static str,
+    fields: std::collections::BTreeMap<String, String>,
+}
+
+/// A tracing layer that keeps every span the process opens (the worker thread's included:
+/// it is installed as the global default).
+struct SpanRecorder(std::sync::Arc<std::sync::Mutex<Vec<SeenSpan>>>);
+
+struct FieldText<'a>(&'a mut std::collections::BTreeMap<String, String>);
+
+impl tracing::field::Visit for FieldText<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().to_string(),
+            format!("{value:?}").trim_matches('"').to_string(),
+        );
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanRecorder {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = std::collections::BTreeMap::new();
+        attrs.record(&mut FieldText(&mut fields));
+        self.0.lock().unwrap().push(SeenSpan {
+            name: attrs.metadata().name(),
+            fields,
+        });
+    }
+}
+
+fn record_spans() -> std::sync::Arc<std::sync::Mutex<Vec<SeenSpan>>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(SpanRecorder(seen.clone()));
+    tracing::subscriber::set_global_default(subscriber).expect("one subscriber per test binary");
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_resume_stop_start_and_destroy_through_the_journal() {
     let Some(images) = stackbox_testkit::engine_images() else {
         return;
     };
+    let spans = record_spans();
     let data = tempfile::tempdir().unwrap();
     let config = ControlConfig {
         data_dir: data.path().to_path_buf(),
@@ -187,6 +237,58 @@ async fn create_resume_stop_start_and_destroy_through_the_journal() {
     let env = std::fs::read_to_string(data.path().join("bundles/clients").join(&id).join(".env"))
         .unwrap();
     assert!(env.contains(&format!("ADMIN_PASSWORD={}", created.admin_password)));
+
+    // Tracing: one span for the deployment (its id, client and kind), one per step of it,
+    // engine spans naming the client's containers; no field holds a secret.
+    let seen = spans.lock().unwrap().clone();
+    let deployment_span = seen
+        .iter()
+        .find(|s| {
+            s.name == "deployment"
+                && s.fields.get("id").map(String::as_str) == Some(created.deployment.id.as_str())
+        })
+        .unwrap_or_else(|| panic!("no deployment span: {seen:?}"));
+    assert_eq!(deployment_span.fields["client"], id);
+    assert_eq!(deployment_span.fields["kind"], "create");
+    for step in step_names(DeploymentKind::Create) {
+        assert!(
+            seen.iter()
+                .any(|s| s.name == "step" && s.fields.get("name").map(String::as_str) == Some(step)),
+            "no span for step {step}"
+        );
+    }
+    let created_containers: Vec<&String> = seen
+        .iter()
+        .filter(|s| s.name == "engine")
+        .filter_map(|s| s.fields.get("container"))
+        .filter(|name| name.starts_with(&id))
+        .collect();
+    assert!(
+        created_containers.len() >= first.len(),
+        "engine spans name {created_containers:?}"
+    );
+    assert!(seen
+        .iter()
+        .any(|s| s.name == "engine.services" && s.fields.get("client") == Some(&id)));
+    let secrets: Vec<String> = env
+        .lines()
+        .filter(|l| l.contains("PASSWORD=") || l.contains("SECRET") || l.contains("KEY="))
+        .filter_map(|l| l.split_once('=').map(|(_, v)| v.to_string()))
+        .filter(|v| v.len() >= 12)
+        .collect();
+    assert!(
+        !secrets.is_empty(),
+        "the bundle's .env holds no secret to look for"
+    );
+    for span in &seen {
+        for value in span.fields.values() {
+            assert!(
+                !secrets.iter().any(|secret| value.contains(secret.as_str())),
+                "a secret in span {} field value {value}",
+                span.name
+            );
+        }
+    }
 
     // A second client's deployment, left as a crash leaves it: `containers` was running.
     let second = spec("Resume Florist", "resume-florist.example");

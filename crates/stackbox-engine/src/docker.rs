@@ -289,6 +289,7 @@ impl ContainerRuntime for DockerRuntime {
         &self.endpoint
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(client = %client), err(level = "debug", Display))]
     async fn observe(&self, client: &ClientId) -> Result<Observed, EngineError> {
         let object = format!("client {client}");
         let filters = label_filter(Some(client));
@@ -334,6 +335,13 @@ impl ContainerRuntime for DockerRuntime {
         Ok(summaries.into_iter().map(observed).collect())
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        name = "engine",
+        skip_all,
+        fields(image),
+        err(level = "debug", Display)
+    )]
     async fn ensure_image(&self, image: &str) -> Result<(), EngineError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
@@ -375,6 +383,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(network = %network.name), err(level = "debug", Display))]
     async fn create_network(&self, network: &DesiredNetwork) -> Result<(), EngineError> {
         // The engine accepts two networks with one name (API 1.41 only refuses that when asked,
         // and bollard's request no longer asks), and a second one makes the name ambiguous:
@@ -422,6 +431,7 @@ impl ContainerRuntime for DockerRuntime {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(network = name), err(level = "debug", Display))]
     async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
         // A few attempts: the engine releases a just-removed container's endpoints a moment
         // after the removal returns, and refuses the network meanwhile ("has active
@@ -513,6 +523,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(volume = %volume.name), err(level = "debug", Display))]
     async fn create_volume(&self, volume: &DesiredVolume) -> Result<(), EngineError> {
         self.docker
             .create_volume(VolumeCreateRequest {
@@ -525,6 +536,7 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(map_err("create volume", &volume.name))
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(volume = name), err(level = "debug", Display))]
     async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
         match self
             .docker
@@ -537,6 +549,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(container = %config.name, image = %config.image), err(level = "debug", Display))]
     async fn create_container(&self, config: &ContainerConfig) -> Result<String, EngineError> {
         let mounts = config
             .mounts
@@ -661,6 +674,7 @@ impl ContainerRuntime for DockerRuntime {
         Ok(created.id)
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(container = id), err(level = "debug", Display))]
     async fn start_container(&self, id: &str) -> Result<(), EngineError> {
         match self.docker.start_container(id, None).await {
             Ok(()) => Ok(()),
@@ -681,6 +695,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(container = id), err(level = "debug", Display))]
     async fn stop_container(&self, id: &str) -> Result<(), EngineError> {
         // No `t`: the engine uses the container's own StopTimeout, set at creation.
         match self
@@ -694,6 +709,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(container = id), err(level = "debug", Display))]
     async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
         let options = RemoveContainerOptions {
             force: true,
@@ -709,6 +725,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(container = id, to = name), err(level = "debug", Display))]
     async fn rename_container(&self, id: &str, name: &str) -> Result<(), EngineError> {
         match self
             .docker

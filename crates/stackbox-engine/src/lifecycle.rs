@@ -256,6 +256,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
     }
 
     /// Phase 2: the client's networks and volumes, and the shared edge router linked to it.
+    #[tracing::instrument(level = "debug", name = "engine.infrastructure", skip_all, fields(client = %self.desired.client_id), err(level = "debug", Display))]
     pub async fn infrastructure(&self, events: &dyn Fn(Event)) -> Result<(), EngineError> {
         self.touched.set(true);
         for network in &self.plan.create_networks {
@@ -277,6 +278,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
 
     /// Phase 3: every service converged and healthy, each as soon as the services it depends
     /// on are; then what was set aside and what no service owns any more is removed.
+    #[tracing::instrument(level = "debug", name = "engine.services", skip_all, fields(client = %self.desired.client_id), err(level = "debug", Display))]
     pub async fn services(&self, events: &dyn Fn(Event)) -> Result<DeployOutcome, EngineError> {
         self.touched.set(true);
         // Each service as soon as the services it depends on are healthy.
@@ -793,6 +795,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
     /// containers it set aside are renamed back and restarted, containers it started are
     /// stopped, networks and volumes it created are removed. Volumes that existed before always
     /// stay.
+    #[tracing::instrument(level = "debug", name = "engine.rollback", skip_all, fields(client = %self.desired.client_id), err(level = "debug", Display))]
     pub async fn rollback(&self, events: &dyn Fn(Event)) -> Result<(), EngineError> {
         let client = &self.desired.client_id;
         let before: BTreeSet<&str> = self
@@ -939,6 +942,7 @@ fn is_data_store(service: Option<ServiceKind>) -> bool {
 }
 
 /// Stops every container of the client (apps first, then data stores); data stays.
+#[tracing::instrument(level = "debug", name = "engine.stop", skip_all, fields(client = %client), err(level = "debug", Display))]
 pub async fn stop<R: ContainerRuntime>(
     runtime: &R,
     client: &ClientId,
@@ -983,6 +987,7 @@ pub struct Removed {
 
 /// Removes the client's containers and networks (and its volumes when asked): what a failed
 /// or partial deployment left, or everything for a destroy.
+#[tracing::instrument(level = "debug", name = "engine.cleanup", skip_all, fields(client = %client, delete_volumes), err(level = "debug", Display))]
 pub async fn cleanup<R: ContainerRuntime>(
     runtime: &R,
     client: &ClientId,
