@@ -6,7 +6,7 @@
 # quickstart test runs its curl and jq commands.
 set -euo pipefail
 
-packages=(docker.io docker-compose debootstrap zstd nginx openssl php-cli mariadb-server mariadb-client postgresql restic curl jq prometheus)
+packages=(docker.io docker-compose debootstrap zstd nginx openssl iproute2 php-cli mariadb-server mariadb-client postgresql restic curl jq prometheus)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -373,6 +373,38 @@ fn traefik_configs_conform_to_the_traefik_v3_schema() {
 }
 
 #[test]
+fn traefik_dynamic_files_conform_to_the_traefik_v3_file_provider_schema() {
+    if !tools().schemas().ready() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let files: Vec<_> = render_all(root.path())
+        .iter()
+        .map(|r| r.dir.join("config/traefik/dynamic.yml"))
+        .collect();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(text.contains("-headers:\n      headers:"), "{text}");
+    }
+    assert_success(
+        &check_schema("traefik-v3-file-provider.json", &files),
+        "traefik v3 file provider schema validation",
+    );
+    let broken = root.path().join("broken-dynamic.yml");
+    std::fs::write(
+        &broken,
+        "http:\n  middlewares:\n    m:\n      headers:\n        stsSecond: 1\n",
+    )
+    .unwrap();
+    assert!(
+        !check_schema("traefik-v3-file-provider.json", &[broken])
+            .status
+            .success(),
+        "the schema check must catch a bad key"
+    );
+}
+
+#[test]
 fn espocrm_config_is_valid_php_returning_the_branded_settings() {
     if !tools().program("php", "apt-get install php-cli").ready() {
         return;

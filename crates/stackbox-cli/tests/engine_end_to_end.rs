@@ -205,6 +205,91 @@ fn assert_gone(id: &str) {
     }
 }
 
+/// A server "on the internet": a TCP listener in its own network namespace, linked to the
+/// host by a veth pair, so that reaching it takes the route out that a container on an
+/// internal network lacks (the host's own addresses do not tell: every bridge reaches those).
+struct Outside(std::process::Child);
+
+impl Outside {
+    const NAMESPACE: &'static str = "stackbox-egress-test";
+    const ADDRESS: &'static str = "198.51.100.2";
+    const PORT: u16 = 8025;
+
+    fn start() -> Outside {
+        let ns = Self::NAMESPACE;
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", "sbx-egress0"])
+            .output();
+        for args in [
+            vec!["netns", "add", ns],
+            vec![
+                "link",
+                "add",
+                "sbx-egress0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "sbx-egress1",
+            ],
+            vec!["link", "set", "sbx-egress1", "netns", ns],
+            vec!["addr", "add", "198.51.100.1/30", "dev", "sbx-egress0"],
+            vec!["link", "set", "sbx-egress0", "up"],
+            vec![
+                "-n",
+                ns,
+                "addr",
+                "add",
+                "198.51.100.2/30",
+                "dev",
+                "sbx-egress1",
+            ],
+            vec!["-n", ns, "link", "set", "sbx-egress1", "up"],
+            vec!["-n", ns, "link", "set", "lo", "up"],
+        ] {
+            let output = Command::new("ip").args(&args).output().expect("ip");
+            assert!(
+                output.status.success(),
+                "ip {args:?}: {}",
+                text(&output.stderr)
+            );
+        }
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c"])
+            .arg(format!(
+                "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.bind(('{}', {}))\ns.listen(16)\nwhile True:\n    s.accept()[0].close()\n",
+                Self::ADDRESS,
+                Self::PORT
+            ))
+            .spawn()
+            .expect("python3 in the namespace");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((Self::ADDRESS, Self::PORT)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the outside listener did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Outside(child)
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", "sbx-egress0"])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", Self::NAMESPACE])
+            .output();
+    }
+}
+
 fn can_reach(from_container: &str, ip: &str, port: u16) -> bool {
     // The stand-in and Debian images all ship bash; /dev/tcp needs no client tool.
     docker(&[
@@ -600,6 +685,26 @@ fn professional_client_lifecycle_on_a_real_engine() {
         can_reach(EDGE, &traefik2, 8082),
         "the edge router reaches each client's Traefik"
     );
+
+    // Egress: the EspoCRM daemon and the Nextcloud cron (whose jobs send mail, fetch IMAP,
+    // call webhooks) reach a server beyond the host (a network namespace routed through the
+    // host, as the internet would be); MySQL, only on the internal `data` network, does not.
+    let outside = Outside::start();
+    for service in ["espocrm-daemon", "nextcloud-cron"] {
+        assert!(
+            can_reach(
+                &format!("{id}-{service}-1"),
+                Outside::ADDRESS,
+                Outside::PORT
+            ),
+            "{service} has no way out"
+        );
+    }
+    assert!(
+        !can_reach(&format!("{id}-mysql-1"), Outside::ADDRESS, Outside::PORT),
+        "negative control: the database reached beyond the host"
+    );
+    drop(outside);
 
     // status --all lists both.
     let all: serde_json::Value =

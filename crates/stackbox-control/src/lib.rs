@@ -722,8 +722,12 @@ impl Control {
                             serde_json::to_value(outcome).unwrap_or_default(),
                         )),
                         Err(error) => {
-                            // Put back what this step replaced; the step's error is reported.
-                            let _ = run.rollback(&quiet).await;
+                            // Put back what this step replaced; the step's error is reported,
+                            // and a rollback that failed too is logged (the engine may be left
+                            // half-converged, which the operator needs to know).
+                            if let Err(rollback) = run.rollback(&quiet).await {
+                                tracing::error!(error = %rollback, "the containers step's rollback failed");
+                            }
                             Err(error.into())
                         }
                     }
@@ -939,7 +943,8 @@ impl Control {
             .any(|step| Step::from_name(&step.name) == Some(Step::Cloud));
         if on_cloud {
             if let Some(cloud) = &self.inner.config.cloud {
-                if cloud.destroy(&deployment.client_id).await.is_err() {
+                if let Err(problem) = cloud.destroy(&deployment.client_id).await {
+                    tracing::error!(%problem, "the failed create's cloud resources could not be removed");
                     return false;
                 }
             }
@@ -947,7 +952,7 @@ impl Control {
         let Some(docker) = context.docker.clone() else {
             return true; // nothing reached the engine
         };
-        lifecycle::cleanup(
+        match lifecycle::cleanup(
             &docker,
             &deployment.client_id,
             self.inner.config.operator.ingress.edge_router_name(),
@@ -955,7 +960,13 @@ impl Control {
             &|_| {},
         )
         .await
-        .is_ok()
+        {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::error!(%error, "the failed create's containers and networks could not be removed");
+                false
+            }
+        }
     }
 }
 

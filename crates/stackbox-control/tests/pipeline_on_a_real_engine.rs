@@ -142,16 +142,41 @@ impl Drop for Leftovers {
     }
 }
 
-/// One span as opened: its name and its fields as text.
+/// One span as opened, or one event of StackBox's own code: its name, its fields as text
+/// (values recorded later included) and the span it opened in.
 #[derive(Debug, Clone)]
-struct SeenSpan {
+struct Seen {
     name: &'static str,
+    is_event: bool,
     fields: std::collections::BTreeMap<String, String>,
+    /// The index in the recording of the span this one opened in.
+    parent: Option<usize>,
 }
 
-/// A tracing layer that keeps every span the process opens (the worker thread's included:
-/// it is installed as the global default).
-struct SpanRecorder(std::sync::Arc<std::sync::Mutex<Vec<SeenSpan>>>);
+#[derive(Default)]
+struct Recording {
+    seen: Vec<Seen>,
+    /// Each live span's index in `seen`, for the values recorded after it opened.
+    index_of_span: std::collections::HashMap<tracing::span::Id, usize>,
+}
+
+impl Recording {
+    /// Whether the entry at `index` opened inside the entry at `ancestor`, at any depth.
+    fn descends_from(&self, index: usize, ancestor: usize) -> bool {
+        let mut current = self.seen[index].parent;
+        while let Some(parent) = current {
+            if parent == ancestor {
+                return true;
+            }
+            current = self.seen[parent].parent;
+        }
+        false
+    }
+}
+
+/// A tracing layer that keeps every span the process opens and every event StackBox's crates
+/// log (the worker thread's included: it is installed as the global default).
+struct SpanRecorder(std::sync::Arc<std::sync::Mutex<Recording>>);
 
 struct FieldText<'a>(&'a mut std::collections::BTreeMap<String, String>);
 
@@ -167,28 +192,76 @@ impl tracing::field::Visit for FieldText<'_> {
     }
 }
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanRecorder {
+impl<S> tracing_subscriber::Layer<S> for SpanRecorder
+where
+    S: tracing::Subscriber + for<'lookup> tracing_subscriber::registry::LookupSpan<'lookup>,
+{
     fn on_new_span(
         &self,
         attrs: &tracing::span::Attributes<'_>,
-        _id: &tracing::span::Id,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
         let mut fields = std::collections::BTreeMap::new();
         attrs.record(&mut FieldText(&mut fields));
-        self.0.lock().unwrap().push(SeenSpan {
+        let parent_id = ctx
+            .span(id)
+            .and_then(|span| span.parent())
+            .map(|parent| parent.id());
+        let mut recording = self.0.lock().unwrap();
+        let parent = parent_id.and_then(|parent| recording.index_of_span.get(&parent).copied());
+        let index = recording.seen.len();
+        recording.seen.push(Seen {
             name: attrs.metadata().name(),
+            is_event: false,
             fields,
+            parent,
         });
+        recording.index_of_span.insert(id.clone(), index);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut recording = self.0.lock().unwrap();
+        if let Some(index) = recording.index_of_span.get(id).copied() {
+            values.record(&mut FieldText(&mut recording.seen[index].fields));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        // Only StackBox's own lines: the HTTP client's trace output is not this test's subject.
+        if !event.metadata().target().starts_with("stackbox") {
+            return;
+        }
+        let mut fields = std::collections::BTreeMap::new();
+        event.record(&mut FieldText(&mut fields));
+        let parent_id = ctx.event_span(event).map(|span| span.id());
+        let mut recording = self.0.lock().unwrap();
+        let parent = parent_id.and_then(|parent| recording.index_of_span.get(&parent).copied());
+        recording.seen.push(Seen {
+            name: event.metadata().name(),
+            is_event: true,
+            fields,
+            parent,
+        });
+    }
+
+    fn on_close(&self, id: tracing::span::Id, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        // Span ids are reused once closed: a later span must not inherit this one's entry.
+        self.0.lock().unwrap().index_of_span.remove(&id);
     }
 }
 
-fn record_spans() -> std::sync::Arc<std::sync::Mutex<Vec<SeenSpan>>> {
+fn record_spans() -> std::sync::Arc<std::sync::Mutex<Recording>> {
     use tracing_subscriber::layer::SubscriberExt;
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let subscriber = tracing_subscriber::registry().with(SpanRecorder(seen.clone()));
+    let recording = std::sync::Arc::new(std::sync::Mutex::new(Recording::default()));
+    let subscriber = tracing_subscriber::registry().with(SpanRecorder(recording.clone()));
     tracing::subscriber::set_global_default(subscriber).expect("one subscriber per test binary");
-    seen
+    recording
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,55 +311,87 @@ async fn create_resume_stop_start_and_destroy_through_the_journal() {
         .unwrap();
     assert!(env.contains(&format!("ADMIN_PASSWORD={}", created.admin_password)));
 
-    // Tracing: one span for the deployment (its id, client and kind), one per step of it,
-    // engine spans naming the client's containers; no field holds a secret.
-    let seen = spans.lock().unwrap().clone();
-    let deployment_span = seen
+    // Tracing: one span for the deployment (its id, client and kind), one per journal step
+    // inside it, engine spans inside it naming the client's containers; no field holds a
+    // secret (the client's secrets as the store holds them, and every secret-like line of its
+    // bundle; read before the recording is locked, as the store is awaited).
+    let mut secrets: Vec<String> = store
+        .get_secrets(&created.client_id, &key)
+        .await
+        .unwrap()
+        .expect("the client's secrets are in the store")
         .iter()
-        .find(|s| {
-            s.name == "deployment"
-                && s.fields.get("id").map(String::as_str) == Some(created.deployment.id.as_str())
-        })
-        .unwrap_or_else(|| panic!("no deployment span: {seen:?}"));
-    assert_eq!(deployment_span.fields["client"], id);
-    assert_eq!(deployment_span.fields["kind"], "create");
-    for step in step_names(DeploymentKind::Create) {
-        assert!(
-            seen.iter()
-                .any(|s| s.name == "step" && s.fields.get("name").map(String::as_str) == Some(step)),
-            "no span for step {step}"
-        );
-    }
-    let created_containers: Vec<&String> = seen
-        .iter()
-        .filter(|s| s.name == "engine")
-        .filter_map(|s| s.fields.get("container"))
-        .filter(|name| name.starts_with(&id))
+        .map(|(_, value)| value.to_string())
         .collect();
-    assert!(
-        created_containers.len() >= first.len(),
-        "engine spans name {created_containers:?}"
+    secrets.extend(
+        env.lines()
+            .filter(|l| l.contains("PASSWORD=") || l.contains("SECRET") || l.contains("KEY="))
+            .filter_map(|l| l.split_once('=').map(|(_, v)| v.to_string())),
     );
-    assert!(seen
-        .iter()
-        .any(|s| s.name == "engine.services" && s.fields.get("client") == Some(&id)));
-    let secrets: Vec<String> = env
-        .lines()
-        .filter(|l| l.contains("PASSWORD=") || l.contains("SECRET") || l.contains("KEY="))
-        .filter_map(|l| l.split_once('=').map(|(_, v)| v.to_string()))
-        .filter(|v| v.len() >= 12)
-        .collect();
+    secrets.retain(|secret| secret.len() >= 12);
     assert!(
-        !secrets.is_empty(),
-        "the bundle's .env holds no secret to look for"
+        secrets.iter().any(|s| s == &created.admin_password),
+        "the admin password is among the secrets looked for"
     );
-    for span in &seen {
-        for value in span.fields.values() {
+    {
+        let recording = spans.lock().unwrap();
+        let seen = &recording.seen;
+        let deployment_span = seen
+            .iter()
+            .position(|s| {
+                !s.is_event
+                    && s.name == "deployment"
+                    && s.fields.get("id").map(String::as_str)
+                        == Some(created.deployment.id.as_str())
+            })
+            .unwrap_or_else(|| panic!("no deployment span: {seen:?}"));
+        assert_eq!(seen[deployment_span].fields["client"], id);
+        assert_eq!(seen[deployment_span].fields["kind"], "create");
+        for step in &done.steps {
             assert!(
-                !secrets.iter().any(|secret| value.contains(secret.as_str())),
-                "a secret in span {} field value {value}",
-                span.name
+                seen.iter().any(|s| !s.is_event
+                    && s.name == "step"
+                    && s.fields.get("name") == Some(&step.name)
+                    && s.parent == Some(deployment_span)),
+                "no span for step {} inside the deployment's",
+                step.name
             );
+        }
+        let created_containers: Vec<&String> = seen
+            .iter()
+            .enumerate()
+            .filter(|(index, s)| {
+                !s.is_event
+                    && s.name == "engine"
+                    && s.fields.contains_key("image")
+                    && recording.descends_from(*index, deployment_span)
+            })
+            .filter_map(|(_, s)| s.fields.get("container"))
+            .filter(|name| name.starts_with(&id))
+            .collect();
+        assert!(
+            created_containers.len() >= first.len(),
+            "engine spans name {created_containers:?}"
+        );
+        assert!(seen
+            .iter()
+            .any(|s| s.name == "engine.services" && s.fields.get("client") == Some(&id)));
+        assert!(
+            seen.iter().any(|s| s.name == "engine"
+                && !s.fields.contains_key("container")
+                && s.fields.get("image").is_some_and(|image| !image.is_empty())),
+            "no image check's engine span names its image"
+        );
+        for entry in seen {
+            for (field, value) in &entry.fields {
+                assert!(
+                    !value.contains("PASSWORD=")
+                        && !secrets.iter().any(|secret| value.contains(secret.as_str())),
+                    "a secret in {} {}'s field {field}",
+                    if entry.is_event { "event" } else { "span" },
+                    entry.name
+                );
+            }
         }
     }
 

@@ -1234,20 +1234,24 @@ admin_email = "owner@acme-bakery.example"
             env_of(&local, ServiceKind::Espocrm, "ESPOCRM_DATABASE_PASSWORD")
         );
         assert!(env_of(&external, ServiceKind::Espocrm, "ESPOCRM_DATABASE_PASSWORD").len() >= 24);
-        // Moving the databases replaces exactly the containers that use MySQL (the two that
-        // only had the internal network also join `web` to reach the server); the others stay.
+        // Moving the databases replaces exactly the containers whose settings name MySQL;
+        // the daemon and cron read theirs from the apps' volumes and are on `web` (their way
+        // out for mail, IMAP, webhooks) and `data` either way, so they stay.
         assert_eq!(
             changed_services(&local, &external),
             vec![
                 ServiceKind::Mysql,
                 ServiceKind::Espocrm,
-                ServiceKind::EspocrmDaemon,
                 ServiceKind::Nextcloud,
-                ServiceKind::NextcloudCron,
             ]
         );
-        for service in [ServiceKind::EspocrmDaemon, ServiceKind::NextcloudCron] {
-            let networks: Vec<&str> = external
+        for (service, placed) in [
+            (ServiceKind::EspocrmDaemon, &local),
+            (ServiceKind::NextcloudCron, &local),
+            (ServiceKind::EspocrmDaemon, &external),
+            (ServiceKind::NextcloudCron, &external),
+        ] {
+            let networks: Vec<&str> = placed
                 .container(service)
                 .unwrap()
                 .networks

@@ -33,6 +33,14 @@ pub const SERVICE_LABEL: &str = "io.stackbox.service";
 /// Label marking the client's Traefik, which the edge router routes to.
 pub const ROLE_LABEL: &str = "io.stackbox.role";
 
+/// How long Traefik waits for a whole request, body included (its default of 60 s cuts large
+/// uploads): an hour carries 2 GiB at about 5 Mbit/s.
+pub const UPLOAD_READ_TIMEOUT: &str = "3600s";
+
+/// Nextcloud's Apache body limit: Apache's largest (2 GiB - 1), matching PHP_UPLOAD_LIMIT=2G;
+/// the image's default of 1 GiB would refuse what PHP allows.
+pub const APACHE_BODY_LIMIT_BYTES: u64 = 2_147_483_647;
+
 /// A value of an environment variable: literal text, secrets and host variables, joined.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnvValue(pub Vec<EnvPart>);
@@ -722,7 +730,9 @@ impl Builder<'_> {
                 format!("*.{}", self.client.domain),
             );
         }
-        let mut chain = vec![format!("{}-headers@docker", self.id)];
+        // Defined by the client Traefik's file provider (config/traefik/dynamic.yml), so it
+        // exists whichever containers run.
+        let mut chain = vec![format!("{}-headers@file", self.id)];
         chain.extend(middlewares.iter().cloned());
         labels.insert(format!("{prefix}.middlewares"), chain.join(","));
         labels.insert(
@@ -749,16 +759,6 @@ impl Builder<'_> {
         }
     }
 
-    /// The networks of a container that only needs the data network and MySQL: with an
-    /// external server it also needs a route out, which the internal `data` network lacks.
-    fn data_networks(&self) -> Vec<&'static str> {
-        if self.placement.mysql.is_local() {
-            vec!["data"]
-        } else {
-            vec!["web", "data"]
-        }
-    }
-
     fn service(&self, kind: ServiceKind) -> ServiceSpec {
         use Piece::{S, T};
         let mut s = self.base(kind);
@@ -771,6 +771,11 @@ impl Builder<'_> {
                     Mount::BundleFile {
                         source: "config/traefik/traefik.yml",
                         target: "/etc/traefik/traefik.yml",
+                        read_only: true,
+                    },
+                    Mount::BundleFile {
+                        source: "config/traefik/dynamic.yml",
+                        target: crate::render::traefik::DYNAMIC_FILE,
                         read_only: true,
                     },
                     // Traefik writes certificates here; it refuses a file that is not mode 0600.
@@ -920,16 +925,6 @@ impl Builder<'_> {
                     );
                     l.insert(format!("{m}.permanent"), "true".into());
                 }
-                // The shared security headers middleware, used by every router of the client.
-                let m = format!("traefik.http.middlewares.{}-headers.headers", self.id);
-                s.labels
-                    .insert(format!("{m}.stsSeconds"), "31536000".into());
-                s.labels
-                    .insert(format!("{m}.contentTypeNosniff"), "true".into());
-                s.labels.insert(
-                    format!("{m}.referrerPolicy"),
-                    "strict-origin-when-cross-origin".into(),
-                );
             }
             ServiceKind::Mysql => {
                 // mariadb image: MARIADB_* variables, initdb.d scripts on first start only,
@@ -1114,8 +1109,11 @@ impl Builder<'_> {
                     }
                     ServiceKind::EspocrmDaemon => {
                         s.entrypoint = Some(strings(&["docker-daemon.sh"]));
-                        // Runs EspoCRM's jobs against the database.
-                        s.networks = self.data_networks();
+                        // Runs EspoCRM's scheduled jobs: the database on `data`, and the way
+                        // out on `web` (the internal `data` network has no route out), since
+                        // the jobs send mail, fetch IMAP mailboxes and call webhooks. It
+                        // serves nothing: no router points at it.
+                        s.networks = vec!["web", "data"];
                         self.wait_for(&mut s, &[ServiceKind::Espocrm]);
                     }
                     _ => {
@@ -1136,8 +1134,10 @@ impl Builder<'_> {
                 if kind == ServiceKind::NextcloudCron {
                     // Same image and volume, background jobs (nextcloud/docker README).
                     s.entrypoint = Some(strings(&["/cron.sh"]));
-                    // cron.php uses the database and Redis.
-                    s.networks = self.data_networks();
+                    // cron.php uses the database and Redis on `data`, and needs the way
+                    // out on `web`: its background jobs send notification mail, refresh
+                    // calendar subscriptions and check for updates. No router points at it.
+                    s.networks = vec!["web", "data"];
                     s.healthcheck = check(&["CMD-SHELL", "grep -q crond /proc/1/cmdline"], 30);
                     // cron.php reads config.php, where NC_dbpassword overrides the installed
                     // password (see the web container); busybox crond passes it to the job.
@@ -1204,7 +1204,15 @@ impl Builder<'_> {
                         EnvValue::text(format!("https://{files}")),
                     );
                     env.insert("APACHE_DISABLE_REWRITE_IP".into(), EnvValue::text("1"));
+                    // One request may carry up to 2 GiB: PHP's limit, Apache's body limit
+                    // (1 GiB by default in the image, which would answer 413 first; 2 GiB - 1
+                    // is Apache's maximum) and Traefik's read timeout (UPLOAD_READ_TIMEOUT)
+                    // agree. The web client uploads big files in chunks anyway.
                     env.insert("PHP_UPLOAD_LIMIT".into(), EnvValue::text("2G"));
+                    env.insert(
+                        "APACHE_BODY_LIMIT".into(),
+                        EnvValue::text(APACHE_BODY_LIMIT_BYTES.to_string()),
+                    );
                     s.networks = vec!["web", "data"];
                     // No built-in healthcheck upstream; localhost is always a trusted domain.
                     s.healthcheck = check(
@@ -1382,7 +1390,10 @@ impl Builder<'_> {
                 s.networks = vec!["data"];
                 s.nofile = Some(262_144);
                 s.healthcheck =
-                    check(&["CMD-SHELL", "wget --no-verbose --tries=1 -O /dev/null http://127.0.0.1:8123/ping || exit 1"], 60);
+                    // The container's own address, not 127.0.0.1: the image's init runs a
+                    // temporary server on 127.0.0.1 only, so loopback can answer before the
+                    // real server (listening on every address, ipv4-only.xml) is up.
+                    check(&["CMD-SHELL", "wget --no-verbose --tries=1 -O /dev/null \"http://$(hostname -i):8123/ping\" || exit 1"], 60);
                 s.stop_grace_seconds = Some(60);
             }
             ServiceKind::Mailtrain => {

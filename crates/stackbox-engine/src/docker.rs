@@ -59,6 +59,11 @@ const NANOS: i64 = 1_000_000_000;
 impl DockerRuntime {
     /// Connects and negotiates the API version; fails with a clear message when no engine
     /// answers.
+    #[tracing::instrument(
+        level = "debug",
+        name = "engine.connect",
+        err(level = "debug", Display)
+    )]
     pub async fn connect() -> Result<DockerRuntime, EngineError> {
         let endpoint = std::env::var("DOCKER_HOST")
             .ok()
@@ -339,7 +344,7 @@ impl ContainerRuntime for DockerRuntime {
         level = "debug",
         name = "engine",
         skip_all,
-        fields(image),
+        fields(image = image),
         err(level = "debug", Display)
     )]
     async fn ensure_image(&self, image: &str) -> Result<(), EngineError> {
@@ -477,6 +482,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(network = network, container = container), err(level = "debug", Display))]
     async fn connect_network(
         &self,
         network: &str,
@@ -504,6 +510,7 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(network = network, container = container), err(level = "debug", Display))]
     async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), EngineError> {
         let result = self
             .docker
@@ -960,6 +967,8 @@ impl ContainerRuntime for DockerRuntime {
             .await
     }
 
+    // Only the container: the command, its environment and its input can hold secrets.
+    #[tracing::instrument(level = "debug", name = "engine.exec", skip_all, fields(container = id, user = options.user), err(level = "debug", Display))]
     async fn exec_as(
         &self,
         id: &str,
@@ -1066,6 +1075,7 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(volume = name), err(level = "debug", Display))]
     async fn volume_mountpoint(&self, name: &str) -> Result<Option<String>, EngineError> {
         match self.docker.inspect_volume(name).await {
             Ok(volume) => Ok(Some(volume.mountpoint)),
@@ -1265,6 +1275,7 @@ impl DockerRuntime {
     }
 
     /// Whether the engine has this image (no pull is tried).
+    #[tracing::instrument(level = "debug", name = "engine", skip_all, fields(image = image), err(level = "debug", Display))]
     pub async fn has_image(&self, image: &str) -> Result<bool, EngineError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),

@@ -161,6 +161,7 @@ pub struct Deployment<'a, R: ContainerRuntime> {
 
 impl<'a, R: ContainerRuntime> Deployment<'a, R> {
     /// Reads the engine and computes the plan; changes nothing.
+    #[tracing::instrument(level = "debug", name = "engine.prepare", skip_all, fields(client = %desired.client_id), err(level = "debug", Display))]
     pub async fn prepare(
         runtime: &'a R,
         desired: &'a DesiredState,
@@ -191,6 +192,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
     }
 
     /// Brings the engine to the desired state. On error the caller calls [`Self::rollback`].
+    #[tracing::instrument(level = "debug", name = "engine.deploy", skip_all, fields(client = %self.desired.client_id), err(level = "debug", Display))]
     pub async fn run(&self, events: &dyn Fn(Event)) -> Result<DeployOutcome, EngineError> {
         self.check_images(events).await?;
         self.infrastructure(events).await?;
@@ -199,6 +201,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
 
     /// Phase 1: every image the plan needs is on the engine (pulled if it can be); changes
     /// nothing, so a missing image stops a deploy before it starts.
+    #[tracing::instrument(level = "debug", name = "engine.check_images", skip_all, fields(client = %self.desired.client_id), err(level = "debug", Display))]
     pub async fn check_images(&self, events: &dyn Fn(Event)) -> Result<(), EngineError> {
         let names = |pick: fn(&ServiceAction) -> bool| -> Vec<String> {
             self.plan
@@ -358,6 +361,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
         })
     }
 
+    #[tracing::instrument(level = "debug", name = "engine.converge_service", skip_all, fields(container = %step.config.name), err(level = "debug", Display))]
     async fn converge_service(
         &self,
         step: &ServiceStep,
@@ -514,6 +518,8 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
 
     /// Runs the service's converge command in its running, healthy container (see
     /// [`Converge`]); `previous` is written to its standard input.
+    // Only the container: the converge command and what it is fed can hold secrets.
+    #[tracing::instrument(level = "debug", name = "engine.converge", skip_all, fields(container = %config.name), err(level = "debug", Display))]
     async fn run_converge(
         &self,
         config: &ContainerConfig,
@@ -675,6 +681,7 @@ impl<'a, R: ContainerRuntime> Deployment<'a, R> {
 
     /// The host's shared edge router: created or updated when needed, then linked to this
     /// client's edge network.
+    #[tracing::instrument(level = "debug", name = "engine.edge", skip_all, fields(container = %edge.container.name), err(level = "debug", Display))]
     async fn ensure_edge(
         &self,
         edge: &EdgeRouter,
@@ -987,7 +994,7 @@ pub struct Removed {
 
 /// Removes the client's containers and networks (and its volumes when asked): what a failed
 /// or partial deployment left, or everything for a destroy.
-#[tracing::instrument(level = "debug", name = "engine.cleanup", skip_all, fields(client = %client, delete_volumes), err(level = "debug", Display))]
+#[tracing::instrument(level = "debug", name = "engine.cleanup", skip_all, fields(client = %client, delete_volumes = delete_volumes), err(level = "debug", Display))]
 pub async fn cleanup<R: ContainerRuntime>(
     runtime: &R,
     client: &ClientId,
@@ -1069,6 +1076,7 @@ fn service_status(container: ObservedContainer) -> ServiceStatus {
 /// Removes the client's volumes that no service of its stack mounts (`wanted`: the stack's
 /// volume names), returning their names; with `dry_run`, only names them. A volume a
 /// container still uses is refused by the engine, so nothing in use is ever removed.
+#[tracing::instrument(level = "debug", name = "engine.prune_volumes", skip_all, fields(client = %client, dry_run = dry_run), err(level = "debug", Display))]
 pub async fn prune_volumes<R: ContainerRuntime>(
     runtime: &R,
     client: &ClientId,
@@ -1087,6 +1095,7 @@ pub async fn prune_volumes<R: ContainerRuntime>(
 
 /// One client's state: one list query, then the restart counts (which only the engine's
 /// per-container inspect carries) fetched concurrently.
+#[tracing::instrument(level = "debug", name = "engine.status", skip_all, fields(client = %client), err(level = "debug", Display))]
 pub async fn status<R: ContainerRuntime>(
     runtime: &R,
     client: &ClientId,

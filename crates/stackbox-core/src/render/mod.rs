@@ -140,6 +140,11 @@ pub fn render_placed(
         MODE_PUBLIC,
     );
     bundle.add(
+        "config/traefik/dynamic.yml",
+        traefik::render_dynamic(id),
+        MODE_PUBLIC,
+    );
+    bundle.add(
         "config/nginx/website.conf",
         nginx::render(client, id),
         MODE_PUBLIC,

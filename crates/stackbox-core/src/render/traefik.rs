@@ -6,7 +6,22 @@
 use crate::client::{ClientId, ClientSpec};
 use crate::operator::{AcmeChallenge, OperatorConfig};
 use crate::render::yaml::{self, Yaml};
-use crate::stack::{network_name, CERT_RESOLVER, CLIENT_LABEL, ROLE_LABEL};
+use crate::stack::{network_name, CERT_RESOLVER, CLIENT_LABEL, ROLE_LABEL, UPLOAD_READ_TIMEOUT};
+
+/// Where the client's Traefik reads its file provider (the bundle's `config/traefik/dynamic.yml`).
+pub const DYNAMIC_FILE: &str = "/etc/traefik/dynamic.yml";
+
+/// An HTTP entry point on `address` whose read timeout lets a 2 GiB upload through a slow
+/// link (Traefik's default of 60 s covers the whole request, body included, and would cut it).
+fn http_entry_point(address: &str) -> Yaml {
+    Yaml::map().with("address", Yaml::str(address)).with(
+        "transport",
+        Yaml::map().with(
+            "respondingTimeouts",
+            Yaml::map().with("readTimeout", Yaml::str(UPLOAD_READ_TIMEOUT)),
+        ),
+    )
+}
 
 /// What every StackBox Traefik says first: no phoning home, INFO logs.
 fn preamble() -> Yaml {
@@ -44,7 +59,7 @@ pub fn render(client: &ClientSpec, id: &ClientId, operator: &OperatorConfig) -> 
             Yaml::map()
                 .with(
                     "web",
-                    Yaml::map().with("address", Yaml::str(":80")).with(
+                    http_entry_point(":80").with(
                         "http",
                         Yaml::map().with(
                             "redirections",
@@ -58,30 +73,39 @@ pub fn render(client: &ClientSpec, id: &ClientId, operator: &OperatorConfig) -> 
                         ),
                     ),
                 )
-                .with("websecure", Yaml::map().with("address", Yaml::str(":443")))
+                .with("websecure", http_entry_point(":443"))
                 // Internal only (never published): `traefik healthcheck --ping` uses it.
                 .with("ping", Yaml::map().with("address", Yaml::str(":8082"))),
         )
         .with("ping", Yaml::map().with("entryPoint", Yaml::str("ping")))
         .with(
             "providers",
-            Yaml::map().with(
-                "docker",
-                Yaml::map()
-                    .with("endpoint", Yaml::str("unix:///var/run/docker.sock"))
-                    .with("exposedByDefault", Yaml::Bool(false))
-                    .with("network", Yaml::str(network_name(id, "web")))
-                    // Long first installs answer 503 instead of 404 until healthy.
-                    .with("allowEmptyServices", Yaml::Bool(true))
-                    // The socket shows every container on the host: only this client's
-                    // containers are routed, never another client's, never the edge labels.
-                    .with(
-                        "constraints",
-                        Yaml::str(format!(
-                            "Label(`{CLIENT_LABEL}`,`{id}`) && !Label(`{ROLE_LABEL}`,`router`)"
-                        )),
-                    ),
-            ),
+            Yaml::map()
+                // What every router relies on (the security headers) is defined here, not on
+                // a container: a container that is not running takes its labels with it.
+                .with(
+                    "file",
+                    Yaml::map()
+                        .with("filename", Yaml::str(DYNAMIC_FILE))
+                        .with("watch", Yaml::Bool(false)),
+                )
+                .with(
+                    "docker",
+                    Yaml::map()
+                        .with("endpoint", Yaml::str("unix:///var/run/docker.sock"))
+                        .with("exposedByDefault", Yaml::Bool(false))
+                        .with("network", Yaml::str(network_name(id, "web")))
+                        // Long first installs answer 503 instead of 404 until healthy.
+                        .with("allowEmptyServices", Yaml::Bool(true))
+                        // The socket shows every container on the host: only this client's
+                        // containers are routed, never another client's, never the edge labels.
+                        .with(
+                            "constraints",
+                            Yaml::str(format!(
+                                "Label(`{CLIENT_LABEL}`,`{id}`) && !Label(`{ROLE_LABEL}`,`router`)"
+                            )),
+                        ),
+                ),
         )
         .with(
             "certificatesResolvers",
@@ -101,8 +125,8 @@ pub fn render_edge() -> String {
         .with(
             "entryPoints",
             Yaml::map()
-                .with("web", Yaml::map().with("address", Yaml::str(":80")))
-                .with("websecure", Yaml::map().with("address", Yaml::str(":443")))
+                .with("web", http_entry_point(":80"))
+                .with("websecure", http_entry_point(":443"))
                 .with("ping", Yaml::map().with("address", Yaml::str(":8082"))),
         )
         .with("ping", Yaml::map().with("entryPoint", Yaml::str("ping")))
@@ -123,6 +147,34 @@ pub fn render_edge() -> String {
         );
     format!(
         "# Generated by StackBox: the shared edge router.\n{}",
+        yaml::to_string(&document)
+    )
+}
+
+/// `config/traefik/dynamic.yml`: the client Traefik's file provider, the middlewares every
+/// router of the client names (`<id>-headers@file`), so that they exist whatever runs.
+pub fn render_dynamic(id: &ClientId) -> String {
+    let document = Yaml::map().with(
+        "http",
+        Yaml::map().with(
+            "middlewares",
+            Yaml::map().with(
+                format!("{id}-headers"),
+                Yaml::map().with(
+                    "headers",
+                    Yaml::map()
+                        .with("stsSeconds", Yaml::Int(31_536_000))
+                        .with("contentTypeNosniff", Yaml::Bool(true))
+                        .with(
+                            "referrerPolicy",
+                            Yaml::str("strict-origin-when-cross-origin"),
+                        ),
+                ),
+            ),
+        ),
+    );
+    format!(
+        "# Generated by StackBox for client {id}: middlewares every router uses.\n{}",
         yaml::to_string(&document)
     )
 }
