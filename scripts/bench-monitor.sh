@@ -45,6 +45,11 @@ cleanup() {
     while [ "$(jobs -r | wc -l)" -ge 4 ]; do sleep 0.2; done
   done
   wait
+  # The clients `serve` made keep their bundles in its data directory: remove what is left
+  # of them by name (only this benchmark's clients are called monitorbench*).
+  docker ps -aq --filter name=^monitorbench | xargs -r docker rm -f >/dev/null 2>&1 || true
+  docker network ls -q --filter name=^monitorbench | xargs -r docker network rm >/dev/null 2>&1 || true
+  docker volume ls -q --filter name=^monitorbench | xargs -r docker volume rm >/dev/null 2>&1 || true
   docker rm -f stackbox-bench-monitor-edge >/dev/null 2>&1 || true
   docker network rm stackbox-bench-monitor-edge >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -62,7 +67,9 @@ done
 running() { curl -sf -H "Authorization: Bearer $token" "$url/v1/clients?limit=500" | python3 -c 'import json,sys; print(sum(c["state"] == "running" for c in json.load(sys.stdin)["items"]))'; }
 # Every client settled (running, or failed: on a small host some may not fit), at most 40 min;
 # the figures are of what runs, and the line below says how many containers that is.
-settled() { curl -sf -H "Authorization: Bearer $token" "$url/v1/clients?limit=500" | python3 -c 'import json,sys; print(sum(c["state"] in ("running", "failed", "degraded") for c in json.load(sys.stdin)["items"]))'; }
+# Settled: the create finished, whatever it left (a client the host could not start stays
+# `starting` or `absent` until the monitor looks again; waiting for it would wait for nothing).
+settled() { curl -sf -H "Authorization: Bearer $token" "$url/v1/clients?limit=500" | python3 -c 'import json,sys; print(sum(c["state"] != "provisioning" for c in json.load(sys.stdin)["items"]))'; }
 deadline=$(( $(date +%s) + 2400 ))
 until [ "$(settled)" -ge "$clients" ] || [ "$(date +%s)" -ge "$deadline" ]; do sleep 5; done
 echo "   $(running) of $clients clients running"

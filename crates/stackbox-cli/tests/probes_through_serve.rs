@@ -7,8 +7,9 @@
 //! certificate's expiry (in `/metrics`), and the certificate-expiring alert fires (10 days is
 //! under 14). With the edge router stopped, nginx answers 502: after two failures in a row
 //! the client is degraded with the hostname and the problem as its reason, the
-//! client-degraded alert fires with one e-mail (aiosmtpd); with the edge back the client is
-//! running again and one recovery mail arrives. A service killed three times (the engine
+//! client-degraded alert fires with one e-mail (aiosmtpd) and one signed webhook (checked by
+//! a Python receiver); with the edge back the client is running again and one recovery mail
+//! and one recovery webhook arrive. A service killed three times (the engine
 //! starts it again each time) opens the restart-loop alert.
 //!
 //! Needs the engine, the local test images, nginx, openssl and python3 with aiosmtpd
@@ -16,6 +17,7 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -208,6 +210,28 @@ fn wait_until_or<T>(
     }
 }
 
+/// The webhook receiver's records, in the order received.
+fn received_webhooks(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let n = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()?;
+            Some((n, path))
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|(_, p)| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok())
+        .collect()
+}
+
 /// Subjects of the mails that reached the operator's mailbox, in the order received.
 fn operator_subjects(dir: &Path) -> Vec<String> {
     let mut envelopes: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
@@ -271,14 +295,23 @@ fn probes_through_a_real_tls_front_degrade_a_client_raise_alerts_and_recover() {
     let mail_dir = server.data.path().join("mail");
     std::fs::create_dir_all(&mail_dir).unwrap();
     let smtp_port = free_port();
+    let hook_dir = server.data.path().join("hooks");
+    std::fs::create_dir_all(&hook_dir).unwrap();
+    let hook_port = free_port();
+    let secret_file = server.data.path().join("webhook-secret");
+    std::fs::write(&secret_file, "whsec-probes-test-0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let operator_file = std::fs::read_to_string(&server.operator).unwrap().replace(
         PROBES_OFF,
         &format!(
             "[probes]\nevery = \"1s\"\ntimeout = \"3s\"\nfailures = 2\n\
                  via = \"127.0.0.1:{front_port}\"\nca_file = \"{}\"\n\
                  [alerts]\nfor = \"2s\"\nevery = \"1s\"\nrestarts = 3\nrestarts_within = \"5m\"\n\
-                 certificate_days = 14\nemail = \"{OPERATOR_MAILBOX}\"\n",
-            tls.join("ca.pem").display()
+                 certificate_days = 14\nemail = \"{OPERATOR_MAILBOX}\"\n\
+                 webhook_url = \"http://127.0.0.1:{hook_port}/alerts\"\n\
+                 webhook_secret_file = \"{}\"\n",
+            tls.join("ca.pem").display(),
+            secret_file.display()
         ),
     );
     assert!(operator_file.contains("[probes]\nevery"), "{operator_file}");
@@ -298,6 +331,17 @@ fn probes_through_a_real_tls_front_degrade_a_client_raise_alerts_and_recover() {
             &smtp_port.to_string(),
             "--dir",
             mail_dir.to_str().unwrap(),
+        ],
+    );
+    let _hooks = python_tool(
+        "webhook_sink.py",
+        &[
+            "--port",
+            &hook_port.to_string(),
+            "--dir",
+            hook_dir.to_str().unwrap(),
+            "--secret-file",
+            secret_file.to_str().unwrap(),
         ],
     );
     let _front = tls_front(&tls, front_port);
@@ -425,6 +469,19 @@ fn probes_through_a_real_tls_front_degrade_a_client_raise_alerts_and_recover() {
             .into_iter()
             .find(|s| s.contains("RESOLVED") && s.contains("client degraded"))
     });
+    // The webhook receiver (which checks each signature itself) got exactly one firing and
+    // one recovery notice for the degraded client.
+    let notices = wait_until("the degraded webhooks", Duration::from_secs(60), || {
+        let notices: Vec<serde_json::Value> = received_webhooks(&hook_dir)
+            .into_iter()
+            .filter(|n| n["body"]["alert"]["key"] == degraded_key.as_str())
+            .collect();
+        (notices.len() >= 2).then_some(notices)
+    });
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(notices.iter().all(|n| n["verified"] == true), "{notices:?}");
+    assert_eq!(notices[0]["body"]["event"], "alert.firing");
+    assert_eq!(notices[1]["body"]["event"], "alert.resolved");
     let degraded_mails = operator_subjects(&mail_dir)
         .into_iter()
         .filter(|s| s.contains("client degraded"))
