@@ -11,12 +11,12 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::server::{client_body, finished, poll, Server};
-use support::{free_port, python_tool};
+use support::{free_port, numbered_files, python_tool, wait_until};
 
 const EDGE: &str = "stackbox-alerts-serve-test-edge";
 const OPERATOR_MAILBOX: &str = "ops@operator.test";
@@ -31,25 +31,10 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The files of `dir` ending in `suffix`, in the order received (the sinks number them).
-fn numbered(dir: &Path, suffix: &str) -> Vec<PathBuf> {
-    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let name = path.file_name()?.to_str()?.to_string();
-            let n = name.strip_suffix(suffix)?.parse().ok()?;
-            Some((n, path))
-        })
-        .collect();
-    files.sort();
-    files.into_iter().map(|(_, p)| p).collect()
-}
-
 /// The mails to the operator's mailbox: (subject, text as received). The welcome mail to
 /// the client's owner goes to the same sink and is left out.
 fn operator_mails(dir: &Path) -> Vec<(String, String)> {
-    numbered(dir, ".json")
+    numbered_files(dir, ".json")
         .into_iter()
         .filter_map(|envelope| {
             let json: serde_json::Value =
@@ -74,21 +59,10 @@ fn operator_mails(dir: &Path) -> Vec<(String, String)> {
 }
 
 fn webhooks(dir: &Path) -> Vec<serde_json::Value> {
-    numbered(dir, ".json")
+    numbered_files(dir, ".json")
         .into_iter()
         .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
         .collect()
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 #[test]

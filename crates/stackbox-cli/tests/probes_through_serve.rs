@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::server::{client_body, finished, poll, Server, PROBES_OFF};
-use support::{free_port, python_tool};
+use support::{free_port, numbered_files, python_tool, wait_until, wait_until_or};
 
 const EDGE: &str = "stackbox-probes-serve-test-edge";
 const EDGE_HTTP: u16 = 18630;
@@ -179,78 +179,19 @@ fn docker(args: &[&str]) -> String {
     run("docker", Path::new("/"), args)
 }
 
-fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn wait_until_or<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Option<T>,
-    explain: impl Fn() -> String,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {}",
-            explain()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 /// The webhook receiver's records, in the order received.
 fn received_webhooks(dir: &Path) -> Vec<serde_json::Value> {
-    let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let n = path
-                .file_name()?
-                .to_str()?
-                .strip_suffix(".json")?
-                .parse()
-                .ok()?;
-            Some((n, path))
-        })
-        .collect();
-    files.sort();
-    files
+    numbered_files(dir, ".json")
         .into_iter()
-        .filter_map(|(_, p)| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok())
+        .filter_map(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok())
         .collect()
 }
 
 /// Subjects of the mails that reached the operator's mailbox, in the order received.
 fn operator_subjects(dir: &Path) -> Vec<String> {
-    let mut envelopes: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let n = path
-                .file_name()?
-                .to_str()?
-                .strip_suffix(".json")?
-                .parse()
-                .ok()?;
-            Some((n, path))
-        })
-        .collect();
-    envelopes.sort();
-    envelopes
+    numbered_files(dir, ".json")
         .into_iter()
-        .filter_map(|(_, envelope)| {
+        .filter_map(|envelope| {
             let json: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&envelope).ok()?).ok()?;
             if !json["rcpt_tos"]
@@ -382,7 +323,7 @@ fn probes_through_a_real_tls_front_degrade_a_client_raise_alerts_and_recover() {
         || {
             let last = last.borrow();
             let probes: Vec<&str> = last.lines().filter(|l| l.contains("probe")).collect();
-            format!("{probes:#?}")
+            format!(": {probes:#?}")
         },
     );
     for hostname in [

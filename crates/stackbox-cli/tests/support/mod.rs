@@ -97,6 +97,55 @@ impl Drop for Process {
     }
 }
 
+/// Polls `probe` every 300 ms until it gives a value; past `timeout` the test fails naming
+/// `what` and what `explain` says of the last state.
+pub fn wait_until_or<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut probe: impl FnMut() -> Option<T>,
+    explain: impl Fn() -> String,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}{}",
+            explain()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+pub fn wait_until<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    probe: impl FnMut() -> Option<T>,
+) -> T {
+    wait_until_or(what, timeout, probe, String::new)
+}
+
+/// The files `<n><suffix>` of `dir`, in the order the sinks of tests/tools numbered them.
+pub fn numbered_files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let n = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(suffix)?
+                .parse()
+                .ok()?;
+            Some((n, path))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, p)| p).collect()
+}
+
 /// Starts a Python tool from tests/tools and waits for its "ready" line.
 pub fn python_tool(script: &str, args: &[&str]) -> Process {
     let mut child = std::process::Command::new("python3")
